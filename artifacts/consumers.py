@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from attachments.exceptions import ApiError
+from attachments.sessions import create_session, get_live_session
+
+from .groups import session_group
+
+# Close codes in the 4000-4999 range reserved for applications, echoing HTTP.
+CLOSE_CODES = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409}
+
+
+class SessionConsumer(AsyncJsonWebsocketConsumer):
+    """
+    The session's control socket, `/ws`. Connecting without `session_id`
+    creates a session; `?session_id=` re-attaches to an existing one. The
+    first message is always `{"type": "connection", ...}`, or an `error`
+    followed by a close.
+    """
+
+    session_id: str | None = None
+
+    async def connect(self) -> None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        requested = query.get("session_id", [None])[0]
+        try:
+            self.session_id = await self._attach(requested)
+        except ApiError as exc:
+            await self.accept()
+            await self.send_error(exc.code, str(exc.detail))
+            await self.close(code=CLOSE_CODES.get(exc.status_code, 4400))
+            return
+        await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
+        await self.accept()
+        await self.send_json(
+            {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
+        )
+
+    async def disconnect(self, code: int) -> None:
+        if self.session_id is not None:
+            await self.channel_layer.group_discard(session_group(self.session_id), self.channel_name)
+
+    @database_sync_to_async
+    def _attach(self, requested: str | None) -> str:
+        session = get_live_session(requested) if requested is not None else create_session()
+        return session.session_id
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            await self.send_error("invalid_message", "Messages are JSON text frames.")
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_error("invalid_json", "The message is not valid JSON.")
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self.send_error("invalid_message", "A message is an object with a 'type'.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        if content["type"] == "ping":
+            await self.send_json({"type": "pong", "data": content.get("data")})
+            return
+        await self.send_error("unknown_type", f"Unknown message type: {content['type'][:64]!r}.")
+
+    async def send_error(self, code: str, detail: str) -> None:
+        await self.send_json({"type": "error", "data": {"code": code, "detail": detail}})

@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import consumers
+
+websocket_urlpatterns = [
+    path("ws", consumers.SessionConsumer.as_asgi()),
+]

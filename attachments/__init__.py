@@ -1,0 +1,1 @@
+"""Per-session attachments: files on disk, their manifest, and their records."""

@@ -1,0 +1,41 @@
+"""
+The attachments app's settings, each read live from Django settings so that
+`override_settings` and a host project's `settings.py` both simply work.
+
+    ATTACHMENTS_WAREHOUSE_DIR     root of the session directories ("WareHouse", relative to the cwd)
+    ATTACHMENTS_MAX_UPLOAD_BYTES  largest accepted upload, or None for no limit (None)
+    ATTACHMENTS_AUTO_CLEAN        drop a session's attachments/ when it completes (False)
+    ATTACHMENTS_LOCK_TIMEOUT      seconds to wait for a manifest lock before failing (30)
+    ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+
+
+class Settings:
+    @property
+    def WAREHOUSE_DIR(self) -> Path:
+        return Path(getattr(settings, "ATTACHMENTS_WAREHOUSE_DIR", "WareHouse")).absolute()
+
+    @property
+    def MAX_UPLOAD_BYTES(self) -> int | None:
+        return getattr(settings, "ATTACHMENTS_MAX_UPLOAD_BYTES", None)
+
+    @property
+    def AUTO_CLEAN(self) -> bool:
+        return bool(getattr(settings, "ATTACHMENTS_AUTO_CLEAN", False))
+
+    @property
+    def LOCK_TIMEOUT(self) -> float:
+        return float(getattr(settings, "ATTACHMENTS_LOCK_TIMEOUT", 30))
+
+    @property
+    def UPLOAD_BUFFER_BYTES(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1 << 20))
+
+
+conf = Settings()

@@ -1,0 +1,115 @@
+"""
+The API's errors. Each carries an HTTP status, a sentence for a person and a
+stable machine code, and renders as `{"detail": ..., "code": ..., ...}` on
+every path: DRF views, the streaming upload path, and Django's own 404/500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+
+class ApiError(exceptions.APIException):
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_detail = "The request is invalid."
+    default_code = "invalid"
+
+    def __init__(self, detail: str | None = None, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.default_detail, code or self.default_code)
+        self.code = code or self.default_code
+        self.extra = extra
+
+
+class InvalidSessionId(ApiError):
+    default_detail = "Session ids are 1 to 64 letters, digits, '_' or '-'."
+    default_code = "invalid_session_id"
+
+
+class SessionNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No such session."
+    default_code = "session_not_found"
+
+
+class SessionExists(ApiError):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "A session with this id already exists."
+    default_code = "session_exists"
+
+
+class MissingFile(ApiError):
+    default_detail = "Send the file in a multipart/form-data field named 'file'."
+    default_code = "missing_file"
+
+
+class MultipleFiles(ApiError):
+    default_detail = "Send one file per request, in the field 'file'."
+    default_code = "multiple_files"
+
+
+class InvalidMultipart(ApiError):
+    default_detail = "The multipart/form-data body could not be parsed."
+    default_code = "invalid_multipart"
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    default_detail = "Uploads must be sent as multipart/form-data."
+    default_code = "unsupported_media_type"
+
+
+class UploadTooLarge(ApiError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The upload is larger than this server accepts."
+    default_code = "upload_too_large"
+
+
+class StorageBusy(ApiError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The session's storage is busy; retry shortly."
+    default_code = "storage_busy"
+
+
+def error_payload(exc: exceptions.APIException) -> dict[str, Any]:
+    """The JSON body for an API exception, with per-field errors for invalid bodies."""
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail
+        if isinstance(detail, dict):
+            return {"detail": "The request body is invalid.", "code": "invalid", "errors": detail}
+        messages = detail if isinstance(detail, list) else [detail]
+        return {"detail": " ".join(str(m) for m in messages), "code": "invalid"}
+    payload: dict[str, Any] = {"detail": str(exc.detail)}
+    payload["code"] = getattr(exc, "code", None) or _code_of(exc)
+    payload.update(getattr(exc, "extra", {}))
+    return payload
+
+
+def _code_of(exc: exceptions.APIException) -> str:
+    codes = exc.get_codes()
+    return codes if isinstance(codes, str) else exc.default_code
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None
+    response = exception_handler(exc, context)
+    if response is not None:
+        response.data = error_payload(exc)
+    return response
+
+
+class JSONErrorsMixin:
+    """Views that render every error in the project's JSON shape, whatever the host's DRF settings."""
+
+    def get_exception_handler(self) -> Any:
+        return api_exception_handler

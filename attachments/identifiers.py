@@ -1,0 +1,26 @@
+"""Opaque, unguessable identifiers. No Django import (used by workflow nodes)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+ATTACHMENT_PREFIX = "att_"
+ID_RE = re.compile(r"^(att|art)_[A-Za-z0-9_-]{12,64}$")
+
+
+def new_id(prefix: str) -> str:
+    # 12 random bytes -> 16 URL-safe characters, 96 bits of entropy.
+    return prefix + secrets.token_urlsafe(12)
+
+
+def new_attachment_id() -> str:
+    return new_id(ATTACHMENT_PREFIX)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def is_attachment_id(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(ATTACHMENT_PREFIX) and bool(ID_RE.match(value))

@@ -1,0 +1,74 @@
+"""MIME detection from content, refined by the extension where libmagic only sees text."""
+
+from __future__ import annotations
+
+import mimetypes
+
+import magic
+
+# How much of a file's head libmagic is shown; enough for every binary
+# signature and for its text heuristics.
+SNIFF_BYTES = 64 * 1024
+
+# A fresh table, so results do not depend on the machine's /etc/mime.types.
+_table = mimetypes.MimeTypes()
+for _type, _ext in (
+    ("text/markdown", ".md"),
+    ("text/markdown", ".markdown"),
+    ("application/yaml", ".yaml"),
+    ("application/yaml", ".yml"),
+    ("application/toml", ".toml"),
+    ("application/x-ndjson", ".jsonl"),
+    ("application/x-ndjson", ".ndjson"),
+    ("text/plain", ".log"),
+    ("text/x-python", ".py"),
+    ("text/typescript", ".ts"),
+):
+    _table.add_type(_type, _ext)
+
+_TEXTUAL_APPLICATION_TYPES = {
+    "application/json",
+    "application/xml",
+    "application/yaml",
+    "application/toml",
+    "application/x-ndjson",
+    "application/javascript",
+    "application/x-sh",
+    "application/sql",
+}
+_UNINFORMATIVE = {"text/plain", "application/x-empty", "inode/x-empty"}
+
+
+def _is_textual(mime: str) -> bool:
+    return (
+        mime.startswith("text/")
+        or mime in _TEXTUAL_APPLICATION_TYPES
+        or mime.endswith(("+json", "+xml"))
+    )
+
+
+def guess_from_name(name: str) -> str | None:
+    mime, _encoding = _table.guess_type(name, strict=False)
+    return mime
+
+
+def detect_mime(head: bytes, name: str) -> str:
+    """
+    The MIME type of a file whose first bytes are `head`.
+
+    The content decides; the extension only refines a plain-text (or empty)
+    verdict into a more precise textual type, so a renamed binary can never
+    pass for text and a text file can never pass for an image.
+    """
+    detected = magic.from_buffer(head[:SNIFF_BYTES], mime=True) if head else "application/x-empty"
+    if detected in _UNINFORMATIVE:
+        guessed = guess_from_name(name)
+        if guessed and _is_textual(guessed):
+            return guessed
+        return "text/plain" if head else "application/octet-stream"
+    return detected
+
+
+def kind_for_mime(mime: str) -> str:
+    top = mime.split("/", 1)[0]
+    return top if top in {"image", "audio", "video"} else "file"

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.validators import RegexValidator
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import paths
+from .conf import conf
+
+
+class SessionQuerySet(models.QuerySet):
+    def live(self) -> SessionQuerySet:
+        """Sessions that have not been purged."""
+        return self.filter(purged_at__isnull=True)
+
+
+class Session(models.Model):
+    class Status(models.TextChoices):
+        CREATED = "created", _("created")
+        RUNNING = "running", _("running")
+        WAITING_FOR_INPUT = "waiting_for_input", _("waiting for input")
+        COMPLETED = "completed", _("completed")
+        FAILED = "failed", _("failed")
+        CANCELLED = "cancelled", _("cancelled")
+
+    session_id = models.CharField(
+        _("session id"),
+        max_length=64,
+        unique=True,
+        validators=[RegexValidator(paths.SESSION_ID_RE)],
+    )
+    status = models.CharField(
+        _("status"), max_length=32, choices=Status.choices, default=Status.CREATED
+    )
+    created_at = models.DateTimeField(_("created at"), default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
+    # A purged session keeps its row as a tombstone, so its id answers 404
+    # and is never handed out again.
+    purged_at = models.DateTimeField(_("purged at"), null=True, blank=True)
+
+    objects = SessionQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("session")
+        verbose_name_plural = _("sessions")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.session_id
+
+    @property
+    def directory(self) -> Path:
+        return paths.session_dir(conf.WAREHOUSE_DIR, self.session_id)
+
+
+class Attachment(models.Model):
+    class Kind(models.TextChoices):
+        IMAGE = "image", _("image")
+        AUDIO = "audio", _("audio")
+        VIDEO = "video", _("video")
+        FILE = "file", _("file")
+
+    class Source(models.TextChoices):
+        USER_UPLOAD = "user_upload", _("user upload")
+        WORKSPACE = "workspace", _("workspace")
+        REGISTERED = "registered", _("registered")
+
+    attachment_id = models.CharField(_("attachment id"), max_length=80, unique=True)
+    session = models.ForeignKey(
+        Session, on_delete=models.CASCADE, related_name="attachments", verbose_name=_("session")
+    )
+    name = models.CharField(_("name"), max_length=paths.MAX_DISPLAY_NAME_CHARS)
+    path = models.CharField(
+        _("path"), max_length=2048, help_text=_("Relative to the session directory.")
+    )
+    mime = models.CharField(_("MIME type"), max_length=255)
+    kind = models.CharField(_("kind"), max_length=16, choices=Kind.choices, default=Kind.FILE)
+    size = models.PositiveBigIntegerField(_("size"))
+    sha256 = models.CharField(_("SHA-256"), max_length=64)
+    # Not limited to Source's values: other producers may add their own.
+    source = models.CharField(_("source"), max_length=64, default=Source.USER_UPLOAD)
+    node_id = models.CharField(_("node id"), max_length=128, blank=True, default="")
+    metadata = models.JSONField(_("metadata"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    updated_at = models.DateTimeField(_("updated at"), default=timezone.now)
+    purged_at = models.DateTimeField(_("purged at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("attachment")
+        verbose_name_plural = _("attachments")
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["session", "created_at"], name="attachment_session_created")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.attachment_id})"
+
+    @property
+    def file_path(self) -> Path:
+        return paths.safe_join(self.session.directory, self.path)

@@ -1,0 +1,116 @@
+"""
+Where a session's files live, and the one way to build a path from client input.
+
+No Django import here: `AttachmentStore` uses this module inside workflow
+nodes' subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+WORKSPACE_DIRNAME = "code_workspace"
+ATTACHMENTS_DIRNAME = "attachments"
+MANIFEST_NAME = "attachments_manifest.json"
+
+# ext4 and most filesystems cap a name at 255 bytes; leave room for suffixes.
+MAX_NAME_BYTES = 200
+MAX_DISPLAY_NAME_CHARS = 1024
+_RESERVED_CHARS = re.compile(r'[<>:"/\\|?*]')
+
+
+class UnsafePath(ValueError):
+    """A path built from client input would leave its base directory."""
+
+
+def is_valid_session_id(session_id: object) -> bool:
+    return isinstance(session_id, str) and SESSION_ID_RE.fullmatch(session_id) is not None
+
+
+def safe_join(base: str | os.PathLike[str], *parts: str) -> Path:
+    """
+    Join `parts` onto `base` and return the normalised path, refusing absolute
+    parts, NUL bytes, and anything that normalises to a place outside `base`.
+
+    Symlinks are not resolved here; `resolve_inside` does that for paths that
+    are about to be read.
+    """
+    base_path = os.path.normpath(os.path.abspath(base))
+    for part in parts:
+        if "\x00" in part:
+            raise UnsafePath("Path contains a NUL byte.")
+        if os.path.isabs(part) or part.startswith("\\"):
+            raise UnsafePath(f"Absolute path not allowed: {part!r}")
+    joined = os.path.normpath(os.path.join(base_path, *parts))
+    if joined != base_path and not joined.startswith(base_path + os.sep):
+        raise UnsafePath(f"Path leaves its base directory: {os.path.join(*parts)!r}")
+    return Path(joined)
+
+
+def resolve_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Resolve symlinks in `path` and refuse it unless it still lies inside `base`."""
+    real_base = os.path.realpath(base)
+    real = os.path.realpath(path)
+    if real != real_base and not real.startswith(real_base + os.sep):
+        raise UnsafePath(f"Path resolves outside its base directory: {os.fspath(path)!r}")
+    return Path(real)
+
+
+def session_dir(warehouse: str | os.PathLike[str], session_id: str) -> Path:
+    if not is_valid_session_id(session_id):
+        raise UnsafePath(f"Invalid session id: {session_id!r}")
+    return safe_join(warehouse, f"session_{session_id}")
+
+
+def workspace_dir(session_path: Path) -> Path:
+    return session_path / WORKSPACE_DIRNAME
+
+
+def attachments_dir(session_path: Path) -> Path:
+    return workspace_dir(session_path) / ATTACHMENTS_DIRNAME
+
+
+def manifest_path(session_path: Path) -> Path:
+    return attachments_dir(session_path) / MANIFEST_NAME
+
+
+def _truncate_utf8(text: str, max_bytes: int) -> str:
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def sanitize_filename(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """
+    Turn a client's file name into one that is safe as a single path component.
+
+    Keeps the last component of either separator style, drops control and
+    format characters (CR/LF, NUL, bidi overrides), replaces characters that
+    some filesystems reserve, never yields "", "." or "..", and bounds the
+    UTF-8 length while keeping the extension.
+    """
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs"})
+    name = _RESERVED_CHARS.sub("_", name)
+    name = name.strip(" .")
+    if not name:
+        return "file"
+    if len(name.encode("utf-8")) > max_bytes:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and len(ext.encode("utf-8")) <= 16:
+            room = max_bytes - len(ext.encode("utf-8")) - 1
+            name = _truncate_utf8(stem, room).rstrip(" .") + "." + ext
+        else:
+            name = _truncate_utf8(name, max_bytes).rstrip(" .")
+    return name or "file"
+
+
+def display_name(name: str) -> str:
+    """The client's name as given, less NUL bytes (no database stores them), bounded."""
+    return name.replace("\x00", "")[:MAX_DISPLAY_NAME_CHARS]

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+
+from django.db.models import Count, Sum
+from rest_framework import serializers
+
+from .models import Attachment, Session
+
+
+class AttachmentSerializer(serializers.ModelSerializer):
+    session_id = serializers.CharField(source="session.session_id", read_only=True)
+    mime_type = serializers.CharField(source="mime", read_only=True)
+
+    class Meta:
+        model = Attachment
+        fields = [
+            "attachment_id",
+            "session_id",
+            "name",
+            "mime",
+            "mime_type",
+            "size",
+            "sha256",
+            "kind",
+            "source",
+            "node_id",
+            "path",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    session_id = serializers.CharField(required=False, allow_blank=False, max_length=200)
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    counts = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Session
+        fields = ["session_id", "status", "created_at", "updated_at", "counts"]
+        read_only_fields = fields
+
+    def get_counts(self, session: Session) -> dict[str, int]:
+        totals = session.attachments.filter(purged_at__isnull=True).aggregate(
+            attachments=Count("id"), bytes=Sum("size")
+        )
+        return {"attachments": totals["attachments"], "attachment_bytes": totals["bytes"] or 0}

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "attachments"
+
+urlpatterns = [
+    path("sessions", views.SessionListView.as_view(), name="sessions"),
+    path("sessions/<str:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
+    path("uploads/<str:session_id>", views.UploadView.as_view(), name="uploads"),
+]

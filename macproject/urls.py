@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="index.html"), name="index"),
+    path("admin/", admin.site.urls),
+    path("api/", include("attachments.urls")),
+]
+
+handler400 = "macproject.views.bad_request"
+handler404 = "macproject.views.not_found"
+handler500 = "macproject.views.server_error"
