@@ -123,19 +123,19 @@ class _MultipartReceiver:
     def _on_headers_finished(self) -> None:
         _disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
-        filename = options.get(b"filename")
-        if filename is None:
+        raw_filename = options.get(b"filename")
+        if raw_filename is None:
             self._part = "field"
-        elif name != FILE_FIELD or filename == b"":
+            return
+        filename = paths.client_file_name(raw_filename.decode("utf-8", "replace"))
+        if name != FILE_FIELD or filename is None:
             # Browsers send an empty filename for an empty file input.
             self._part = "skip"
         elif self.sink is not None or self.received is not None:
             raise MultipleFiles()
         else:
             self._part = "file"
-            self.sink = UploadSink(
-                self.attachments_path, filename.decode("utf-8", "replace"), self.limit
-            )
+            self.sink = UploadSink(self.attachments_path, filename, self.limit)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part == "file":

@@ -7,6 +7,7 @@ nodes' subprocesses.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import unicodedata
@@ -109,6 +110,19 @@ def sanitize_filename(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
         else:
             name = _truncate_utf8(name, max_bytes).rstrip(" .")
     return name or "file"
+
+
+def client_file_name(name: str) -> str | None:
+    """
+    The file name a multipart part claims, as Django's own parser reads it:
+    the last path component, printable characters only, and None for a name
+    that leaves nothing ("", ".", ".."), which counts as no file at all.
+    Both upload paths use these rules, so they agree on every name.
+    """
+    name = html.unescape(name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(ch for ch in name if ch.isprintable())
+    return None if name in {"", ".", ".."} else name
 
 
 def display_name(name: str) -> str:

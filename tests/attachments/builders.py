@@ -1,0 +1,117 @@
+"""Small builders shared by the attachments tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rest_framework.test import APIClient
+
+from attachments.models import Attachment, Session
+from attachments.sessions import create_session
+
+PNG_1x1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str | None = None) -> tuple[bytes, str]:
+    """A multipart/form-data body from (field, filename or None, content) parts."""
+    boundary = boundary or uuid.uuid4().hex
+    chunks = []
+    for field, filename, content in parts:
+        disposition = f'form-data; name="{field}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
+        if filename is not None:
+            head += "Content-Type: application/octet-stream\r\n"
+        chunks.append(head.encode("utf-8") + b"\r\n" + content + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any
+
+
+class DjangoPath:
+    """Uploads parsed by Django with AttachmentUploadHandler (test client, WSGI, plain ASGI)."""
+
+    name = "django"
+
+    def post(self, url: str, body: bytes, content_type: str) -> Reply:
+        response = APIClient().generic("POST", url, body, content_type=content_type)
+        return Reply(response.status_code, json.loads(response.content or b"null"))
+
+    def get(self, url: str) -> Reply:
+        response = APIClient().get(url)
+        return Reply(response.status_code, json.loads(response.content or b"null"))
+
+
+class StreamingPath:
+    """Uploads streamed by StreamingUploadMiddleware in front of the project's ASGI app."""
+
+    name = "streaming"
+    chunk = 7919  # a prime, so part boundaries fall at awkward places
+
+    def _request(self, method: str, url: str, body: bytes = b"", content_type: str = "") -> Reply:
+        from macproject.asgi import application
+
+        async def stream():
+            for start in range(0, len(body), self.chunk):
+                yield body[start : start + self.chunk]
+
+        async def run() -> httpx.Response:
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                headers = {"content-type": content_type} if content_type else {}
+                if body:
+                    headers["content-length"] = str(len(body))
+                return await client.request(method, url, content=stream() if body else None, headers=headers)
+
+        response = asyncio.run(run())
+        return Reply(response.status_code, response.json() if response.content else None)
+
+    def post(self, url: str, body: bytes, content_type: str) -> Reply:
+        return self._request("POST", url, body, content_type)
+
+    def get(self, url: str) -> Reply:
+        return self._request("GET", url)
+
+
+def new_session(session_id: str | None = None) -> Session:
+    return create_session(session_id)
+
+
+def files_on_disk(session: Session) -> list[Path]:
+    root = session.directory / "code_workspace" / "attachments"
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")) if root.exists() else []
+
+
+def uploaded_files(session: Session) -> list[Path]:
+    return [p for p in files_on_disk(session) if p.name != "attachments_manifest.json"]
+
+
+def manifest_ids(session: Session) -> list[str]:
+    path = session.directory / "code_workspace/attachments/attachments_manifest.json"
+    if not path.exists():
+        return []
+    return [a["attachment_id"] for a in json.loads(path.read_text())["attachments"]]
+
+
+def row_ids(session: Session) -> list[str]:
+    return list(Attachment.objects.filter(session=session).values_list("attachment_id", flat=True))

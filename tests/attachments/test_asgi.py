@@ -1,0 +1,105 @@
+"""What only the streaming path does: route matching, disconnects, and not spooling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from django.urls import reverse
+
+from attachments.asgi import StreamingUploadMiddleware, upload_session_id
+
+from .builders import manifest_ids, multipart, new_session, row_ids, uploaded_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def http_scope(path: str, body_length: int, content_type: str, method: str = "POST") -> dict:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(body_length).encode()),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+
+
+class TestRouteMatching:
+    def test_matches_upload_posts(self):
+        path = reverse("attachments:uploads", kwargs={"session_id": "abc"})
+        assert upload_session_id(http_scope(path, 0, "x")) == "abc"
+
+    def test_ignores_listing(self):
+        path = reverse("attachments:uploads", kwargs={"session_id": "abc"})
+        assert upload_session_id(http_scope(path, 0, "x", method="GET")) is None
+
+    @pytest.mark.parametrize("path", ["/api/sessions", "/api/uploads/a/b", "/nowhere"])
+    def test_ignores_other_routes(self, path):
+        assert upload_session_id(http_scope(path, 0, "x")) is None
+
+
+async def run_app(app, scope, messages):
+    """Drive an ASGI app with the given receive messages; return what it sent."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+    sent = []
+
+    async def receive():
+        return await queue.get()
+
+    async def send(message):
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    return sent
+
+
+def test_a_client_that_disconnects_mid_upload_leaves_nothing():
+    session = new_session()
+    body, content_type = multipart([("file", "big.bin", b"x" * 300_000)])
+    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    messages = [
+        {"type": "http.request", "body": body[:100_000], "more_body": True},
+        {"type": "http.request", "body": body[100_000:200_000], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    reached_django = []
+
+    async def django_app(scope, receive, send):
+        reached_django.append(scope)
+
+    sent = asyncio.run(run_app(StreamingUploadMiddleware(django_app), scope, messages))
+    assert sent == [] and reached_django == []
+    assert uploaded_files(session) == []
+    assert not any((session.directory / "code_workspace/attachments").iterdir())
+    assert manifest_ids(session) == [] and row_ids(session) == []
+
+
+def test_django_sees_an_empty_body_and_the_streamed_file():
+    from macproject.asgi import application
+
+    session = new_session()
+    content = b"y" * 50_000
+    body, content_type = multipart([("file", "y.txt", content)])
+    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    messages = [
+        {"type": "http.request", "body": body[i : i + 4096], "more_body": i + 4096 < len(body)}
+        for i in range(0, len(body), 4096)
+    ]
+    sent = asyncio.run(run_app(application, scope, messages))
+    assert sent[0]["status"] == 201
+    reply = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert (session.directory / reply["path"]).read_bytes() == content

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from attachments.manifest import AttachmentEntry, Manifest, ManifestError
+
+
+def entry(attachment_id: str, **changes) -> AttachmentEntry:
+    values = dict(
+        attachment_id=attachment_id,
+        name=f"{attachment_id}.txt",
+        path=f"code_workspace/attachments/{attachment_id}/{attachment_id}.txt",
+        mime="text/plain",
+        kind="file",
+        size=1,
+        sha256="0" * 64,
+        source="user_upload",
+        created_at="2026-01-01T00:00:00+00:00",
+        updated_at="2026-01-01T00:00:00+00:00",
+    )
+    values.update(changes)
+    return AttachmentEntry(**values)
+
+
+def test_absent_manifest_reads_as_empty(tmp_path: Path):
+    assert Manifest(tmp_path, "s1").read().attachments == []
+
+
+def test_edit_writes_json_that_other_tools_can_read(tmp_path: Path):
+    manifest = Manifest(tmp_path, "s1")
+    with manifest.edit() as document:
+        document.upsert(entry("att_aaaaaaaaaaaa"))
+    data = json.loads(manifest.path.read_text())
+    assert data["version"] == 1
+    assert data["session_id"] == "s1"
+    assert [a["attachment_id"] for a in data["attachments"]] == ["att_aaaaaaaaaaaa"]
+    assert manifest.path == tmp_path / "code_workspace/attachments/attachments_manifest.json"
+
+
+def test_upsert_replaces_an_entry_with_the_same_id(tmp_path: Path):
+    manifest = Manifest(tmp_path, "s1")
+    with manifest.edit() as document:
+        document.upsert(entry("att_aaaaaaaaaaaa", size=1))
+    with manifest.edit() as document:
+        document.upsert(entry("att_aaaaaaaaaaaa", size=2))
+    assert [(e.attachment_id, e.size) for e in manifest.read().attachments] == [
+        ("att_aaaaaaaaaaaa", 2)
+    ]
+
+
+def test_a_failing_edit_leaves_the_file_as_it_was(tmp_path: Path):
+    manifest = Manifest(tmp_path, "s1")
+    with manifest.edit() as document:
+        document.upsert(entry("att_aaaaaaaaaaaa"))
+    before = manifest.path.read_bytes()
+    with pytest.raises(RuntimeError), manifest.edit() as document:
+        document.upsert(entry("att_bbbbbbbbbbbb"))
+        raise RuntimeError("boom")
+    assert manifest.path.read_bytes() == before
+
+
+def test_no_temporary_files_are_left_behind(tmp_path: Path):
+    manifest = Manifest(tmp_path, "s1")
+    for i in range(3):
+        with manifest.edit() as document:
+            document.upsert(entry(f"att_{i:012d}"))
+    leftovers = [p.name for p in manifest.directory.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_unknown_fields_from_newer_writers_are_ignored(tmp_path: Path):
+    manifest = Manifest(tmp_path, "s1")
+    manifest.directory.mkdir(parents=True)
+    data = {"attachments": [dict(entry("att_aaaaaaaaaaaa").to_dict(), future_field=1)]}
+    manifest.path.write_text(json.dumps(data))
+    assert manifest.read().attachments[0].attachment_id == "att_aaaaaaaaaaaa"
+
+
+def test_a_corrupt_manifest_is_reported(tmp_path: Path):
+    manifest = Manifest(tmp_path, "s1")
+    manifest.directory.mkdir(parents=True)
+    manifest.path.write_text("{not json")
+    with pytest.raises(ManifestError):
+        manifest.read()
+
+
+def _write_entries(session_path: str, worker: int, count: int) -> None:
+    manifest = Manifest(Path(session_path), "s1")
+    for i in range(count):
+        with manifest.edit() as document:
+            document.upsert(entry(f"att_w{worker:02d}i{i:08d}"))
+
+
+def test_concurrent_writers_in_separate_processes_lose_no_entry(tmp_path: Path):
+    workers, per_worker = 6, 25
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_write_entries, args=(str(tmp_path), w, per_worker))
+        for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    ids = {e.attachment_id for e in Manifest(tmp_path, "s1").read().attachments}
+    assert ids == {f"att_w{w:02d}i{i:08d}" for w in range(workers) for i in range(per_worker)}

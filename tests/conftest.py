@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# .ci/run sets this for its PostgreSQL + Redis pass: there, a test marked
+# `services` that does not run is a failure, not a skip.
+REQUIRE_SERVICES = os.environ.get("MAC_REQUIRE_SERVICES") == "1"
+_skipped_services_tests: list[str] = []
+
+
+def services_configured() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith("postgres") and bool(
+        os.environ.get("REDIS_URL")
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REQUIRE_SERVICES and not services_configured():
+        raise pytest.UsageError(
+            "MAC_REQUIRE_SERVICES=1 needs DATABASE_URL=postgres://... and REDIS_URL=redis://..."
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if services_configured():
+        return
+    skip = pytest.mark.skip(
+        reason="needs PostgreSQL and Redis: set DATABASE_URL=postgres://... and REDIS_URL=redis://..."
+    )
+    for item in items:
+        if item.get_closest_marker("services"):
+            item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "services" in report.keywords:
+        _skipped_services_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if REQUIRE_SERVICES and _skipped_services_tests:
+        print("\nThese tests need PostgreSQL and Redis but were skipped:")
+        for nodeid in _skipped_services_tests:
+            print(f"  {nodeid}")
+        session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def warehouse(tmp_path: Path, settings) -> Path:
+    """Every test gets its own empty warehouse."""
+    path = tmp_path / "WareHouse"
+    settings.ATTACHMENTS_WAREHOUSE_DIR = path
+    return path
