@@ -54,3 +54,17 @@ def warehouse(tmp_path: Path, settings) -> Path:
     path = tmp_path / "WareHouse"
     settings.ATTACHMENTS_WAREHOUSE_DIR = path
     return path
+
+
+@pytest.fixture
+def server(transactional_db, warehouse: Path, tmp_path: Path):
+    """
+    A factory for real server processes: `with server("uvicorn") as s: ...`.
+    Each shares the test database and this test's warehouse.
+    """
+    from tests.servers import run_server
+
+    def start(kind: str = "uvicorn", **env: str):
+        return run_server(kind, warehouse, tmp_path / "server-logs", **env)
+
+    return start
