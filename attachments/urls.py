@@ -7,6 +7,7 @@ from . import views
 app_name = "attachments"
 
 urlpatterns = [
+    path("limits", views.LimitsView.as_view(), name="limits"),
     path("sessions", views.SessionListView.as_view(), name="sessions"),
     path("sessions/<str:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
     path("uploads/<str:session_id>", views.UploadView.as_view(), name="uploads"),

@@ -8,11 +8,25 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from .conf import conf
 from .exceptions import JSONErrorsMixin
 from .records import record_upload
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
 from .sessions import create_session, get_live_session, purge_session
-from .uploads import receive_upload
+from .uploads import FILE_FIELD, receive_upload
+
+
+class LimitsView(JSONErrorsMixin, APIView):
+    """The upload limits in force, so a client can check before it sends a byte."""
+
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "max_upload_bytes": conf.MAX_UPLOAD_BYTES,
+                "upload_field": FILE_FIELD,
+                "files_per_request": 1,
+            }
+        )
 
 
 class SessionListView(JSONErrorsMixin, APIView):

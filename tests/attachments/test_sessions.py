@@ -105,3 +105,17 @@ class TestDelete:
         assert api.delete("/api/sessions/s1").status_code == 404
         assert api.get("/api/uploads/s1").status_code == 404
         assert Session.objects.get(session_id="s1").purged_at is not None
+
+
+class TestLimits:
+    def test_no_limit_by_default(self, api, settings):
+        settings.ATTACHMENTS_MAX_UPLOAD_BYTES = None
+        assert api.get("/api/limits").json() == {
+            "max_upload_bytes": None,
+            "upload_field": "file",
+            "files_per_request": 1,
+        }
+
+    def test_reports_the_configured_limit(self, api, settings):
+        settings.ATTACHMENTS_MAX_UPLOAD_BYTES = 1234
+        assert api.get("/api/limits").json()["max_upload_bytes"] == 1234
