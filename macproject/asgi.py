@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import os
 
+from django.conf import settings
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "macproject.settings")
 django_asgi_app = get_asgi_application()
+if settings.MAC_SERVE_STATIC:
+    # The admin's (and later the dashboard's) assets, straight from the apps,
+    # so the embedded default needs no collectstatic and no CDN. Behind a
+    # proxy, set MAC_SERVE_STATIC=0 and serve STATIC_ROOT from there.
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
 
 # Imported after Django is set up: they load models.
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -9,7 +9,8 @@ Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
-    MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS
+    MAC_SERVE_STATIC         0 when a proxy serves STATIC_ROOT (default 1: the app serves them)
+    MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
 """
@@ -121,6 +122,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "build" / "static"
+MAC_SERVE_STATIC = _env_bool("MAC_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
