@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 from django.db.models import Count, Sum
 from rest_framework import serializers
 

@@ -11,8 +11,8 @@ from attachments.models import Attachment
 from attachments.sessions import purge_session
 
 from .builders import (
-    PNG_1x1,
     DjangoPath,
+    PNG_1x1,
     StreamingPath,
     manifest_ids,
     multipart,
