@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error
+from django.utils.module_loading import import_string
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
@@ -38,4 +39,38 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                     id="attachments.E003",
                 )
             )
+    scanners = getattr(settings, "ATTACHMENTS_UPLOAD_SCANNERS", [])
+    if not isinstance(scanners, list | tuple):
+        errors.append(
+            Error(
+                "ATTACHMENTS_UPLOAD_SCANNERS must be a list of dotted paths or callables.",
+                hint=f"Got {scanners!r}.",
+                id="attachments.E004",
+            )
+        )
+    else:
+        for entry in scanners:
+            try:
+                scanner = import_string(entry) if isinstance(entry, str) else entry
+            except ImportError as exc:
+                scanner, problem = None, str(exc)
+            else:
+                problem = f"{entry!r} is not callable."
+            if not callable(scanner):
+                errors.append(
+                    Error(
+                        f"Upload scanner {entry!r} cannot be used.",
+                        hint=problem,
+                        id="attachments.E005",
+                    )
+                )
+    unscannable = getattr(settings, "ATTACHMENTS_UNSCANNABLE", "refuse")
+    if unscannable not in {"refuse", "keep"}:
+        errors.append(
+            Error(
+                'ATTACHMENTS_UNSCANNABLE must be "refuse" or "keep".',
+                hint=f"Got {unscannable!r}.",
+                id="attachments.E006",
+            )
+        )
     return errors

@@ -7,11 +7,20 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_AUTO_CLEAN        drop a session's attachments/ when it completes (False)
     ATTACHMENTS_LOCK_TIMEOUT      seconds to wait for a manifest lock before failing (30)
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
+    ATTACHMENTS_UPLOAD_SCANNERS   dotted paths (or callables) run on each upload before
+                                  it is recorded, e.g. ["attachments.clamav.scan"] ([])
+    ATTACHMENTS_UNSCANNABLE       "refuse" or "keep" (marked unscanned) a file too large
+                                  for a scanner ("refuse")
+    ATTACHMENTS_CLAMD_ADDRESS     "unix:///run/clamav/clamd.ctl" or "tcp://host:3310"
+                                  ("unix:///run/clamav/clamd.ctl")
+    ATTACHMENTS_CLAMD_MAX_BYTES   clamd's StreamMaxLength (25 MiB, clamd's default)
+    ATTACHMENTS_CLAMD_TIMEOUT     seconds to wait for clamd (60)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -36,6 +45,26 @@ class Settings:
     @property
     def UPLOAD_BUFFER_BYTES(self) -> int:
         return int(getattr(settings, "ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1 << 20))
+
+    @property
+    def UPLOAD_SCANNERS(self) -> list[Any]:
+        return list(getattr(settings, "ATTACHMENTS_UPLOAD_SCANNERS", []))
+
+    @property
+    def UNSCANNABLE(self) -> str:
+        return str(getattr(settings, "ATTACHMENTS_UNSCANNABLE", "refuse"))
+
+    @property
+    def CLAMD_ADDRESS(self) -> str:
+        return str(getattr(settings, "ATTACHMENTS_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl"))
+
+    @property
+    def CLAMD_MAX_BYTES(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_CLAMD_MAX_BYTES", 25 * 1024 * 1024))
+
+    @property
+    def CLAMD_TIMEOUT(self) -> float:
+        return float(getattr(settings, "ATTACHMENTS_CLAMD_TIMEOUT", 60))
 
 
 conf = Settings()

@@ -21,6 +21,7 @@ from .manifest import AttachmentEntry, Manifest, ManifestError, utc_now_iso
 from .mime import detect_mime, kind_for_mime
 from .models import Attachment, Session
 from .receiving import ReceivedFile
+from .scanning import scan_file
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,11 @@ def record_upload(
     Record a received file in the manifest and the database. On any failure
     the file is removed and neither record keeps a trace of it.
     """
+    try:
+        metadata = scan_file(received.path)
+    except BaseException:
+        received.discard()
+        raise
     mime = detect_mime(received.head, received.name)
     now = utc_now_iso()
     entry = AttachmentEntry(
@@ -70,6 +76,7 @@ def record_upload(
         source=source,
         created_at=now,
         updated_at=now,
+        metadata=metadata,
     )
     manifest = manifest_for(session)
     try:

@@ -9,6 +9,10 @@ Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
+    MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
+    MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
+    MAC_CLAMD_ADDRESS        unix:///run/clamav/clamd.ctl (default) or tcp://host:3310
+    MAC_CLAMD_MAX_BYTES      clamd's StreamMaxLength (default 25 MiB)
     MAC_SERVE_STATIC         0 when a proxy serves STATIC_ROOT (default 1: the app serves them)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
@@ -139,3 +143,8 @@ LOGGING = {
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
+ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]
+ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")
+ATTACHMENTS_CLAMD_ADDRESS = os.environ.get("MAC_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl")
+if _env_int("MAC_CLAMD_MAX_BYTES") is not None:
+    ATTACHMENTS_CLAMD_MAX_BYTES = _env_int("MAC_CLAMD_MAX_BYTES")

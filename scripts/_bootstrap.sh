@@ -21,23 +21,26 @@ require_python() {
     exit 1
 }
 
+have_library() { ldconfig -p 2>/dev/null | grep -q "$1"; }
+have_command() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
 install_system_package() {
-    # $1: a shared library to look for, $2: the Debian package that provides it.
-    if ldconfig -p 2>/dev/null | grep -q "$1"; then
+    # $1: a check ("have_library libx.so.1" or "have_command x"), $2: the Debian package.
+    if $1; then
         return
     fi
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "Installing $2 ..." >&2
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
     else
-        echo "Please install $2 (it provides $1), then run this again." >&2
+        echo "Please install $2 (for: $1), then run this again." >&2
         exit 1
     fi
 }
 
 bootstrap() {
     local extras="${1:-}"
-    install_system_package libmagic.so.1 libmagic1
+    install_system_package "have_library libmagic.so.1" libmagic1
     if [ ! -x "$VENV/bin/python" ]; then
         require_python
         echo "Creating $VENV ..." >&2

@@ -32,3 +32,24 @@ def test_max_upload_bytes_must_be_a_count(value):
 def test_numbers_must_be_numbers(name):
     with override_settings(**{name: "soon"}):
         assert ids(check_settings()) == ["attachments.E003"]
+
+
+def test_scanners_must_be_a_list():
+    with override_settings(ATTACHMENTS_UPLOAD_SCANNERS="attachments.clamav.scan"):
+        assert ids(check_settings()) == ["attachments.E004"]
+
+
+@pytest.mark.parametrize("entry", ["no.such.module.scan", "attachments.conf.conf"])
+def test_scanners_must_import_and_be_callable(entry):
+    with override_settings(ATTACHMENTS_UPLOAD_SCANNERS=[entry]):
+        assert ids(check_settings()) == ["attachments.E005"]
+
+
+def test_shipped_clamav_scanner_passes_the_check():
+    with override_settings(ATTACHMENTS_UPLOAD_SCANNERS=["attachments.clamav.scan"]):
+        assert check_settings() == []
+
+
+def test_unscannable_policy_is_refuse_or_keep():
+    with override_settings(ATTACHMENTS_UNSCANNABLE="maybe"):
+        assert ids(check_settings()) == ["attachments.E006"]
