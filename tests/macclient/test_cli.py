@@ -1,0 +1,74 @@
+"""`macctl` against a real server process, run as a user would run it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ROOT, free_port
+
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+
+
+def macctl(server_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MAC_SERVER": server_url, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "macclient.cli", *args],
+        capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=60,
+    )
+
+
+@pytest.fixture
+def live(server):
+    with server("uvicorn") as s:
+        yield s
+
+
+def test_create_upload_and_list(live, tmp_path: Path):
+    created = macctl(live.url, "session", "create", "cli-demo")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["session_id"] == "cli-demo"
+
+    files = []
+    for name, size in (("a.csv", 10), ("b.bin", 3 * 1024 * 1024)):
+        path = tmp_path / name
+        path.write_bytes(os.urandom(size) if name.endswith(".bin") else b"x,y\n1,2\n3,")
+        files.append(path)
+    uploaded = macctl(live.url, "upload", "cli-demo", *map(str, files))
+    assert uploaded.returncode == 0, uploaded.stderr
+    results = json.loads(uploaded.stdout)
+    assert [r["sha256"] for r in results] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    assert "b.bin" in uploaded.stderr  # the progress bars go to stderr
+
+    listed = json.loads(macctl(live.url, "list", "cli-demo").stdout)
+    assert [a["name"] for a in listed] == ["a.csv", "b.bin"]
+
+
+def test_server_errors_exit_1_with_the_detail(live):
+    result = macctl(live.url, "session", "show", "nosuchsession")
+    assert result.returncode == 1
+    assert "session_not_found" in result.stderr and "No such session" in result.stderr
+
+
+def test_a_missing_local_file_is_a_usage_error(live, tmp_path: Path):
+    macctl(live.url, "session", "create", "cli-usage")
+    result = macctl(live.url, "upload", "cli-usage", str(tmp_path / "absent.txt"))
+    assert result.returncode == 2
+    assert "Not a file" in result.stderr
+
+
+def test_an_unreachable_server_exits_3():
+    result = macctl(f"http://127.0.0.1:{free_port()}", "session", "create")
+    assert result.returncode == 3
+    assert "Cannot reach" in result.stderr
+
+
+def test_bad_arguments_exit_2():
+    result = macctl("http://127.0.0.1:1", "session", "show")
+    assert result.returncode == 2
