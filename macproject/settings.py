@@ -2,13 +2,16 @@
 Settings for the reference deployment.
 
 This is the only module that reads the environment. Each variable maps to a
-Django setting; the apps read their own settings through `attachments.conf`
-and `artifacts.conf`, so a host project configures them in its own settings.
+Django setting; the apps read their own settings through `attachments.conf`,
+`artifacts.conf` and `workflows.conf`, so a host project configures them in its own settings.
 
 Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
+    MAC_WORKFLOWS_DIR        where workflow YAML files live (default: the shipped examples)
+    MAC_NODE_TIMEOUT         default seconds a python node may run (300)
+    MAC_NODE_MEMORY_BYTES    address-space limit of a python node (2 GiB)
     MAC_SERVE_STATIC         0 when a proxy serves STATIC_ROOT (default 1: the app serves them)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
@@ -55,6 +58,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "attachments",
     "artifacts",
+    "workflows",
 ]
 
 MIDDLEWARE = [
@@ -135,7 +139,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("MAC_LOG_LEVEL", "INFO")},
 }
 
-# The apps' own settings (see attachments/conf.py and artifacts/conf.py).
+# The apps' own settings (see attachments/conf.py, artifacts/conf.py, workflows/conf.py).
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
+WORKFLOWS_DIR = os.environ.get("MAC_WORKFLOWS_DIR") or None
+if os.environ.get("MAC_NODE_TIMEOUT"):
+    WORKFLOWS_NODE_TIMEOUT = float(os.environ["MAC_NODE_TIMEOUT"])
+if os.environ.get("MAC_NODE_MEMORY_BYTES"):
+    WORKFLOWS_NODE_MEMORY_BYTES = _env_int("MAC_NODE_MEMORY_BYTES")
