@@ -77,7 +77,9 @@ async def follow_run(server, session_id: str, attachment_id: str) -> tuple[dict,
 def test_csv_summary_end_to_end(server, kind, warehouse):
     with server(kind) as s:
         session_id = httpx.post(s.url + "/api/sessions", json={}).json()["session_id"]
-        csv = httpx.post(f"{s.url}/api/uploads/{session_id}", files={"file": ("cities.csv", CSV)}).json()
+        csv = httpx.post(
+            f"{s.url}/api/uploads/{session_id}", files={"file": ("cities.csv", CSV)}
+        ).json()
         assert csv["mime"] == "text/csv"
         run, messages = asyncio.run(follow_run(s, session_id, csv["attachment_id"]))
         listed = httpx.get(f"{s.url}/api/uploads/{session_id}").json()["attachments"]
@@ -98,9 +100,14 @@ def test_csv_summary_end_to_end(server, kind, warehouse):
         assert hashlib.sha256(data).hexdigest() == attachment["sha256"]
     assert (session_dir / by_name["chart.png"]["path"]).read_bytes().startswith(b"\x89PNG")
 
-    manifest = json.loads((session_dir / "code_workspace/attachments/attachments_manifest.json").read_text())
+    manifest = json.loads(
+        (session_dir / "code_workspace/attachments/attachments_manifest.json").read_text()
+    )
     in_manifest = {a["attachment_id"]: (a["path"], a["sha256"]) for a in manifest["attachments"]}
-    rows = {a.attachment_id: (a.path, a.sha256) for a in Attachment.objects.filter(session__session_id=session_id)}
+    rows = {
+        a.attachment_id: (a.path, a.sha256)
+        for a in Attachment.objects.filter(session__session_id=session_id)
+    }
     assert in_manifest == rows == {a["attachment_id"]: (a["path"], a["sha256"]) for a in listed}
 
     logs = [line for m in messages if m["type"] == "node_log" for line in m["data"]["lines"]]

@@ -27,7 +27,11 @@ def test_lists_the_shipped_workflows():
     assert response.status_code == 200
     listed = {w["name"]: w for w in response.json()["workflows"]}
     assert listed["csv_summary"]["nodes"] == [
-        {"id": "summarise", "type": "python", "description": listed["csv_summary"]["nodes"][0]["description"]}
+        {
+            "id": "summarise",
+            "type": "python",
+            "description": listed["csv_summary"]["nodes"][0]["description"],
+        }
     ]
     assert "CSV" in listed["csv_summary"]["description"]
     assert [n["type"] for n in listed["review_csv"]["nodes"]] == ["human", "python"]
@@ -57,7 +61,13 @@ def test_invalid_bodies_name_the_field(body, field):
 def test_task_prompt_is_required_even_with_attachments():
     session = create_session()
     attachment_id = upload(session.session_id)
-    response = post({"workflow": "csv_summary", "session_id": session.session_id, "attachments": [attachment_id]})
+    response = post(
+        {
+            "workflow": "csv_summary",
+            "session_id": session.session_id,
+            "attachments": [attachment_id],
+        }
+    )
     assert response.status_code == 400 and "task_prompt" in response.json()["errors"]
 
 
@@ -100,19 +110,26 @@ def test_unknown_and_foreign_attachments_are_named():
 
 
 def test_attachments_without_a_session_are_unknown():
-    response = post({"task_prompt": "x", "workflow": "csv_summary", "attachments": ["att_abcdefghijkl"]})
+    response = post(
+        {"task_prompt": "x", "workflow": "csv_summary", "attachments": ["att_abcdefghijkl"]}
+    )
     assert (response.status_code, response.json()["code"]) == (400, "unknown_attachments")
     assert Session.objects.count() == 0
 
 
-@pytest.mark.parametrize(("session_id", "status", "code"), [("bad.id", 400, "invalid_session_id"), ("unknown", 404, "session_not_found")])
+@pytest.mark.parametrize(
+    ("session_id", "status", "code"),
+    [("bad.id", 400, "invalid_session_id"), ("unknown", 404, "session_not_found")],
+)
 def test_bad_sessions(session_id, status, code):
     response = post({"task_prompt": "x", "workflow": "csv_summary", "session_id": session_id})
     assert (response.status_code, response.json()["code"]) == (status, code)
 
 
 def test_a_json_body_is_required():
-    response = APIClient().post("/api/workflow/execute", "not json", content_type="application/json")
+    response = APIClient().post(
+        "/api/workflow/execute", "not json", content_type="application/json"
+    )
     assert response.status_code == 400
     response = APIClient().post("/api/workflow/execute", "x", content_type="text/plain")
     assert response.status_code == 415
@@ -121,7 +138,9 @@ def test_a_json_body_is_required():
 @pytest.mark.parametrize("run_id", ["nope", "run_doesnotexist00", "run_" + "x" * 80])
 def test_unknown_runs_are_404(run_id):
     for method, suffix in (("get", ""), ("post", "/cancel"), ("post", "/input")):
-        response = getattr(APIClient(), method)(f"/api/workflow/runs/{run_id}{suffix}", {}, format="json")
+        response = getattr(APIClient(), method)(
+            f"/api/workflow/runs/{run_id}{suffix}", {}, format="json"
+        )
         assert (response.status_code, response.json()["code"]) == (404, "run_not_found")
 
 
