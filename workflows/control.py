@@ -94,12 +94,21 @@ class RunControl:
         self._tasks.append(asyncio.ensure_future(self._poll()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
         layer = get_channel_layer()
+        listener = self._tasks[0] if layer is not None and self._channel is not None else None
+        if listener is not None:
+            # Cancelling a channels-redis receive can hang its cleanup, so
+            # the listener is told to return instead.
+            with contextlib.suppress(Exception):
+                await layer.send(self._channel, {"type": "run.control", "action": "stop"})
+                await asyncio.wait_for(asyncio.shield(listener), 5)
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+        for task in self._tasks:
+            if task is not listener:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if layer is not None and self._channel is not None:
             with contextlib.suppress(Exception):
                 await layer.group_discard(run_group(self.run_id), self._channel)
@@ -128,7 +137,10 @@ class RunControl:
                 logger.warning("Run %s: channel layer receive failed", self.run_id)
                 await asyncio.sleep(conf.CONTROL_POLL_SECONDS)
                 continue
-            if message.get("action") == "cancel":
+            action = message.get("action")
+            if action == "stop":
+                return
+            if action == "cancel":
                 await self._refresh()
             self.changed.set()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextvars
 import os
 import threading
 
@@ -33,9 +34,26 @@ def launch(run_id: str) -> None:
     from .runner import execute_run
 
     loop = _server_loop() or _background_loop()
-    future = asyncio.run_coroutine_threadsafe(execute_run(run_id), loop)
+    future: concurrent.futures.Future[None] = concurrent.futures.Future()
     _futures[run_id] = future
     future.add_done_callback(lambda _f: _futures.pop(run_id, None))
+
+    def start() -> None:
+        task = loop.create_task(execute_run(run_id))
+        task.add_done_callback(lambda t: _settle(future, t))
+
+    # A fresh context: the request's would tie the run's database calls to
+    # the request's executor thread, which asgiref retires with the request.
+    loop.call_soon_threadsafe(start, context=contextvars.Context())
+
+
+def _settle(future: concurrent.futures.Future[None], task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(None)
 
 
 def is_running_here(run_id: str) -> bool:

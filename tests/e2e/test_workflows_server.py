@@ -68,8 +68,11 @@ async def follow_run(server, session_id: str, attachment_id: str) -> tuple[dict,
                     if message["type"] == "run_status" and message["data"]["status"] in FINAL:
                         return
 
-            await asyncio.wait_for(until_final(), 60)
-            run = (await client.get(f"/api/workflow/runs/{run_id}")).json()
+            try:
+                await asyncio.wait_for(until_final(), 60)
+            finally:
+                run = (await client.get(f"/api/workflow/runs/{run_id}")).json()
+                assert run["status"] in FINAL, (run, messages)
     return run, messages
 
 

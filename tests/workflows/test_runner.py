@@ -8,6 +8,8 @@ import socket
 import subprocess
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from attachments.models import Attachment, Session
 from workflows.models import WorkflowRun
@@ -26,6 +28,13 @@ from .helpers import (
 pytestmark = pytest.mark.django_db(transaction=True)
 
 CSV = b"city,population,area\nParis,2148000,105.4\nLyon,516000,47.9\nNice,342000,71.9\n"
+
+
+@pytest.fixture(autouse=True)
+async def close_connections():
+    """The ORM calls made from these async tests leave connections in asgiref's thread."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
@@ -379,8 +388,6 @@ async def test_by_default_everything_is_kept(warehouse):
 
 
 async def test_runs_interrupted_by_a_restart_are_marked_failed(workflows_dir):
-    from asgiref.sync import sync_to_async
-
     from workflows import records
 
     write_workflow(workflows_dir, "wait", "nodes:\n  - id: ask\n    type: human\n")
