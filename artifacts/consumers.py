@@ -79,7 +79,7 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "error", "data": {"code": code, "detail": detail, **extra}})
 
     async def receive_human_input(self, data: Any) -> None:
-        """`{"type": "human_input", "data": {"input", "attachments"?, "run_id"?}}` for a waiting node."""
+        """`human_input`: `{"input", "attachments"?, "run_id"?}` for the node that waits."""
         from workflows.control import wake_run_async
 
         if not isinstance(data, dict):

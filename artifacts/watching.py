@@ -113,7 +113,7 @@ class InotifyWatcher:
         self._dirs.clear()
 
     def take(self) -> tuple[set[str], bool]:
-        """Drain the queue, then hand over (and forget) what changed and whether events were lost."""
+        """Drain the queue, then hand over what changed and whether events were lost."""
         self.drain()
         pending, overflowed = self.pending, self.overflowed
         self.pending, self.overflowed = set(), False

@@ -157,7 +157,7 @@ class WorkspaceArtifactHook:
         return found
 
     def apply(self, candidates: Iterable[str], node_id: str | None) -> WorkspaceChanges:
-        """Hash the candidates whose signature moved and record created, updated and deleted files."""
+        """Hash the candidates whose signature moved; record created, updated and deleted files."""
         document = self.store.manifest.read()
         in_place = {
             e.path.removeprefix(paths.WORKSPACE_DIRNAME + "/"): e
@@ -237,7 +237,7 @@ class WorkspaceArtifactHook:
         self.close()
 
     async def before_node(self, node_id: str) -> WorkspaceChanges:
-        """Record what changed since the last check (no node made it), then attribute to `node_id`."""
+        """Record what changed since the last check (no node made it); attribute to `node_id`."""
         changes = await self.flush(None)
         self.current_node = node_id
         return changes
@@ -368,7 +368,7 @@ class WorkspaceArtifactHook:
         return expanded
 
     def _record(self, changes: WorkspaceChanges) -> None:
-        """Write the changes under the manifest lock, reconciled with what others wrote meanwhile."""
+        """Write the changes under the manifest lock, reconciled with what others wrote."""
         manifest = self.store.manifest
         with manifest.locked() as document:
             by_path = {e.path: e for e in document.attachments if self.store.is_in_place(e)}

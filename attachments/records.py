@@ -166,8 +166,7 @@ def purge_attachments(session: Session) -> int:
                 shutil.rmtree(target, ignore_errors=True)
         manifest.path.unlink(missing_ok=True)
     # The lock file goes last, and the directory only if nothing else is left.
-    leftovers = [p for p in directory.iterdir() if p.name != LOCK_NAME] if directory.is_dir() else []
-    if directory.is_dir() and not leftovers:
+    if directory.is_dir() and all(p.name == LOCK_NAME for p in directory.iterdir()):
         (directory / LOCK_NAME).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             directory.rmdir()

@@ -101,7 +101,7 @@ class AttachmentStore:
             session_dir, session_id = env[SESSION_DIR_ENV], env[SESSION_ID_ENV]
         except KeyError as exc:
             raise RuntimeError(
-                f"{exc.args[0]} is not set: AttachmentStore.from_env() works inside a workflow node."
+                f"{exc.args[0]} is not set: from_env() works inside a workflow node."
             ) from None
         return cls(session_dir, session_id, float(env.get(LOCK_TIMEOUT_ENV) or 30))
 

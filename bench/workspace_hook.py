@@ -91,9 +91,8 @@ def main() -> None:
     args = parser.parse_args()
 
     store = AttachmentStore(args.dir / "session_bench", "bench")
-    print(
-        f"Building {args.files} files, {args.total_bytes / (1 << 20):.0f} MiB in {store.workspace} ..."
-    )
+    mib = args.total_bytes / (1 << 20)
+    print(f"Building {args.files} files, {mib:.0f} MiB in {store.workspace} ...")
     paths = build(store.workspace, args.files, args.total_bytes)
     store.manifest.path.unlink(missing_ok=True)
 
