@@ -6,6 +6,7 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.apps import apps
 
 from attachments.exceptions import ApiError
 from attachments.sessions import create_session, get_live_session
@@ -69,7 +70,44 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         if content["type"] == "ping":
             await self.send_json({"type": "pong", "data": content.get("data")})
             return
+        if content["type"] == "human_input" and apps.is_installed("workflows"):
+            await self.receive_human_input(content.get("data"))
+            return
         await self.send_error("unknown_type", f"Unknown message type: {content['type'][:64]!r}.")
 
-    async def send_error(self, code: str, detail: str) -> None:
-        await self.send_json({"type": "error", "data": {"code": code, "detail": detail}})
+    async def send_error(self, code: str, detail: str, **extra: Any) -> None:
+        await self.send_json({"type": "error", "data": {"code": code, "detail": detail, **extra}})
+
+    async def receive_human_input(self, data: Any) -> None:
+        """`human_input`: `{"input", "attachments"?, "run_id"?}` for the node that waits."""
+        from workflows.control import wake_run_async
+
+        if not isinstance(data, dict):
+            await self.send_error("invalid", "'data' must be an object with 'input'.")
+            return
+        try:
+            run_id, node_id, value = await self._submit_input(data)
+        except ApiError as exc:
+            await self.send_error(exc.code, str(exc.detail), **exc.extra)
+            return
+        await wake_run_async(run_id, "input")
+        await self.send_json(
+            {"type": "input_received", "data": {"run_id": run_id, "node_id": node_id, **value}}
+        )
+
+    @database_sync_to_async
+    def _submit_input(self, data: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        from workflows.records import submit_human_input
+
+        assert self.session_id is not None
+        run, node, value = submit_human_input(
+            get_live_session(self.session_id),
+            data.get("input"),
+            data.get("attachments"),
+            run_id=data.get("run_id"),
+        )
+        return run.run_id, node.node_id, value
+
+    async def workflow_message(self, event: dict[str, Any]) -> None:
+        """Run status and node logs from the session's runs, forwarded as they are."""
+        await self.send_json(event["message"])

@@ -6,18 +6,21 @@ long and no concurrent writer loses an entry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from django.db import transaction
+from django.utils import timezone
 from filelock import Timeout
 
 from . import paths
 from .conf import conf
 from .exceptions import SessionNotFound, StorageBusy
-from .manifest import AttachmentEntry, Manifest, ManifestError, utc_now_iso
+from .manifest import LOCK_NAME, AttachmentEntry, Manifest, ManifestError, utc_now_iso
 from .mime import detect_mime, kind_for_mime
 from .models import Attachment, Session
 from .receiving import ReceivedFile
@@ -122,6 +125,10 @@ def sync_session_from_manifest(session: Session) -> SyncReport:
     manifest = manifest_for(session)
     with manifest.locked() as document, transaction.atomic():
         existing = {a.attachment_id: a for a in session.attachments.all()}
+        # Rows marked purged (auto-clean) stay as tombstones; every change
+        # goes through save() or delete() per row, so the receivers that
+        # turn rows into artifact events see each one.
+        purged = {k for k, a in existing.items() if a.purged_at is not None}
         for entry in document.attachments:
             fields = _mirror_fields(entry)
             row = existing.pop(entry.attachment_id, None)
@@ -135,11 +142,42 @@ def sync_session_from_manifest(session: Session) -> SyncReport:
                     setattr(row, name, value)
                 row.save()
                 report.updated += 1
-        stale = [row.pk for row in existing.values()]
+        stale = [row.pk for key, row in existing.items() if key not in purged]
         if stale:
             report.removed = len(stale)
             Attachment.objects.filter(pk__in=stale).delete()
     return report
+
+
+def purge_attachments(session: Session) -> int:
+    """
+    Auto-clean: remove the session's attachments/ directory and mark every
+    attachment record purged, one save() per row. Workspace files that were
+    registered in place stay on disk; only their records go. Returns the
+    number of records purged.
+    """
+    manifest = manifest_for(session)
+    directory = paths.attachments_dir(session.directory)
+    purged = 0
+    with manifest.locked() as document, transaction.atomic():
+        now = timezone.now()
+        for row in session.attachments.filter(purged_at__isnull=True):
+            row.purged_at = now
+            row.save(update_fields=["purged_at"])
+            purged += 1
+        # Files not in the manifest belong to uploads still in flight: they
+        # are left to finish and be recorded.
+        for entry in document.attachments:
+            target = directory / entry.attachment_id
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+        manifest.path.unlink(missing_ok=True)
+    # The lock file goes last, and the directory only if nothing else is left.
+    if directory.is_dir() and all(p.name == LOCK_NAME for p in directory.iterdir()):
+        (directory / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+    return purged
 
 
 def rebuild_from_warehouse() -> dict[str, SyncReport]:

@@ -2,8 +2,8 @@
 Settings for the reference deployment.
 
 This is the only module that reads the environment. Each variable maps to a
-Django setting; the apps read their own settings through `attachments.conf`
-and `artifacts.conf`, so a host project configures them in its own settings.
+Django setting; the apps read their own settings through `attachments.conf`,
+`artifacts.conf` and `workflows.conf`, so a host project configures them in its own settings.
 
 Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
@@ -13,6 +13,9 @@ Environment:
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
     MAC_CLAMD_ADDRESS        unix:///run/clamav/clamd.ctl (default) or tcp://host:3310
     MAC_CLAMD_MAX_BYTES      clamd's StreamMaxLength (default 25 MiB)
+    MAC_WORKFLOWS_DIR        where workflow YAML files live (default: the shipped examples)
+    MAC_NODE_TIMEOUT         default seconds a python node may run (300)
+    MAC_NODE_MEMORY_BYTES    address-space limit of a python node (2 GiB)
     MAC_SERVE_STATIC         0 when a proxy serves STATIC_ROOT (default 1: the app serves them)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
@@ -59,6 +62,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "attachments",
     "artifacts",
+    "workflows",
 ]
 
 MIDDLEWARE = [
@@ -112,7 +116,10 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # redis-py 8 reads with a 5 s socket timeout by default, the same
+            # as channels-redis's blocking pop: an idle consumer's receive
+            # then fails with TimeoutError and its socket is closed (1011).
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
         }
     }
 else:
@@ -139,7 +146,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("MAC_LOG_LEVEL", "INFO")},
 }
 
-# The apps' own settings (see attachments/conf.py and artifacts/conf.py).
+# The apps' own settings (see attachments/conf.py, artifacts/conf.py, workflows/conf.py).
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
@@ -148,3 +155,8 @@ ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")
 ATTACHMENTS_CLAMD_ADDRESS = os.environ.get("MAC_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl")
 if _env_int("MAC_CLAMD_MAX_BYTES") is not None:
     ATTACHMENTS_CLAMD_MAX_BYTES = _env_int("MAC_CLAMD_MAX_BYTES")
+WORKFLOWS_DIR = os.environ.get("MAC_WORKFLOWS_DIR") or None
+if os.environ.get("MAC_NODE_TIMEOUT"):
+    WORKFLOWS_NODE_TIMEOUT = float(os.environ["MAC_NODE_TIMEOUT"])
+if os.environ.get("MAC_NODE_MEMORY_BYTES"):
+    WORKFLOWS_NODE_MEMORY_BYTES = _env_int("MAC_NODE_MEMORY_BYTES")

@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rest_framework import status
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from attachments.exceptions import JSONErrorsMixin
+from attachments.sessions import create_session, get_live_session
+
+from . import records
+from .control import wake_run
+from .exceptions import InvalidWorkflow, RunNotFound, UnknownAttachments, WorkflowNotFound
+from .launcher import launch
+from .loader import Workflow, WorkflowError, WorkflowNotFoundError, list_workflows, load_workflow
+from .models import WorkflowRun
+from .serializers import ExecuteSerializer, HumanInputSerializer, WorkflowRunSerializer
+
+RUN_ID_RE = re.compile(r"^run_[A-Za-z0-9_-]{12,64}$")
+MAX_LISTED_RUNS = 50
+
+
+def _load(name: str) -> Workflow:
+    try:
+        return load_workflow(name)
+    except WorkflowNotFoundError:
+        raise WorkflowNotFound(f"No workflow named {name!r}.") from None
+    except WorkflowError as exc:
+        raise InvalidWorkflow(f"Workflow {name!r}, {exc}.", line=exc.line) from None
+
+
+def _get_run(run_id: str) -> WorkflowRun:
+    if not RUN_ID_RE.match(run_id):
+        raise RunNotFound()
+    try:
+        run = WorkflowRun.objects.select_related("session").get(
+            run_id=run_id, session__purged_at__isnull=True
+        )
+    except WorkflowRun.DoesNotExist:
+        raise RunNotFound() from None
+    # A run whose worker died answers as failed, whichever worker is asked.
+    records.fail_if_orphaned(run)
+    return run
+
+
+def _workflow_entry(workflow: Workflow) -> dict[str, Any]:
+    return {
+        "name": workflow.name,
+        "description": workflow.description,
+        "nodes": [node.public() for node in workflow.nodes],
+    }
+
+
+class WorkflowListView(JSONErrorsMixin, APIView):
+    """The workflows that can be executed; malformed files are listed apart, with their fault."""
+
+    def get(self, request: Request) -> Response:
+        workflows, invalid = [], []
+        for item in list_workflows():
+            if isinstance(item, Workflow):
+                workflows.append(_workflow_entry(item))
+            else:
+                name, error = item
+                invalid.append({"name": name, "detail": str(error), "line": error.line})
+        return Response({"workflows": workflows, "invalid": invalid})
+
+
+class ExecuteView(JSONErrorsMixin, APIView):
+    """Start a workflow run in a session (created when none is given); 202 with its run id."""
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request) -> Response:
+        records.ensure_recovered()
+        body = ExecuteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        workflow = _load(data["workflow"])
+        session_id = data.get("session_id")
+        session = get_live_session(session_id) if session_id is not None else None
+        attachment_ids = data.get("attachments", [])
+        if session is None and attachment_ids:
+            raise UnknownAttachments(
+                "Attachments belong to a session: give its session_id.",
+                attachments=attachment_ids,
+            )
+        attachments = records.live_attachments(session, attachment_ids) if session else []
+        # Created last, so a rejected request leaves no session behind.
+        session = session or create_session()
+        run = records.create_run(
+            session,
+            workflow,
+            task_prompt=data["task_prompt"],
+            variables=data.get("variables", {}),
+            attachments=attachments,
+        )
+        launch(run.run_id)
+        return Response(
+            {"status": "started", "session_id": session.session_id, "run_id": run.run_id},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class RunListView(JSONErrorsMixin, APIView):
+    """A session's runs, newest first: `?session_id=`."""
+
+    def get(self, request: Request) -> Response:
+        session = get_live_session(request.query_params.get("session_id"))
+        runs = (
+            WorkflowRun.objects.filter(session=session)
+            .select_related("session")
+            .prefetch_related("nodes")[:MAX_LISTED_RUNS]
+        )
+        return Response({"runs": WorkflowRunSerializer(runs, many=True).data})
+
+
+class RunDetailView(JSONErrorsMixin, APIView):
+    """A run's status and its nodes' statuses."""
+
+    def get(self, request: Request, run_id: str) -> Response:
+        return Response(WorkflowRunSerializer(_get_run(run_id)).data)
+
+
+class RunCancelView(JSONErrorsMixin, APIView):
+    """Cancel a run: its running node's process group is killed; 409 once it has finished."""
+
+    def post(self, request: Request, run_id: str) -> Response:
+        run = records.request_cancel(_get_run(run_id))
+        wake_run(run.run_id, "cancel")
+        return Response(WorkflowRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RunInputView(JSONErrorsMixin, APIView):
+    """The REST twin of the /ws `human_input` message."""
+
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request, run_id: str) -> Response:
+        run = _get_run(run_id)
+        body = HumanInputSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        _run, node, value = records.submit_human_input(
+            run.session,
+            body.validated_data["input"],
+            body.validated_data.get("attachments", []),
+            run_id=run.run_id,
+        )
+        wake_run(run.run_id, "input")
+        return Response(
+            {"status": "input_received", "run_id": run.run_id, "node_id": node.node_id, **value},
+            status=status.HTTP_202_ACCEPTED,
+        )
