@@ -7,6 +7,15 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_AUTO_CLEAN        drop a session's attachments/ when it completes (False)
     ATTACHMENTS_LOCK_TIMEOUT      seconds to wait for a manifest lock before failing (30)
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
+    ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES  largest file whose metadata carries a `data_uri`;
+                                  0 disables data URIs (65536)
+    ATTACHMENTS_SENDFILE_HEADER   None to stream files from the app, or "X-Accel-Redirect"
+                                  (nginx) / "X-Sendfile" (Apache, lighttpd) to hand the body
+                                  to the reverse proxy once the access checks passed (None)
+    ATTACHMENTS_SENDFILE_ROOT     where the proxy finds the warehouse: the internal location
+                                  (URI prefix) for X-Accel-Redirect, required with it; the
+                                  warehouse's path as the proxy sees it for X-Sendfile
+                                  (None: the warehouse's own absolute path)
 """
 
 from __future__ import annotations
@@ -36,6 +45,19 @@ class Settings:
     @property
     def UPLOAD_BUFFER_BYTES(self) -> int:
         return int(getattr(settings, "ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1 << 20))
+
+    @property
+    def INLINE_DATA_URI_MAX_BYTES(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 64 * 1024))
+
+    @property
+    def SENDFILE_HEADER(self) -> str | None:
+        return getattr(settings, "ATTACHMENTS_SENDFILE_HEADER", None) or None
+
+    @property
+    def SENDFILE_ROOT(self) -> str | None:
+        value = getattr(settings, "ATTACHMENTS_SENDFILE_ROOT", None)
+        return None if value is None else str(value)
 
 
 conf = Settings()

@@ -9,6 +9,12 @@ Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
+    MAC_INLINE_DATA_URI_MAX_BYTES  largest file given a data_uri in its metadata (default 65536;
+                             0 disables)
+    MAC_SENDFILE_HEADER      X-Accel-Redirect or X-Sendfile to let the reverse proxy send
+                             file bodies (default: the app streams them)
+    MAC_SENDFILE_ROOT        the proxy's internal location for the warehouse (X-Accel-Redirect),
+                             or the warehouse's path as the proxy sees it (X-Sendfile)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
@@ -137,3 +143,7 @@ LOGGING = {
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
+if (_inline_max := _env_int("MAC_INLINE_DATA_URI_MAX_BYTES")) is not None:
+    ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES = _inline_max
+ATTACHMENTS_SENDFILE_HEADER = os.environ.get("MAC_SENDFILE_HEADER", "").strip() or None
+ATTACHMENTS_SENDFILE_ROOT = os.environ.get("MAC_SENDFILE_ROOT", "").strip() or None

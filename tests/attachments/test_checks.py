@@ -32,3 +32,42 @@ def test_max_upload_bytes_must_be_a_count(value):
 def test_numbers_must_be_numbers(name):
     with override_settings(**{name: "soon"}):
         assert ids(check_settings()) == ["attachments.E003"]
+
+
+@pytest.mark.parametrize("value", [-1, "64k", 1.5, True, None])
+def test_inline_data_uri_max_bytes_must_be_a_count(value):
+    with override_settings(ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES=value):
+        assert ids(check_settings()) == ["attachments.E004"]
+
+
+def test_inline_data_uri_can_be_off():
+    with override_settings(ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES=0):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", ["X-Accel", "x-sendfile", "nginx", 1])
+def test_sendfile_header_must_be_known(value):
+    with override_settings(ATTACHMENTS_SENDFILE_HEADER=value):
+        assert ids(check_settings()) == ["attachments.E005"]
+
+
+@pytest.mark.parametrize("root", [None, "", "_warehouse/", 42])
+def test_x_accel_redirect_needs_an_internal_location(root):
+    with override_settings(
+        ATTACHMENTS_SENDFILE_HEADER="X-Accel-Redirect", ATTACHMENTS_SENDFILE_ROOT=root
+    ):
+        assert ids(check_settings()) == ["attachments.E006"]
+
+
+@pytest.mark.parametrize(
+    ("header", "root"),
+    [
+        (None, None),
+        ("X-Accel-Redirect", "/_warehouse/"),
+        ("X-Sendfile", None),
+        ("X-Sendfile", "/srv/wh"),
+    ],
+)
+def test_valid_sendfile_settings(header, root):
+    with override_settings(ATTACHMENTS_SENDFILE_HEADER=header, ATTACHMENTS_SENDFILE_ROOT=root):
+        assert check_settings() == []
