@@ -76,6 +76,16 @@ class StorageBusy(ApiError):
     default_code = "storage_busy"
 
 
+class InvalidParameter(ApiError):
+    """A query parameter the client got wrong; the body names it in `parameter`."""
+
+    default_detail = "A query parameter is invalid."
+    default_code = "invalid_parameter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(detail, parameter=parameter)
+
+
 def error_payload(exc: exceptions.APIException) -> dict[str, Any]:
     """The JSON body for an API exception, with per-field errors for invalid bodies."""
     if isinstance(exc, exceptions.ValidationError):
