@@ -10,4 +10,9 @@ urlpatterns = [
     path("sessions", views.SessionListView.as_view(), name="sessions"),
     path("sessions/<str:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
     path("uploads/<str:session_id>", views.UploadView.as_view(), name="uploads"),
+    path(
+        "sessions/<str:session_id>/artifacts/<str:artifact_id>",
+        views.ArtifactView.as_view(),
+        name="artifact",
+    ),
 ]
