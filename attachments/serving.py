@@ -34,6 +34,7 @@ from django.utils.http import http_date, parse_etags, parse_http_date_safe
 from .conf import conf
 
 if TYPE_CHECKING:
+    from .archive import SessionArchive
     from .lookup import ResolvedArtifact
 
 # Large enough that the per-chunk cost of a thread hop is small against the
@@ -504,4 +505,28 @@ def serve_artifact(
         last_modified=last_modified,
         body=lambda start, length: read_chunks(file, start, length),
         close=file.close,
+    )
+
+
+def serve_archive(request: HttpRequest, archive: SessionArchive, filename: str) -> HttpResponseBase:
+    """
+    The zip, streamed as it is built. A stored archive (`compress=false`)
+    has a known length and a strong ETag, so it is served with ranges.
+    """
+    headers = {
+        "Content-Type": "application/zip",
+        "Content-Disposition": content_disposition(filename, as_attachment=True),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-cache",
+    }
+    if archive.etag is not None:
+        headers["ETag"] = archive.etag
+    return _respond(
+        request,
+        headers,
+        size=archive.size,
+        etag=archive.etag,
+        last_modified=None,
+        body=archive.chunks,
+        close=lambda: None,
     )

@@ -15,4 +15,9 @@ urlpatterns = [
         views.ArtifactView.as_view(),
         name="artifact",
     ),
+    path(
+        "sessions/<str:session_id>/download",
+        views.SessionDownloadView.as_view(),
+        name="session-download",
+    ),
 ]

@@ -10,12 +10,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import query
+from .archive import SessionArchive, changed_paths
 from .conf import conf
 from .exceptions import JSONErrorsMixin
 from .lookup import resolve_artifact
 from .records import record_upload
+from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
-from .serving import data_uri, serve_artifact
+from .serving import data_uri, serve_archive, serve_artifact
 from .sessions import create_session, get_live_session, purge_session
 from .uploads import receive_upload
 
@@ -92,3 +94,24 @@ class ArtifactView(FileResponseMixin, APIView):
         with artifact.open() as file:
             inline = data_uri(file, artifact.mime, conf.INLINE_DATA_URI_MAX_BYTES)
         return Response(artifact.metadata(data_uri=inline))
+
+
+class SessionDownloadView(FileResponseMixin, APIView):
+    """
+    The whole session directory as `session_<id>.zip`, streamed while it is
+    built. Filters: `include_ext`, `include_mime`, `max_size`; `after` for
+    the files changed since an event cursor; `compress=false` for a stored
+    zip with a known length that resumes with Range. GET and HEAD.
+    """
+
+    def get(self, request: Request, session_id: str) -> HttpResponseBase:
+        session = get_live_session(session_id)
+        params = request.query_params
+        filters = FileFilters.from_query(params)
+        compress = query.boolean(params, "compress", default=True)
+        after = query.non_negative_int(params, "after")
+        only_paths = changed_paths(session, after) if after is not None else None
+        archive = SessionArchive.for_session(
+            session, filters, compress=compress, only_paths=only_paths
+        )
+        return serve_archive(request._request, archive, f"session_{session.session_id}.zip")
