@@ -11,9 +11,10 @@ through links only when they stay inside it (links leading out, and links to
 directories, are left out), less the manifest's lock and temporary files,
 narrowed by `FileFilters` and, for a delta zip, by the paths changed since an
 event cursor. Entry names are paths relative to the session directory, as in
-the `path` of attachments and artifact events. Already-compressed formats are
-stored, the rest deflated; with `compress=False` everything is stored, so the
-archive's length is known before it is built and a download can resume.
+the `path` of attachments and artifact events. Already-compressed formats
+(and larger files whose head does not shrink) are stored, the rest deflated at
+ATTACHMENTS_ZIP_COMPRESS_LEVEL; with `compress=False` everything is stored, so
+the archive's length is known before it is built and a download can resume.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import os
 import stat
 import time
+import zlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from pathlib import Path
 from zipstream import ZIP_DEFLATED, ZIP_STORED, ZipStream
 
 from . import paths
+from .conf import conf
 from .exceptions import InvalidParameter
 from .manifest import is_manifest_internal
 from .mime import SNIFF_BYTES, detect_mime
@@ -55,6 +58,14 @@ STORED_EXTENSIONS = frozenset(
         "odp", "npz", "parquet", "pdf", "woff", "woff2",
     }
 )  # fmt: skip
+
+
+# Larger files have their head test-compressed first: deflating data that
+# does not shrink (random, encrypted, or compressed under another name) costs
+# as much CPU as deflating text, for nothing.
+PROBE_MIN_SIZE = 256 * 1024
+PROBE_BYTES = 64 * 1024
+PROBE_MAX_RATIO = 0.95
 
 
 class ArchiveChanged(RuntimeError):
@@ -92,6 +103,17 @@ class ArchiveEntry:
 def is_precompressed(name: str) -> bool:
     ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     return ext in STORED_EXTENSIONS
+
+
+def deflates_well(path: str | os.PathLike[str]) -> bool:
+    """Whether the file's head shrinks noticeably under a quick deflate."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(PROBE_BYTES)
+    except OSError:
+        return True  # the zip itself will report it
+    probe = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return len(probe.compress(head) + probe.flush()) <= len(head) * PROBE_MAX_RATIO
 
 
 def _arcname(relative: str) -> str:
@@ -254,7 +276,11 @@ class SessionArchive:
 
     def _generate(self) -> Iterator[bytes]:
         stored = not self.compress
-        zs = ZipStream(compress_type=ZIP_STORED if stored else ZIP_DEFLATED, sized=stored)
+        zs = ZipStream(
+            compress_type=ZIP_STORED if stored else ZIP_DEFLATED,
+            compress_level=None if stored else conf.ZIP_COMPRESS_LEVEL,
+            sized=stored,
+        )
         for entry in self.entries:
             # Checked again just before the read: the file may have been
             # replaced (by a link leading out, say) since it was listed.
@@ -266,8 +292,13 @@ class SessionArchive:
                     "Left %r out of the zip: it changed since it was listed.", entry.arcname
                 )
                 continue
-            compress_type = ZIP_STORED if stored or is_precompressed(entry.name) else None
-            zs.add_path(str(checked[0]), entry.arcname, compress_type=compress_type)
+            real = checked[0]
+            keep_as_is = (
+                stored
+                or is_precompressed(entry.name)
+                or (entry.size >= PROBE_MIN_SIZE and not deflates_well(real))
+            )
+            zs.add_path(str(real), entry.arcname, compress_type=ZIP_STORED if keep_as_is else None)
             yield from zs.file()
         yield from zs.footer()
 

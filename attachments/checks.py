@@ -49,6 +49,15 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="attachments.E004",
             )
         )
+    level = getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6)
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+        errors.append(
+            Error(
+                "ATTACHMENTS_ZIP_COMPRESS_LEVEL must be an integer from 1 to 9.",
+                hint=f"Got {level!r}; use compress=false on the request for a stored zip.",
+                id="attachments.E007",
+            )
+        )
     errors.extend(_check_sendfile())
     return errors
 

@@ -9,6 +9,8 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
     ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES  largest file whose metadata carries a `data_uri`;
                                   0 disables data URIs (65536)
+    ATTACHMENTS_ZIP_COMPRESS_LEVEL  deflate level of the session zip, 1 (fast) to 9 (small);
+                                  6 is zlib's and `zip`'s default (6)
     ATTACHMENTS_SENDFILE_HEADER   None to stream files from the app, or "X-Accel-Redirect"
                                   (nginx) / "X-Sendfile" (Apache, lighttpd) to hand the body
                                   to the reverse proxy once the access checks passed (None)
@@ -49,6 +51,10 @@ class Settings:
     @property
     def INLINE_DATA_URI_MAX_BYTES(self) -> int:
         return int(getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 64 * 1024))
+
+    @property
+    def ZIP_COMPRESS_LEVEL(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6))
 
     @property
     def SENDFILE_HEADER(self) -> str | None:

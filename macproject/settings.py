@@ -11,6 +11,7 @@ Environment:
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
     MAC_INLINE_DATA_URI_MAX_BYTES  largest file given a data_uri in its metadata (default 65536;
                              0 disables)
+    MAC_ZIP_COMPRESS_LEVEL   deflate level of the session zip, 1 (fast) to 9 (small); default 6
     MAC_SENDFILE_HEADER      X-Accel-Redirect or X-Sendfile to let the reverse proxy send
                              file bodies (default: the app streams them)
     MAC_SENDFILE_ROOT        the proxy's internal location for the warehouse (X-Accel-Redirect),
@@ -145,5 +146,7 @@ ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
 if (_inline_max := _env_int("MAC_INLINE_DATA_URI_MAX_BYTES")) is not None:
     ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES = _inline_max
+if (_zip_level := _env_int("MAC_ZIP_COMPRESS_LEVEL")) is not None:
+    ATTACHMENTS_ZIP_COMPRESS_LEVEL = _zip_level
 ATTACHMENTS_SENDFILE_HEADER = os.environ.get("MAC_SENDFILE_HEADER", "").strip() or None
 ATTACHMENTS_SENDFILE_ROOT = os.environ.get("MAC_SENDFILE_ROOT", "").strip() or None

@@ -75,6 +75,28 @@ class TestContent:
         assert types["notes.md"] == zipfile.ZIP_DEFLATED
         assert types["data.csv"] == zipfile.ZIP_DEFLATED
 
+    def test_large_files_that_do_not_deflate_are_stored(self, session):
+        workspace = session.directory / "code_workspace"
+        (workspace / "noise.dat").write_bytes(os.urandom(archive.PROBE_MIN_SIZE))
+        (workspace / "text.dat").write_bytes(b"abc," * (archive.PROBE_MIN_SIZE // 4))
+        (workspace / "small-noise.dat").write_bytes(os.urandom(1000))
+        with zipfile.ZipFile(io.BytesIO(build(session))) as zf:
+            assert zf.getinfo("code_workspace/noise.dat").compress_type == zipfile.ZIP_STORED
+            assert zf.getinfo("code_workspace/text.dat").compress_type == zipfile.ZIP_DEFLATED
+            # Small files are not probed: deflating them costs little.
+            assert (
+                zf.getinfo("code_workspace/small-noise.dat").compress_type == zipfile.ZIP_DEFLATED
+            )
+            assert zf.testzip() is None
+
+    def test_the_compression_level_follows_the_setting(self, session, settings):
+        sizes = {}
+        for level in (1, 9):
+            settings.ATTACHMENTS_ZIP_COMPRESS_LEVEL = level
+            with zipfile.ZipFile(io.BytesIO(build(session))) as zf:
+                sizes[level] = zf.getinfo("code_workspace/deep/er/data.csv").compress_size
+        assert sizes[9] < sizes[1]
+
     def test_compress_false_stores_everything(self, session):
         with zipfile.ZipFile(io.BytesIO(build(session, compress=False))) as zf:
             assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_STORED}

@@ -26,9 +26,7 @@ def test_max_upload_bytes_must_be_a_count(value):
         assert ids(check_settings()) == ["attachments.E002"]
 
 
-@pytest.mark.parametrize(
-    "name", ["ATTACHMENTS_LOCK_TIMEOUT", "ATTACHMENTS_UPLOAD_BUFFER_BYTES"]
-)
+@pytest.mark.parametrize("name", ["ATTACHMENTS_LOCK_TIMEOUT", "ATTACHMENTS_UPLOAD_BUFFER_BYTES"])
 def test_numbers_must_be_numbers(name):
     with override_settings(**{name: "soon"}):
         assert ids(check_settings()) == ["attachments.E003"]
@@ -71,3 +69,9 @@ def test_x_accel_redirect_needs_an_internal_location(root):
 def test_valid_sendfile_settings(header, root):
     with override_settings(ATTACHMENTS_SENDFILE_HEADER=header, ATTACHMENTS_SENDFILE_ROOT=root):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [0, 10, "9", 1.0, True])
+def test_zip_compress_level_is_a_deflate_level(value):
+    with override_settings(ATTACHMENTS_ZIP_COMPRESS_LEVEL=value):
+        assert ids(check_settings()) == ["attachments.E007"]

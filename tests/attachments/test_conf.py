@@ -12,6 +12,7 @@ SETTINGS = (
     "ATTACHMENTS_MAX_UPLOAD_BYTES",
     "ATTACHMENTS_AUTO_CLEAN",
     "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES",
+    "ATTACHMENTS_ZIP_COMPRESS_LEVEL",
     "ATTACHMENTS_SENDFILE_HEADER",
     "ATTACHMENTS_SENDFILE_ROOT",
 )
@@ -28,6 +29,7 @@ def test_defaults_when_unset():
         assert conf.LOCK_TIMEOUT == 30
         assert conf.UPLOAD_BUFFER_BYTES == 1 << 20
         assert conf.INLINE_DATA_URI_MAX_BYTES == 65536
+        assert conf.ZIP_COMPRESS_LEVEL == 6
         assert conf.SENDFILE_HEADER is None
         assert conf.SENDFILE_ROOT is None
 
