@@ -7,7 +7,10 @@ body handed to the reverse proxy (X-Accel-Redirect / X-Sendfile).
 
 Bodies are read in chunks on worker threads. Under ASGI they are async
 iterators: Django consumes a *sync* streaming iterator under ASGI by reading
-it whole into a list first, which would hold a whole file in memory.
+it whole into a list first, which would hold a whole file in memory. The next
+chunk is read only when the server has taken the last one, so memory stays
+flat where the server applies backpressure to `send` (Uvicorn does); Daphne
+does not, and queues whatever a slow client has not yet taken.
 """
 
 from __future__ import annotations
