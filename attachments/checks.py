@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error
 from django.utils.module_loading import import_string
 
+SENDFILE_HEADERS = ("X-Accel-Redirect", "X-Sendfile")
+
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
@@ -73,4 +75,55 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="attachments.E006",
             )
         )
+    inline_max = getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 0)
+    if isinstance(inline_max, bool) or not isinstance(inline_max, int) or inline_max < 0:
+        errors.append(
+            Error(
+                "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES must be an integer of at least 0 (0: off).",
+                hint=f"Got {inline_max!r}.",
+                id="attachments.E007",
+            )
+        )
+    level = getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6)
+    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+        errors.append(
+            Error(
+                "ATTACHMENTS_ZIP_COMPRESS_LEVEL must be an integer from 1 to 9.",
+                hint=f"Got {level!r}; use compress=false on the request for a stored zip.",
+                id="attachments.E010",
+            )
+        )
+    errors.extend(_check_sendfile())
     return errors
+
+
+def _check_sendfile() -> list[CheckMessage]:
+    header = getattr(settings, "ATTACHMENTS_SENDFILE_HEADER", None) or None
+    root = getattr(settings, "ATTACHMENTS_SENDFILE_ROOT", None)
+    if header is not None and header not in SENDFILE_HEADERS:
+        return [
+            Error(
+                "ATTACHMENTS_SENDFILE_HEADER must be None, 'X-Accel-Redirect' or 'X-Sendfile'.",
+                hint=f"Got {header!r}.",
+                id="attachments.E008",
+            )
+        ]
+    if root is not None and not isinstance(root, str) and not hasattr(root, "__fspath__"):
+        return [
+            Error(
+                "ATTACHMENTS_SENDFILE_ROOT must be a string.",
+                hint=f"Got {root!r}.",
+                id="attachments.E009",
+            )
+        ]
+    if header == "X-Accel-Redirect" and not (isinstance(root, str) and root.startswith("/")):
+        return [
+            Error(
+                "X-Accel-Redirect needs ATTACHMENTS_SENDFILE_ROOT: the internal location, "
+                "starting with '/', under which nginx serves the warehouse.",
+                hint=f"Got {root!r}; e.g. '/_warehouse/' with `location /_warehouse/ "
+                "{ internal; alias /srv/WareHouse/; }`.",
+                id="attachments.E009",
+            )
+        ]
+    return []

@@ -15,6 +15,17 @@ The attachments app's settings, each read live from Django settings so that
                                   ("unix:///run/clamav/clamd.ctl")
     ATTACHMENTS_CLAMD_MAX_BYTES   clamd's StreamMaxLength (25 MiB, clamd's default)
     ATTACHMENTS_CLAMD_TIMEOUT     seconds to wait for clamd (60)
+    ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES  largest file whose metadata carries a `data_uri`;
+                                  0 disables data URIs (65536)
+    ATTACHMENTS_ZIP_COMPRESS_LEVEL  deflate level of the session zip, 1 (fast) to 9 (small);
+                                  6 is zlib's and `zip`'s default (6)
+    ATTACHMENTS_SENDFILE_HEADER   None to stream files from the app, or "X-Accel-Redirect"
+                                  (nginx) / "X-Sendfile" (Apache, lighttpd) to hand the body
+                                  to the reverse proxy once the access checks passed (None)
+    ATTACHMENTS_SENDFILE_ROOT     where the proxy finds the warehouse: the internal location
+                                  (URI prefix) for X-Accel-Redirect, required with it; the
+                                  warehouse's path as the proxy sees it for X-Sendfile
+                                  (None: the warehouse's own absolute path)
 """
 
 from __future__ import annotations
@@ -65,6 +76,23 @@ class Settings:
     @property
     def CLAMD_TIMEOUT(self) -> float:
         return float(getattr(settings, "ATTACHMENTS_CLAMD_TIMEOUT", 60))
+
+    @property
+    def INLINE_DATA_URI_MAX_BYTES(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 64 * 1024))
+
+    @property
+    def ZIP_COMPRESS_LEVEL(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6))
+
+    @property
+    def SENDFILE_HEADER(self) -> str | None:
+        return getattr(settings, "ATTACHMENTS_SENDFILE_HEADER", None) or None
+
+    @property
+    def SENDFILE_ROOT(self) -> str | None:
+        value = getattr(settings, "ATTACHMENTS_SENDFILE_ROOT", None)
+        return None if value is None else str(value)
 
 
 conf = Settings()

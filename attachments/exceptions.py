@@ -76,6 +76,28 @@ class StorageBusy(ApiError):
     default_code = "storage_busy"
 
 
+class InvalidParameter(ApiError):
+    """A query parameter the client got wrong; the body names it in `parameter`."""
+
+    default_detail = "A query parameter is invalid."
+    default_code = "invalid_parameter"
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(detail, parameter=parameter)
+
+
+class ArtifactNotFound(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "No such artifact in this session."
+    default_code = "artifact_not_found"
+
+
+class ArtifactFileMissing(ApiError):
+    status_code = status.HTTP_404_NOT_FOUND
+    default_detail = "This artifact is recorded, but its file is no longer in the session."
+    default_code = "artifact_file_missing"
+
+
 def error_payload(exc: exceptions.APIException) -> dict[str, Any]:
     """The JSON body for an API exception, with per-field errors for invalid bodies."""
     if isinstance(exc, exceptions.ValidationError):

@@ -26,6 +26,14 @@ from .paths import MANIFEST_NAME, attachments_dir
 
 MANIFEST_VERSION = 1
 LOCK_NAME = ".attachments_manifest.lock"
+# The temporary file each save writes before renaming it over the manifest.
+TEMP_PREFIX = ".manifest-"
+TEMP_SUFFIX = ".tmp"
+
+
+def is_manifest_internal(name: str) -> bool:
+    """True for the lock and temporary files kept beside the manifest, not for its content."""
+    return name == LOCK_NAME or (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
 
 
 class ManifestError(Exception):
@@ -146,7 +154,7 @@ class Manifest:
 
     def _write(self, document: ManifestDocument) -> None:
         payload = json.dumps(document.to_dict(), ensure_ascii=False, indent=2).encode("utf-8")
-        fd, tmp_name = tempfile.mkstemp(prefix=".manifest-", suffix=".tmp", dir=self.directory)
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 tmp.write(payload)

@@ -8,8 +8,10 @@ nodes' subprocesses.
 from __future__ import annotations
 
 import html
+import io
 import os
 import re
+import stat
 import unicodedata
 from pathlib import Path
 
@@ -26,6 +28,10 @@ _RESERVED_CHARS = re.compile(r'[<>:"/\\|?*]')
 
 class UnsafePath(ValueError):
     """A path built from client input would leave its base directory."""
+
+
+class NotARegularFile(OSError):
+    """The path names a directory, a FIFO, a device or a socket rather than a file."""
 
 
 def is_valid_session_id(session_id: object) -> bool:
@@ -52,13 +58,45 @@ def safe_join(base: str | os.PathLike[str], *parts: str) -> Path:
     return Path(joined)
 
 
+def _is_inside(real_base: str, real: str) -> bool:
+    return real == real_base or real.startswith(real_base + os.sep)
+
+
 def resolve_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Resolve symlinks in `path` and refuse it unless it still lies inside `base`."""
-    real_base = os.path.realpath(base)
     real = os.path.realpath(path)
-    if real != real_base and not real.startswith(real_base + os.sep):
+    if not _is_inside(os.path.realpath(base), real):
         raise UnsafePath(f"Path resolves outside its base directory: {os.fspath(path)!r}")
     return Path(real)
+
+
+def open_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> io.FileIO:
+    """
+    Open `path` for reading, unbuffered, if it is a regular file that resolves
+    inside `base`; raise `UnsafePath` if it resolves elsewhere,
+    `NotARegularFile` for anything but a file, and `OSError` if it is gone.
+
+    The check is made on the descriptor actually opened, so a link swapped
+    in between the check and the open cannot lead outside `base`.
+    """
+    real = resolve_inside(base, path)
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(real, flags)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(f"Not a regular file: {os.fspath(path)!r}")
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = None  # no procfs: the O_NOFOLLOW open of the resolved path stands
+        if opened is not None and not _is_inside(os.path.realpath(base), opened):
+            raise UnsafePath(f"Path resolves outside its base directory: {os.fspath(path)!r}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def session_dir(warehouse: str | os.PathLike[str], session_id: str) -> Path:

@@ -11,4 +11,14 @@ urlpatterns = [
     path("sessions", views.SessionListView.as_view(), name="sessions"),
     path("sessions/<str:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
     path("uploads/<str:session_id>", views.UploadView.as_view(), name="uploads"),
+    path(
+        "sessions/<str:session_id>/artifacts/<str:artifact_id>",
+        views.ArtifactView.as_view(),
+        name="artifact",
+    ),
+    path(
+        "sessions/<str:session_id>/download",
+        views.SessionDownloadView.as_view(),
+        name="session-download",
+    ),
 ]

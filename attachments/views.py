@@ -2,16 +2,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http.response import HttpResponseBase
 from rest_framework import status
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from . import query
+from .archive import SessionArchive, changed_paths
 from .conf import conf
 from .exceptions import JSONErrorsMixin
+from .lookup import resolve_artifact
 from .records import record_upload
+from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
+from .serving import data_uri, serve_archive, serve_artifact
 from .sessions import create_session, get_live_session, purge_session
 from .uploads import FILE_FIELD, receive_upload
 
@@ -72,3 +78,53 @@ class UploadView(JSONErrorsMixin, APIView):
         received = receive_upload(request._request, session)
         attachment = record_upload(session, received)
         return Response(AttachmentSerializer(attachment).data, status=status.HTTP_201_CREATED)
+
+
+class FileResponseMixin(JSONErrorsMixin):
+    """
+    Views that answer with file bytes. A client's Accept header never turns
+    a download into a 406: the file is what it is, and errors are JSON.
+    """
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)  # type: ignore[misc]
+
+
+class ArtifactView(FileResponseMixin, APIView):
+    """
+    One artifact of the session, by `art_` or `att_` id: `mode=meta` (the
+    default) gives its metadata, `mode=stream` its bytes, `inline` or, with
+    `download=true`, as an attachment. GET and HEAD.
+    """
+
+    def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
+        session = get_live_session(session_id)
+        mode = query.choice(request.query_params, "mode", ("meta", "stream"), default="meta")
+        download = query.boolean(request.query_params, "download", default=False)
+        artifact = resolve_artifact(session, artifact_id)
+        if mode == "stream":
+            return serve_artifact(request._request, artifact, as_attachment=download)
+        with artifact.open() as file:
+            inline = data_uri(file, artifact.mime, conf.INLINE_DATA_URI_MAX_BYTES)
+        return Response(artifact.metadata(data_uri=inline))
+
+
+class SessionDownloadView(FileResponseMixin, APIView):
+    """
+    The whole session directory as `session_<id>.zip`, streamed while it is
+    built. Filters: `include_ext`, `include_mime`, `max_size`; `after` for
+    the files changed since an event cursor; `compress=false` for a stored
+    zip with a known length that resumes with Range. GET and HEAD.
+    """
+
+    def get(self, request: Request, session_id: str) -> HttpResponseBase:
+        session = get_live_session(session_id)
+        params = request.query_params
+        filters = FileFilters.from_query(params)
+        compress = query.boolean(params, "compress", default=True)
+        after = query.non_negative_int(params, "after")
+        only_paths = changed_paths(session, after) if after is not None else None
+        archive = SessionArchive.for_session(
+            session, filters, compress=compress, only_paths=only_paths
+        )
+        return serve_archive(request._request, archive, f"session_{session.session_id}.zip")

@@ -17,6 +17,13 @@ Environment:
     MAC_NODE_TIMEOUT         default seconds a python node may run (300)
     MAC_NODE_MEMORY_BYTES    address-space limit of a python node (2 GiB)
     MAC_SERVE_STATIC         0 when a proxy serves STATIC_ROOT (default 1: the app serves them)
+    MAC_INLINE_DATA_URI_MAX_BYTES  largest file given a data_uri in its metadata (default 65536;
+                             0 disables)
+    MAC_ZIP_COMPRESS_LEVEL   deflate level of the session zip, 1 (fast) to 9 (small); default 6
+    MAC_SENDFILE_HEADER      X-Accel-Redirect or X-Sendfile to let the reverse proxy send
+                             file bodies (default: the app streams them)
+    MAC_SENDFILE_ROOT        the proxy's internal location for the warehouse (X-Accel-Redirect),
+                             or the warehouse's path as the proxy sees it (X-Sendfile)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
@@ -160,3 +167,9 @@ if os.environ.get("MAC_NODE_TIMEOUT"):
     WORKFLOWS_NODE_TIMEOUT = float(os.environ["MAC_NODE_TIMEOUT"])
 if os.environ.get("MAC_NODE_MEMORY_BYTES"):
     WORKFLOWS_NODE_MEMORY_BYTES = _env_int("MAC_NODE_MEMORY_BYTES")
+if (_inline_max := _env_int("MAC_INLINE_DATA_URI_MAX_BYTES")) is not None:
+    ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES = _inline_max
+if (_zip_level := _env_int("MAC_ZIP_COMPRESS_LEVEL")) is not None:
+    ATTACHMENTS_ZIP_COMPRESS_LEVEL = _zip_level
+ATTACHMENTS_SENDFILE_HEADER = os.environ.get("MAC_SENDFILE_HEADER", "").strip() or None
+ATTACHMENTS_SENDFILE_ROOT = os.environ.get("MAC_SENDFILE_ROOT", "").strip() or None

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import uuid
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,3 +118,60 @@ def manifest_ids(session: Session) -> list[str]:
 
 def row_ids(session: Session) -> list[str]:
     return list(Attachment.objects.filter(session=session).values_list("attachment_id", flat=True))
+
+
+def attach(session: Session, name: str, content: bytes) -> Attachment:
+    """Record `content` as an upload named `name` in the session, as the upload view would."""
+    from attachments.receiving import UploadSink
+    from attachments.records import record_upload
+
+    sink = UploadSink(session.directory / "code_workspace" / "attachments", name)
+    sink.write(content)
+    return record_upload(session, sink.finish())
+
+
+def response_body(response) -> bytes:
+    """The whole body of a test client response, streamed or not."""
+    if response.streaming:
+        return b"".join(response.streaming_content)
+    return response.content
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    """Assert a JSON error with this status and code; return its payload."""
+    assert response.status_code == status, response_body(response)
+    payload = response.json()
+    assert payload["code"] == code
+    assert payload["detail"]
+    return payload
+
+
+def directory_hashes(root: Path) -> dict[str, str]:
+    """sha256 of each regular file under `root` (links not followed, the manifest lock left out)."""
+    return {
+        path.relative_to(root).as_posix(): sha256(path.read_bytes())
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink() and path.name != ".attachments_manifest.lock"
+    }
+
+
+def zip_hashes(data: bytes) -> dict[str, str]:
+    """sha256 of each member of the zip `data`, after checking every member's CRC."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.testzip() is None
+        return {info.filename: sha256(zf.read(info)) for info in zf.infolist()}
+
+
+def asgi_get(url: str, **headers: str) -> httpx.Response:
+    """GET through the project's ASGI application, failing on any warning (e.g. Django
+    reading a sync streaming iterator whole under ASGI)."""
+    from macproject.asgi import application
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.get(url, headers=headers)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return asyncio.run(run())

@@ -26,9 +26,7 @@ def test_max_upload_bytes_must_be_a_count(value):
         assert ids(check_settings()) == ["attachments.E002"]
 
 
-@pytest.mark.parametrize(
-    "name", ["ATTACHMENTS_LOCK_TIMEOUT", "ATTACHMENTS_UPLOAD_BUFFER_BYTES"]
-)
+@pytest.mark.parametrize("name", ["ATTACHMENTS_LOCK_TIMEOUT", "ATTACHMENTS_UPLOAD_BUFFER_BYTES"])
 def test_numbers_must_be_numbers(name):
     with override_settings(**{name: "soon"}):
         assert ids(check_settings()) == ["attachments.E003"]
@@ -53,3 +51,48 @@ def test_shipped_clamav_scanner_passes_the_check():
 def test_unscannable_policy_is_refuse_or_keep():
     with override_settings(ATTACHMENTS_UNSCANNABLE="maybe"):
         assert ids(check_settings()) == ["attachments.E006"]
+
+
+@pytest.mark.parametrize("value", [-1, "64k", 1.5, True, None])
+def test_inline_data_uri_max_bytes_must_be_a_count(value):
+    with override_settings(ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES=value):
+        assert ids(check_settings()) == ["attachments.E007"]
+
+
+def test_inline_data_uri_can_be_off():
+    with override_settings(ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES=0):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", ["X-Accel", "x-sendfile", "nginx", 1])
+def test_sendfile_header_must_be_known(value):
+    with override_settings(ATTACHMENTS_SENDFILE_HEADER=value):
+        assert ids(check_settings()) == ["attachments.E008"]
+
+
+@pytest.mark.parametrize("root", [None, "", "_warehouse/", 42])
+def test_x_accel_redirect_needs_an_internal_location(root):
+    with override_settings(
+        ATTACHMENTS_SENDFILE_HEADER="X-Accel-Redirect", ATTACHMENTS_SENDFILE_ROOT=root
+    ):
+        assert ids(check_settings()) == ["attachments.E009"]
+
+
+@pytest.mark.parametrize(
+    ("header", "root"),
+    [
+        (None, None),
+        ("X-Accel-Redirect", "/_warehouse/"),
+        ("X-Sendfile", None),
+        ("X-Sendfile", "/srv/wh"),
+    ],
+)
+def test_valid_sendfile_settings(header, root):
+    with override_settings(ATTACHMENTS_SENDFILE_HEADER=header, ATTACHMENTS_SENDFILE_ROOT=root):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [0, 10, "9", 1.0, True])
+def test_zip_compress_level_is_a_deflate_level(value):
+    with override_settings(ATTACHMENTS_ZIP_COMPRESS_LEVEL=value):
+        assert ids(check_settings()) == ["attachments.E010"]

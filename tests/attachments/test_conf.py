@@ -7,10 +7,20 @@ from django.test import override_settings
 
 from attachments.conf import conf
 
+SETTINGS = (
+    "ATTACHMENTS_WAREHOUSE_DIR",
+    "ATTACHMENTS_MAX_UPLOAD_BYTES",
+    "ATTACHMENTS_AUTO_CLEAN",
+    "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES",
+    "ATTACHMENTS_ZIP_COMPRESS_LEVEL",
+    "ATTACHMENTS_SENDFILE_HEADER",
+    "ATTACHMENTS_SENDFILE_ROOT",
+)
+
 
 def test_defaults_when_unset():
     with override_settings():
-        for name in ("ATTACHMENTS_WAREHOUSE_DIR", "ATTACHMENTS_MAX_UPLOAD_BYTES", "ATTACHMENTS_AUTO_CLEAN"):
+        for name in SETTINGS:
             if hasattr(settings, name):
                 delattr(settings, name)
         assert conf.WAREHOUSE_DIR == Path("WareHouse").absolute()
@@ -18,9 +28,27 @@ def test_defaults_when_unset():
         assert conf.AUTO_CLEAN is False
         assert conf.LOCK_TIMEOUT == 30
         assert conf.UPLOAD_BUFFER_BYTES == 1 << 20
+        assert conf.INLINE_DATA_URI_MAX_BYTES == 65536
+        assert conf.ZIP_COMPRESS_LEVEL == 6
+        assert conf.SENDFILE_HEADER is None
+        assert conf.SENDFILE_ROOT is None
 
 
 def test_follows_override_settings(tmp_path):
-    with override_settings(ATTACHMENTS_WAREHOUSE_DIR=tmp_path, ATTACHMENTS_MAX_UPLOAD_BYTES=5):
+    with override_settings(
+        ATTACHMENTS_WAREHOUSE_DIR=tmp_path,
+        ATTACHMENTS_MAX_UPLOAD_BYTES=5,
+        ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES=0,
+        ATTACHMENTS_SENDFILE_HEADER="X-Accel-Redirect",
+        ATTACHMENTS_SENDFILE_ROOT="/_warehouse/",
+    ):
         assert conf.WAREHOUSE_DIR == tmp_path
         assert conf.MAX_UPLOAD_BYTES == 5
+        assert conf.INLINE_DATA_URI_MAX_BYTES == 0
+        assert conf.SENDFILE_HEADER == "X-Accel-Redirect"
+        assert conf.SENDFILE_ROOT == "/_warehouse/"
+
+
+def test_a_blank_sendfile_header_means_off():
+    with override_settings(ATTACHMENTS_SENDFILE_HEADER=""):
+        assert conf.SENDFILE_HEADER is None

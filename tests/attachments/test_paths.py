@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,38 @@ def test_display_name_keeps_the_original_but_nul():
     assert paths.display_name('../../a "b"\r\n.txt') == '../../a "b"\r\n.txt'
     assert paths.display_name("a\x00b") == "ab"
     assert len(paths.display_name("x" * 5000)) == paths.MAX_DISPLAY_NAME_CHARS
+
+
+class TestOpenInside:
+    def test_opens_a_file_inside(self, tmp_path: Path):
+        (tmp_path / "a.txt").write_bytes(b"data")
+        with paths.open_inside(tmp_path, tmp_path / "a.txt") as file:
+            assert file.read() == b"data"
+
+    def test_follows_a_link_that_stays_inside(self, tmp_path: Path):
+        (tmp_path / "a.txt").write_bytes(b"data")
+        (tmp_path / "link").symlink_to(tmp_path / "a.txt")
+        with paths.open_inside(tmp_path, tmp_path / "link") as file:
+            assert file.read() == b"data"
+
+    def test_refuses_a_link_leading_outside(self, tmp_path: Path):
+        base = tmp_path / "base"
+        base.mkdir()
+        (tmp_path / "secret.txt").write_text("secret")
+        (base / "link").symlink_to(tmp_path / "secret.txt")
+        with pytest.raises(UnsafePath):
+            paths.open_inside(base, base / "link")
+
+    def test_refuses_a_directory(self, tmp_path: Path):
+        (tmp_path / "dir").mkdir()
+        with pytest.raises(paths.NotARegularFile):
+            paths.open_inside(tmp_path, tmp_path / "dir")
+
+    def test_refuses_a_fifo_without_waiting_for_a_writer(self, tmp_path: Path):
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(paths.NotARegularFile):
+            paths.open_inside(tmp_path, tmp_path / "fifo")
+
+    def test_missing_file(self, tmp_path: Path):
+        with pytest.raises(FileNotFoundError):
+            paths.open_inside(tmp_path, tmp_path / "gone.txt")
