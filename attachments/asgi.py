@@ -81,7 +81,9 @@ class _MultipartReceiver:
         self.sink: UploadSink | None = None
         self.received: ReceivedFile | None = None
         self.error: ApiError | None = None
-        self._pending = bytearray()
+        # Views into the received body chunks, handed to the sink without copying.
+        self._pending: list[bytes | memoryview] = []
+        self._pending_bytes = 0
         self._inflight: asyncio.Future[None] | None = None
         self._headers: dict[bytes, bytes] = {}
         self._header_field = bytearray()
@@ -142,7 +144,10 @@ class _MultipartReceiver:
             self._file_bytes += end - start
             if self.limit is not None and self._file_bytes > self.limit:
                 raise LimitExceeded(self.limit)
-            self._pending += data[start:end]
+            self._pending.append(
+                data if start == 0 and end == len(data) else memoryview(data)[start:end]
+            )
+            self._pending_bytes += end - start
         elif self._part == "field":
             self._field_bytes += end - start
             if self._field_bytes > MAX_FIELD_BYTES:
@@ -155,8 +160,11 @@ class _MultipartReceiver:
     # The async side: hand full buffers to a worker thread, one at a time.
 
     async def feed(self, chunk: bytes) -> None:
+        if not isinstance(chunk, bytes):
+            # The pending views must see bytes that nobody changes.
+            chunk = bytes(chunk)
         self.parser.write(chunk)
-        if len(self._pending) >= self.buffer_bytes:
+        if self._pending_bytes >= self.buffer_bytes:
             await self._flush()
         if self._file_complete and self.sink is not None:
             await self._flush()
@@ -168,9 +176,9 @@ class _MultipartReceiver:
         if not self._pending or self.sink is None:
             return
         await self._drain()
-        data, self._pending = bytes(self._pending), bytearray()
+        chunks, self._pending, self._pending_bytes = self._pending, [], 0
         loop = asyncio.get_running_loop()
-        self._inflight = loop.run_in_executor(None, self.sink.write, data)
+        self._inflight = loop.run_in_executor(None, self.sink.write_chunks, chunks)
 
     async def _drain(self) -> None:
         if self._inflight is not None:

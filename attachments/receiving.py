@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
@@ -20,6 +21,8 @@ from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandler
 from . import paths
 from .identifiers import new_attachment_id
 from .mime import SNIFF_BYTES
+
+Chunk: TypeAlias = bytes | bytearray | memoryview
 
 
 class LimitExceeded(Exception):
@@ -68,18 +71,26 @@ class UploadSink:
         self.directory.mkdir(parents=True)
         self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 (closed in finish/abort)
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        size = len(data)
+    def write(self, data: Chunk) -> None:
+        self.write_chunks((data,))
+
+    def write_chunks(self, chunks: Sequence[Chunk]) -> None:
+        """
+        Append `chunks` to the file and the hash. Blocking; the chunks must not
+        change until it returns. Calls must not overlap.
+        """
+        size = sum(len(chunk) for chunk in chunks)
         if self.max_bytes is not None and self.size + size > self.max_bytes:
             self.abort()
             raise LimitExceeded(self.max_bytes)
-        if len(self._head) < SNIFF_BYTES:
-            self._head += data[: SNIFF_BYTES - len(self._head)]
-        self._hash.update(data)
-        view = memoryview(data)
-        while view:
-            written = self._file.write(view)
-            view = view[written:]
+        for chunk in chunks:
+            if len(self._head) < SNIFF_BYTES:
+                self._head += chunk[: SNIFF_BYTES - len(self._head)]
+            self._hash.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                written = self._file.write(view)
+                view = view[written:]
         self.size += size
 
     def finish(self) -> ReceivedFile:
