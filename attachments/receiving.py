@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
+import mmap
 import os
 import shutil
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -19,10 +22,112 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
 
 from . import paths
+from .conf import conf
 from .identifiers import new_attachment_id
 from .mime import SNIFF_BYTES
 
 Chunk: TypeAlias = bytes | bytearray | memoryview
+
+# Below this many bytes per write, handing the hashing to another thread costs
+# more than it saves.
+PARALLEL_HASH_MIN_BYTES = 256 * 1024
+# sha256 and write() both release the GIL, so an upload is hashed on one of
+# these threads while the caller's thread writes it: a batch takes as long as
+# the slower of the two, not both together.
+_hashers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="upload-sha256")
+
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+# O_DIRECT needs the memory, the file offset and the length of each write
+# aligned to the device's block size, which is at most a page on common
+# hardware. Buffers come from mmap, so they start on a page boundary.
+_DIRECT_ALIGN = mmap.PAGESIZE
+
+
+def _hash_chunks(digest: Any, chunks: Sequence[Chunk]) -> None:
+    for chunk in chunks:
+        digest.update(chunk)
+
+
+class _UploadFile:
+    """
+    The file an upload is written to, a buffer at a time.
+
+    Once a file outgrows one buffer, its writes bypass the page cache
+    (O_DIRECT) where the OS and filesystem allow it: an upload is written once
+    and is seldom read back soon, copying it through the page cache takes
+    about as much CPU as hashing it, and the cache would evict pages that
+    other requests use. Anything that refuses O_DIRECT gets ordinary writes.
+    """
+
+    def __init__(self, path: Path, buffer_bytes: int) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        self._fd = os.open(path, flags, 0o666)
+        size = -(-max(buffer_bytes, 1) // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        self._buffer = mmap.mmap(-1, size)
+        self._filled = 0
+        # None until the first full buffer shows whether O_DIRECT is accepted.
+        self._direct: bool | None = None if _O_DIRECT else False
+
+    def write(self, chunks: Sequence[Chunk]) -> None:
+        for chunk in chunks:
+            data = memoryview(chunk).cast("B")
+            while data:
+                taken = min(len(data), len(self._buffer) - self._filled)
+                self._buffer[self._filled : self._filled + taken] = data[:taken]
+                self._filled += taken
+                data = data[taken:]
+                if self._filled == len(self._buffer):
+                    if self._direct is None:
+                        self._direct = self._set_direct(True)
+                    self._write_buffer()
+
+    def close(self, sync: bool) -> None:
+        """With `sync`, write what is left and fsync; otherwise just let go. Idempotent."""
+        if self._fd < 0:
+            return
+        try:
+            if sync:
+                if self._direct:
+                    # The tail is seldom a whole number of blocks.
+                    self._direct = self._set_direct(False)
+                self._write_buffer()
+                os.fsync(self._fd)
+        finally:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+            self._buffer.close()
+
+    def _write_buffer(self) -> None:
+        pending = memoryview(self._buffer)[: self._filled]
+        try:
+            while pending:
+                try:
+                    written = os.write(self._fd, pending)
+                except OSError as exc:
+                    # The filesystem took O_DIRECT but wants another alignment,
+                    # or a short write left an unaligned remainder.
+                    if not (self._direct and exc.errno == errno.EINVAL):
+                        raise
+                    self._direct = self._set_direct(False)
+                    continue
+                pending = pending[written:]
+        finally:
+            pending.release()
+        self._filled = 0
+
+    def _set_direct(self, enabled: bool) -> bool:
+        """Turn O_DIRECT on or off for the file; whether it is now on."""
+        import fcntl  # POSIX only, and only reached where os.O_DIRECT exists
+
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        flags = (flags | _O_DIRECT) if enabled else (flags & ~_O_DIRECT)
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, flags)
+        except OSError:
+            if enabled:
+                return False  # e.g. tmpfs before Linux 6.6, some FUSE filesystems
+            raise
+        return enabled
 
 
 class LimitExceeded(Exception):
@@ -69,7 +174,7 @@ class UploadSink:
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self.directory.mkdir(parents=True)
-        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 (closed in finish/abort)
+        self._file = _UploadFile(self.path, conf.UPLOAD_BUFFER_BYTES)
 
     def write(self, data: Chunk) -> None:
         self.write_chunks((data,))
@@ -84,18 +189,24 @@ class UploadSink:
             self.abort()
             raise LimitExceeded(self.max_bytes)
         for chunk in chunks:
-            if len(self._head) < SNIFF_BYTES:
-                self._head += chunk[: SNIFF_BYTES - len(self._head)]
-            self._hash.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                written = self._file.write(view)
-                view = view[written:]
+            if len(self._head) >= SNIFF_BYTES:
+                break
+            self._head += chunk[: SNIFF_BYTES - len(self._head)]
+        if size >= PARALLEL_HASH_MIN_BYTES:
+            hashed = _hashers.submit(_hash_chunks, self._hash, chunks)
+            try:
+                self._file.write(chunks)
+            finally:
+                # Wait even if the write failed: the caller may reuse the chunks.
+                hashed.exception()
+            hashed.result()
+        else:
+            _hash_chunks(self._hash, chunks)
+            self._file.write(chunks)
         self.size += size
 
     def finish(self) -> ReceivedFile:
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._file.close(sync=True)
         return ReceivedFile(
             attachment_id=self.attachment_id,
             name=self.name,
@@ -108,7 +219,7 @@ class UploadSink:
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
-            self._file.close()
+            self._file.close(sync=False)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
