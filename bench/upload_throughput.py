@@ -14,13 +14,15 @@ the same directory. The server's RSS (all of its processes) is read from
 Targets on the default server: ratio >= 0.6, RSS growth < 64 MiB.
 Linux only (/proc); needs curl on PATH.
 
-The raw writes and the uploads alternate (raw, upload, raw, ..., upload, raw),
-after an untimed raw write, each deleting its file when done, and each waits
-for the CPUs to be idle first. On a virtual machine the page cache's speed
-depends on the host: writing into memory that was freed a moment ago can be
-several times faster than into memory the host has since taken back, so the
-timed writes all start from the same state; even so, expect noise and use
---runs. Daphne is skipped when the upload would not fit comfortably in memory.
+Before each upload come two timed raw writes. On a virtual machine the page
+cache's speed depends on the host: memory freed a moment ago is still backed
+and fast to reuse, memory idle for a few seconds may have been handed back
+and is slow to fault in again (several times slower here). So a "cold" raw
+write follows COLD_IDLE_SECONDS of idleness, and a "warm" one follows an
+untimed write of the same size; the upload starts right after the warm one,
+as the strict comparison. On bare metal the two agree. Every timed run first
+waits for the CPUs to be idle, and the figures are medians: use --runs.
+Daphne is skipped when the upload would not fit comfortably in memory.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ CHUNK = 4 * MIB
 # so that another job on the machine does not pass for a slow server.
 QUIET_BUSY_FRACTION = 0.1
 QUIET_MAX_WAIT = 60.0
+# Longer than Linux's free page reporting delay (2 s), after which a VM's host
+# may take back memory that was freed.
+COLD_IDLE_SECONDS = 3.0
 TARGET_RATIO = 0.6
 TARGET_RSS_GROWTH_MIB = 64
 
@@ -88,6 +93,14 @@ class UploadRun:
 
 
 @dataclasses.dataclass
+class Baseline:
+    """Seconds taken by raw write()+fsync runs, in each state (see the docstring)."""
+
+    warm: list[float] = dataclasses.field(default_factory=list)
+    cold: list[float] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class ServerResult:
     name: str
     runs: list[UploadRun] = dataclasses.field(default_factory=list)
@@ -112,10 +125,18 @@ def generate_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
+def measure_raw(directory: Path, size: int, baseline: Baseline) -> None:
+    """A cold raw write, then a warm one; an upload should start right after."""
+    if not wait_until_quiet(QUIET_MAX_WAIT):
+        print("  (the machine is busy; these raw writes may be slow)", flush=True)
+    time.sleep(COLD_IDLE_SECONDS)
+    baseline.cold.append(raw_write_seconds(directory, size))
+    raw_write_seconds(directory, size)
+    baseline.warm.append(raw_write_seconds(directory, size))
+
+
 def raw_write_seconds(directory: Path, size: int) -> float:
     """Time to write `size` bytes with write() and fsync them, as the upload has to."""
-    if not wait_until_quiet(QUIET_MAX_WAIT):
-        print("  (the machine is busy; this raw write may be slow)", flush=True)
     block = os.urandom(MIB)
     view = memoryview(block)
     path = directory / "raw-write.bin"
@@ -432,7 +453,7 @@ def mem_available() -> int:
 
 
 def measure_server(
-    name: str, work: Path, data: Path, size: int, sha256: str, runs: int, raw_seconds: list[float]
+    name: str, work: Path, data: Path, size: int, sha256: str, runs: int, baseline: Baseline
 ) -> ServerResult:
     result = ServerResult(name)
     factor = MEMORY_PER_BODY_BYTE.get(name)
@@ -443,19 +464,17 @@ def measure_server(
             "measure it with a smaller --size-mib"
         )
         return result
+    size_mib = size / MIB
     with running_server(name, work) as (process, base):
         warm_up(base, work)
-        # Untimed: the timed writes below all follow a write of the same size (see the docstring).
-        raw_write_seconds(work, size)
-        raw_seconds.append(raw_write_seconds(work, size))
         for _ in range(runs):
+            measure_raw(work, size, baseline)
             run = upload_once(process, base, data, size, sha256, work)
             result.runs.append(run)
-            raw_seconds.append(raw_write_seconds(work, size))
-            mib_s = size / MIB
             print(
-                f"  {name}: upload {mib_s / run.seconds:.0f} MiB/s "
-                f"(raw before {mib_s / raw_seconds[-2]:.0f}, after {mib_s / raw_seconds[-1]:.0f}), "
+                f"  {name}: upload {size_mib / run.seconds:.0f} MiB/s "
+                f"(raw warm {size_mib / baseline.warm[-1]:.0f}, "
+                f"cold {size_mib / baseline.cold[-1]:.0f}), "
                 f"server CPU {run.cpu_seconds:.2f} s, "
                 f"RSS {mib(run.rss_before)} -> {mib(run.rss_peak)} MiB"
                 + ("" if run.quiet else " (the machine was busy)"),
@@ -464,17 +483,17 @@ def measure_server(
     return result
 
 
-def report(results: list[ServerResult], raw_seconds: list[float], size: int) -> None:
+def report(results: list[ServerResult], baseline: Baseline, size: int) -> None:
     size_mib = size / MIB
-    raw_speeds = sorted(size_mib / s for s in raw_seconds)
-    raw = statistics.median(raw_speeds)
     print()
+    print(f"raw write()+fsync of {size_mib:.0f} MiB, median over {len(baseline.warm)} runs:")
+    raw: dict[str, float] = {}
+    for state, seconds in (("warm", baseline.warm), ("cold", baseline.cold)):
+        speeds = sorted(size_mib / s for s in seconds)
+        raw[state] = statistics.median(speeds)
+        print(f"  {state} {raw[state]:.0f} MiB/s (min {speeds[0]:.0f}, max {speeds[-1]:.0f})")
     print(
-        f"raw write()+fsync of {size_mib:.0f} MiB: median {raw:.0f} MiB/s over "
-        f"{len(raw_speeds)} runs (min {raw_speeds[0]:.0f}, max {raw_speeds[-1]:.0f})"
-    )
-    print(
-        f"{'server':<12} {'MiB/s':>7} {'ratio':>6} {'min-max':>10} {'CPU s':>6} "
+        f"{'server':<12} {'MiB/s':>7} {'min-max':>9} {'ratio warm':>10} {'cold':>6} {'CPU s':>6} "
         f"{'RSS before':>11} {'peak':>8} {'growth':>7}  (MiB)"
     )
     for result in results:
@@ -485,14 +504,16 @@ def report(results: list[ServerResult], raw_seconds: list[float], size: int) -> 
         speed = statistics.median(speeds)
         cpu = statistics.median(r.cpu_seconds for r in result.runs)
         worst = max(result.runs, key=lambda r: r.rss_growth)
-        spread = f"{speeds[0] / raw:.2f}-{speeds[-1] / raw:.2f}"
+        spread = f"{speeds[0]:.0f}-{speeds[-1]:.0f}"
         print(
-            f"{result.name:<12} {speed:>7.0f} {speed / raw:>6.2f} {spread:>10} {cpu:>6.2f} "
+            f"{result.name:<12} {speed:>7.0f} {spread:>9} {speed / raw['warm']:>10.2f} "
+            f"{speed / raw['cold']:>6.2f} {cpu:>6.2f} "
             f"{mib(worst.rss_before):>11} {mib(worst.rss_peak):>8} {mib(worst.rss_growth):>7}"
         )
     print(
-        f"ratio: median upload throughput / median raw throughput (target >= {TARGET_RATIO}); "
-        f"RSS: the run that grew most (target < {TARGET_RSS_GROWTH_MIB} MiB)"
+        "ratio: median upload throughput / median raw throughput, warm (strict) and cold; "
+        f"target >= {TARGET_RATIO}.\nRSS: all the server's processes, in the run that grew most; "
+        f"target growth < {TARGET_RSS_GROWTH_MIB} MiB. CPU: the server's, median."
     )
 
 
@@ -532,19 +553,19 @@ def main() -> int:
             env=server_env(work),
             check=True,
         )
-        raw_seconds: list[float] = []
+        baseline = Baseline()
         results: list[ServerResult] = []
         for name in servers:
             try:
-                result = measure_server(name, work, data, size, sha256, args.runs, raw_seconds)
+                result = measure_server(name, work, data, size, sha256, args.runs, baseline)
             except Exception as exc:  # noqa: BLE001 (reported; the other servers still run)
                 result = ServerResult(name, error=f"failed: {type(exc).__name__}: {exc}")
             if result.error is not None:
                 print(f"  {name}: {result.error}", flush=True)
             results.append(result)
-        if not raw_seconds:
+        if not baseline.warm:
             return 1
-        report(results, raw_seconds, size)
+        report(results, baseline, size)
         return 1 if any(r.error and r.error.startswith("failed") for r in results) else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
