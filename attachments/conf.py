@@ -7,6 +7,9 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_AUTO_CLEAN        drop a session's attachments/ when it completes (False)
     ATTACHMENTS_LOCK_TIMEOUT      seconds to wait for a manifest lock before failing (30)
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
+    ATTACHMENTS_DIRECT_IO         write uploads larger than one buffer with O_DIRECT where the
+                                  filesystem accepts it (True); turn off on network
+                                  filesystems where uncached writes are synchronous
     ATTACHMENTS_UPLOAD_SCANNERS   dotted paths (or callables) run on each upload before
                                   it is recorded, e.g. ["attachments.clamav.scan"] ([])
     ATTACHMENTS_UNSCANNABLE       "refuse" or "keep" (marked unscanned) a file too large
@@ -56,6 +59,10 @@ class Settings:
     @property
     def UPLOAD_BUFFER_BYTES(self) -> int:
         return int(getattr(settings, "ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1 << 20))
+
+    @property
+    def DIRECT_IO(self) -> bool:
+        return bool(getattr(settings, "ATTACHMENTS_DIRECT_IO", True))
 
     @property
     def UPLOAD_SCANNERS(self) -> list[Any]:

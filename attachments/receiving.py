@@ -59,14 +59,14 @@ class _UploadFile:
     other requests use. Anything that refuses O_DIRECT gets ordinary writes.
     """
 
-    def __init__(self, path: Path, buffer_bytes: int) -> None:
+    def __init__(self, path: Path, buffer_bytes: int, direct_io: bool = True) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         self._fd = os.open(path, flags, 0o666)
         size = -(-max(buffer_bytes, 1) // _DIRECT_ALIGN) * _DIRECT_ALIGN
         self._buffer = mmap.mmap(-1, size)
         self._filled = 0
         # None until the first full buffer shows whether O_DIRECT is accepted.
-        self._direct: bool | None = None if _O_DIRECT else False
+        self._direct: bool | None = None if _O_DIRECT and direct_io else False
 
     def write(self, chunks: Sequence[Chunk]) -> None:
         for chunk in chunks:
@@ -174,7 +174,7 @@ class UploadSink:
         self._hash = hashlib.sha256()
         self._head = bytearray()
         self.directory.mkdir(parents=True)
-        self._file = _UploadFile(self.path, conf.UPLOAD_BUFFER_BYTES)
+        self._file = _UploadFile(self.path, conf.UPLOAD_BUFFER_BYTES, conf.DIRECT_IO)
 
     def write(self, data: Chunk) -> None:
         self.write_chunks((data,))

@@ -9,6 +9,7 @@ Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
+    MAC_DIRECT_IO            0 to write uploads through the page cache (e.g. on NFS); default 1
     MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
     MAC_CLAMD_ADDRESS        unix:///run/clamav/clamd.ctl (default) or tcp://host:3310
@@ -157,6 +158,7 @@ LOGGING = {
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
+ATTACHMENTS_DIRECT_IO = _env_bool("MAC_DIRECT_IO", True)
 ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]
 ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")
 ATTACHMENTS_CLAMD_ADDRESS = os.environ.get("MAC_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl")
