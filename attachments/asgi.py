@@ -30,6 +30,7 @@ from .exceptions import (
     MultipleFiles,
     UnsupportedMediaType,
 )
+from .quotas import Allowance, upload_allowance
 from .receiving import LimitExceeded, ReceivedFile, UploadSink
 from .sessions import get_live_session
 from .uploads import (
@@ -37,7 +38,6 @@ from .uploads import (
     STREAMED_UPLOAD_SCOPE_KEY,
     StreamedUpload,
     declared_length_exceeds,
-    too_large_error,
 )
 
 Scope = dict[str, Any]
@@ -234,7 +234,7 @@ class StreamingUploadMiddleware:
 
     async def _receive(self, scope: Scope, receive: Receive, session_id: str) -> StreamedUpload:
         try:
-            session = await database_sync_to_async(get_live_session)(session_id)
+            allowance = await database_sync_to_async(_allowance_for)(session_id)
         except ApiError as exc:
             return StreamedUpload(error=exc)
         headers = {name.lower(): value for name, value in scope["headers"]}
@@ -242,16 +242,16 @@ class StreamingUploadMiddleware:
         boundary = options.get(b"boundary")
         if content_type != b"multipart/form-data" or not boundary:
             return StreamedUpload(error=UnsupportedMediaType())
-        limit = conf.MAX_UPLOAD_BYTES
         try:
             declared: int | None = int(headers.get(b"content-length", b""))
         except ValueError:
             declared = None
-        if declared_length_exceeds(declared, limit):
-            assert limit is not None
-            return StreamedUpload(error=too_large_error(limit))
+        if declared_length_exceeds(declared, allowance.max_bytes):
+            return StreamedUpload(error=allowance.exceeded())
 
-        receiver = _MultipartReceiver(boundary, paths.attachments_dir(session.directory), limit)
+        receiver = _MultipartReceiver(
+            boundary, paths.attachments_dir(allowance.session.directory), allowance.max_bytes
+        )
         try:
             while True:
                 message = await receive()
@@ -263,9 +263,9 @@ class StreamingUploadMiddleware:
                 if not message.get("more_body", False):
                     break
             await receiver.finish()
-        except LimitExceeded as exc:
+        except LimitExceeded:
             await receiver.abort()
-            return StreamedUpload(error=too_large_error(exc.limit))
+            return StreamedUpload(error=allowance.exceeded())
         except ApiError as exc:
             await receiver.abort()
             return StreamedUpload(error=exc)
@@ -278,6 +278,10 @@ class StreamingUploadMiddleware:
             await receiver.abort()
             raise
         return StreamedUpload(received=receiver.received)
+
+
+def _allowance_for(session_id: str) -> Allowance:
+    return upload_allowance(get_live_session(session_id))
 
 
 def _empty_body_receive(receive: Receive) -> Receive:

@@ -20,17 +20,22 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="attachments.E001",
             )
         )
-    max_bytes = getattr(settings, "ATTACHMENTS_MAX_UPLOAD_BYTES", None)
-    if max_bytes is not None and (
-        isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0
+    for name in (
+        "ATTACHMENTS_MAX_UPLOAD_BYTES",
+        "ATTACHMENTS_SESSION_MAX_BYTES",
+        "ATTACHMENTS_SESSION_MAX_FILES",
     ):
-        errors.append(
-            Error(
-                "ATTACHMENTS_MAX_UPLOAD_BYTES must be None or a non-negative integer.",
-                hint=f"Got {max_bytes!r}.",
-                id="attachments.E002",
+        limit = getattr(settings, name, None)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            errors.append(
+                Error(
+                    f"{name} must be None or a non-negative integer.",
+                    hint=f"Got {limit!r}.",
+                    id="attachments.E002",
+                )
             )
-        )
     for name, minimum in (("ATTACHMENTS_LOCK_TIMEOUT", 0), ("ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1)):
         value = getattr(settings, name, minimum)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:

@@ -5,6 +5,8 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_WAREHOUSE_DIR     root of the session directories ("WareHouse", relative to the cwd)
     ATTACHMENTS_MAX_UPLOAD_BYTES  largest accepted upload, or None for no limit (None)
     ATTACHMENTS_AUTO_CLEAN        drop a session's attachments/ when it completes (False)
+    ATTACHMENTS_SESSION_MAX_BYTES quota: total bytes of a session's attachments, or None (None)
+    ATTACHMENTS_SESSION_MAX_FILES quota: number of a session's attachments, or None (None)
     ATTACHMENTS_LOCK_TIMEOUT      seconds to wait for a manifest lock before failing (30)
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
     ATTACHMENTS_DIRECT_IO         write uploads larger than one buffer with O_DIRECT where the
@@ -47,6 +49,14 @@ class Settings:
     @property
     def MAX_UPLOAD_BYTES(self) -> int | None:
         return getattr(settings, "ATTACHMENTS_MAX_UPLOAD_BYTES", None)
+
+    @property
+    def SESSION_MAX_BYTES(self) -> int | None:
+        return getattr(settings, "ATTACHMENTS_SESSION_MAX_BYTES", None)
+
+    @property
+    def SESSION_MAX_FILES(self) -> int | None:
+        return getattr(settings, "ATTACHMENTS_SESSION_MAX_FILES", None)
 
     @property
     def AUTO_CLEAN(self) -> bool:

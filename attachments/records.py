@@ -23,6 +23,7 @@ from .exceptions import SessionNotFound, StorageBusy
 from .manifest import LOCK_NAME, AttachmentEntry, Manifest, ManifestError, utc_now_iso
 from .mime import detect_mime, kind_for_mime
 from .models import Attachment, Session
+from .quotas import check_room_for
 from .receiving import ReceivedFile
 from .scanning import scan_file
 
@@ -91,6 +92,7 @@ def record_upload(
                     live = Session.objects.live().select_for_update().filter(pk=session.pk)
                     if not list(live.values_list("pk", flat=True)):
                         raise SessionNotFound()
+                    check_room_for(session, entry.size)
                     attachment = Attachment.objects.create(
                         session=session, attachment_id=entry.attachment_id, **_mirror_fields(entry)
                     )

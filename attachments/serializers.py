@@ -1,9 +1,12 @@
 from __future__ import annotations
 
-from django.db.models import Count, Sum
+from typing import Any
+
 from rest_framework import serializers
 
+from .conf import conf
 from .models import Attachment, Session
+from .quotas import Usage, quota_fields, usage
 
 
 class AttachmentSerializer(serializers.ModelSerializer):
@@ -37,14 +40,23 @@ class SessionCreateSerializer(serializers.Serializer):
 
 class SessionSerializer(serializers.ModelSerializer):
     counts = serializers.SerializerMethodField()
+    limits = serializers.SerializerMethodField()
 
     class Meta:
         model = Session
-        fields = ["session_id", "status", "created_at", "updated_at", "counts"]
+        fields = ["session_id", "status", "created_at", "updated_at", "counts", "limits"]
         read_only_fields = fields
 
+    def _usage(self, session: Session) -> Usage:
+        # counts and limits both need it; one query per session is enough.
+        cache = self.__dict__.setdefault("_usage_by_pk", {})
+        if session.pk not in cache:
+            cache[session.pk] = usage(session)
+        return cache[session.pk]
+
     def get_counts(self, session: Session) -> dict[str, int]:
-        totals = session.attachments.filter(purged_at__isnull=True).aggregate(
-            attachments=Count("id"), bytes=Sum("size")
-        )
-        return {"attachments": totals["attachments"], "attachment_bytes": totals["bytes"] or 0}
+        current = self._usage(session)
+        return {"attachments": current.files, "attachment_bytes": current.bytes}
+
+    def get_limits(self, session: Session) -> dict[str, Any]:
+        return {"max_upload_bytes": conf.MAX_UPLOAD_BYTES, **quota_fields(self._usage(session))}

@@ -13,16 +13,15 @@ from django.http import HttpRequest
 from django.http.multipartparser import MultiPartParserError
 
 from . import paths
-from .conf import conf
 from .exceptions import (
     ApiError,
     InvalidMultipart,
     MissingFile,
     MultipleFiles,
     UnsupportedMediaType,
-    UploadTooLarge,
 )
 from .models import Session
+from .quotas import Allowance, upload_allowance
 from .receiving import AttachmentUploadHandler, ReceivedFile, StreamedUploadedFile
 
 # The ASGI scope key under which the streaming middleware hands over its result.
@@ -41,14 +40,12 @@ class StreamedUpload:
     error: ApiError | None = None
 
 
-def too_large_error(limit: int) -> UploadTooLarge:
-    return UploadTooLarge(
-        f"The upload is larger than this server accepts ({limit} bytes).", limit_bytes=limit
-    )
-
-
 def declared_length_exceeds(content_length: int | None, limit: int | None) -> bool:
-    return limit is not None and content_length is not None and content_length > limit + FRAMING_ALLOWANCE
+    return (
+        limit is not None
+        and content_length is not None
+        and content_length > limit + FRAMING_ALLOWANCE
+    )
 
 
 def receive_upload(request: HttpRequest, session: Session) -> ReceivedFile:
@@ -70,18 +67,19 @@ def receive_upload(request: HttpRequest, session: Session) -> ReceivedFile:
 def _receive_with_django(request: HttpRequest, session: Session) -> ReceivedFile:
     if request.content_type != "multipart/form-data":
         raise UnsupportedMediaType()
-    limit = conf.MAX_UPLOAD_BYTES
+    allowance = upload_allowance(session)
     try:
         content_length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         content_length = None
-    if declared_length_exceeds(content_length, limit):
-        assert limit is not None
-        raise too_large_error(limit)
-    handler = AttachmentUploadHandler(paths.attachments_dir(session.directory), limit, request)
+    if declared_length_exceeds(content_length, allowance.max_bytes):
+        raise allowance.exceeded()
+    handler = AttachmentUploadHandler(
+        paths.attachments_dir(session.directory), allowance.max_bytes, request
+    )
     request.upload_handlers = [handler]
     try:
-        chosen = _single_file(request, handler)
+        chosen = _single_file(request, handler, allowance)
     except BaseException:
         for received in handler.received:
             received.discard()
@@ -93,13 +91,15 @@ def _receive_with_django(request: HttpRequest, session: Session) -> ReceivedFile
     return chosen
 
 
-def _single_file(request: HttpRequest, handler: AttachmentUploadHandler) -> ReceivedFile:
+def _single_file(
+    request: HttpRequest, handler: AttachmentUploadHandler, allowance: Allowance
+) -> ReceivedFile:
     try:
         files = request.FILES.getlist(FILE_FIELD)
     except (MultiPartParserError, SuspiciousOperation) as exc:
         raise InvalidMultipart(f"The multipart/form-data body could not be parsed: {exc}") from exc
     if handler.limit_exceeded is not None:
-        raise too_large_error(handler.limit_exceeded)
+        raise allowance.exceeded()
     if not files:
         raise MissingFile(errors={FILE_FIELD: ["No file was submitted."]})
     if len(files) > 1:

@@ -14,6 +14,7 @@ from .archive import SessionArchive, changed_paths
 from .conf import conf
 from .exceptions import JSONErrorsMixin
 from .lookup import resolve_artifact
+from .quotas import Usage, quota_fields, usage
 from .records import record_upload
 from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
@@ -23,16 +24,24 @@ from .uploads import FILE_FIELD, receive_upload
 
 
 class LimitsView(JSONErrorsMixin, APIView):
-    """The upload limits in force, so a client can check before it sends a byte."""
+    """
+    The upload limit and the per-session quotas in force, so a client can
+    check before it sends a byte; with `?session_id=`, also what is left of
+    that session's quotas.
+    """
 
     def get(self, request: Request) -> Response:
-        return Response(
-            {
-                "max_upload_bytes": conf.MAX_UPLOAD_BYTES,
-                "upload_field": FILE_FIELD,
-                "files_per_request": 1,
-            }
-        )
+        limits: dict[str, Any] = {
+            "max_upload_bytes": conf.MAX_UPLOAD_BYTES,
+            "upload_field": FILE_FIELD,
+            "files_per_request": 1,
+        }
+        session_id = request.query_params.get("session_id")
+        current = usage(get_live_session(session_id)) if session_id is not None else Usage(0, 0)
+        fields = quota_fields(current)
+        if session_id is None:
+            fields = {k: v for k, v in fields.items() if k in {"quota_bytes", "quota_files"}}
+        return Response({**limits, **fields})
 
 
 class SessionListView(JSONErrorsMixin, APIView):

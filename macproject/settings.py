@@ -9,6 +9,8 @@ Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
+    MAC_SESSION_QUOTA_BYTES  total bytes of one session's attachments (default: no quota)
+    MAC_SESSION_QUOTA_FILES  number of one session's attachments (default: no quota)
     MAC_DIRECT_IO            0 to write uploads through the page cache (e.g. on NFS); default 1
     MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
@@ -158,6 +160,8 @@ LOGGING = {
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
+ATTACHMENTS_SESSION_MAX_BYTES = _env_int("MAC_SESSION_QUOTA_BYTES")
+ATTACHMENTS_SESSION_MAX_FILES = _env_int("MAC_SESSION_QUOTA_FILES")
 ATTACHMENTS_DIRECT_IO = _env_bool("MAC_DIRECT_IO", True)
 ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]
 ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")

@@ -114,6 +114,8 @@ class TestLimits:
             "max_upload_bytes": None,
             "upload_field": "file",
             "files_per_request": 1,
+            "quota_bytes": None,
+            "quota_files": None,
         }
 
     def test_reports_the_configured_limit(self, api, settings):
