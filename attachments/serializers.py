@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from . import paths
 from .conf import conf
 from .models import Attachment, Session
 from .quotas import Usage, quota_fields, usage
+from .sessions import validate_session_id
 
 
 class AttachmentSerializer(serializers.ModelSerializer):
@@ -34,8 +37,21 @@ class AttachmentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_field({"type": "string", "pattern": paths.SESSION_ID_RE.pattern})
+class SessionIdField(serializers.Field):
+    """A session id in a request body; a malformed one is the API's 400 `invalid_session_id`."""
+
+    def to_internal_value(self, data: Any) -> str:
+        return validate_session_id(data)
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
 class SessionCreateSerializer(serializers.Serializer):
-    session_id = serializers.CharField(required=False, allow_blank=False, max_length=200)
+    session_id = SessionIdField(
+        required=False, help_text="A proposed id; by default the server makes one up."
+    )
 
 
 class SessionSerializer(serializers.ModelSerializer):

@@ -3,7 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.http.response import HttpResponseBase
-from rest_framework import status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,6 +18,7 @@ from .exceptions import JSONErrorsMixin
 from .lookup import resolve_artifact
 from .quotas import Usage, quota_fields, usage
 from .records import record_upload
+from .schema import SESSION_ERRORS, binary, errors, query as query_param
 from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
 from .serving import data_uri, serve_archive, serve_artifact
@@ -30,6 +33,28 @@ class LimitsView(JSONErrorsMixin, APIView):
     that session's quotas.
     """
 
+    @extend_schema(
+        parameters=[
+            query_param("session_id", str, "Also report what is left of this session's quotas.")
+        ],
+        responses={
+            200: inline_serializer(
+                "Limits",
+                {
+                    "max_upload_bytes": serializers.IntegerField(allow_null=True),
+                    "upload_field": serializers.CharField(),
+                    "files_per_request": serializers.IntegerField(),
+                    "quota_bytes": serializers.IntegerField(allow_null=True),
+                    "quota_files": serializers.IntegerField(allow_null=True),
+                    "used_bytes": serializers.IntegerField(required=False),
+                    "used_files": serializers.IntegerField(required=False),
+                    "remaining_bytes": serializers.IntegerField(required=False, allow_null=True),
+                    "remaining_files": serializers.IntegerField(required=False, allow_null=True),
+                },
+            ),
+            **SESSION_ERRORS,
+        },
+    )
     def get(self, request: Request) -> Response:
         limits: dict[str, Any] = {
             "max_upload_bytes": conf.MAX_UPLOAD_BYTES,
@@ -49,6 +74,10 @@ class SessionListView(JSONErrorsMixin, APIView):
 
     parser_classes = [JSONParser]
 
+    @extend_schema(
+        request=SessionCreateSerializer,
+        responses={201: SessionSerializer, **errors(400, 409)},
+    )
     def post(self, request: Request) -> Response:
         body = SessionCreateSerializer(data=request.data if request.data else {})
         body.is_valid(raise_exception=True)
@@ -59,9 +88,11 @@ class SessionListView(JSONErrorsMixin, APIView):
 class SessionDetailView(JSONErrorsMixin, APIView):
     """A session's status and counts; DELETE purges its directory and records."""
 
+    @extend_schema(responses={200: SessionSerializer, **SESSION_ERRORS})
     def get(self, request: Request, session_id: str) -> Response:
         return Response(SessionSerializer(get_live_session(session_id)).data)
 
+    @extend_schema(responses={204: None, **SESSION_ERRORS})
     def delete(self, request: Request, session_id: str) -> Response:
         purge_session(get_live_session(session_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -77,11 +108,27 @@ class UploadView(JSONErrorsMixin, APIView):
 
     parser_classes: list[Any] = []
 
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "AttachmentList", {"attachments": AttachmentSerializer(many=True)}
+            ),
+            **SESSION_ERRORS,
+        }
+    )
     def get(self, request: Request, session_id: str) -> Response:
         session = get_live_session(session_id)
         attachments = session.attachments.filter(purged_at__isnull=True).select_related("session")
         return Response({"attachments": AttachmentSerializer(attachments, many=True).data})
 
+    @extend_schema(
+        request={
+            "multipart/form-data": inline_serializer(
+                "Upload", {"file": serializers.FileField(help_text="One file.")}
+            )
+        },
+        responses={201: AttachmentSerializer, **errors(400, 404, 413, 415, 422, 503)},
+    )
     def post(self, request: Request, session_id: str) -> Response:
         session = get_live_session(session_id)
         received = receive_upload(request._request, session)
@@ -106,6 +153,19 @@ class ArtifactView(FileResponseMixin, APIView):
     `download=true`, as an attachment. GET and HEAD.
     """
 
+    @extend_schema(
+        parameters=[
+            query_param("mode", str, "meta (default) or stream", enum=["meta", "stream"]),
+            query_param("download", bool, "Send as an attachment rather than inline."),
+        ],
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "application/octet-stream"): binary("The bytes (mode=stream)."),
+            (206, "application/octet-stream"): binary("One range of the bytes."),
+            304: None,
+            **errors(400, 404, 412, 416),
+        },
+    )
     def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
         session = get_live_session(session_id)
         mode = query.choice(request.query_params, "mode", ("meta", "stream"), default="meta")
@@ -126,6 +186,21 @@ class SessionDownloadView(FileResponseMixin, APIView):
     zip with a known length that resumes with Range. GET and HEAD.
     """
 
+    @extend_schema(
+        parameters=[
+            query_param("include_ext", str, "Comma list of extensions, with or without dot."),
+            query_param("include_mime", str, "Comma list of MIME types; 'image/' is a prefix."),
+            query_param("max_size", int, "Largest file size in bytes."),
+            query_param("after", int, "An event cursor: only the files changed since."),
+            query_param("compress", bool, "false: a stored zip with a known length."),
+        ],
+        responses={
+            (200, "application/zip"): binary("session_<id>.zip"),
+            (206, "application/zip"): binary("A range of a stored zip."),
+            304: None,
+            **errors(400, 404, 410, 412, 416),
+        },
+    )
     def get(self, request: Request, session_id: str) -> HttpResponseBase:
         session = get_live_session(session_id)
         params = request.query_params

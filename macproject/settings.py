@@ -70,6 +70,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "attachments",
     "artifacts",
     "workflows",
@@ -147,6 +149,27 @@ MAC_SERVE_STATIC = _env_bool("MAC_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Session attachments and artifact events",
+    "DESCRIPTION": (
+        "Per-session attachments and live artifact events for workflow and agent platforms. "
+        "Every error is JSON: {\"detail\": <sentence>, \"code\": <machine code>}."
+    ),
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    # The reference pages' assets come from the sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "attachments.schema.describe_identifiers",
+        "workflows.schema.one_of_workflow_or_alias",
+    ],
 }
 
 LOGGING = {

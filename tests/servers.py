@@ -48,6 +48,10 @@ def free_port() -> int:
 def test_database_url() -> str:
     """A DATABASE_URL for the database the test run is using right now."""
     settings = connection.settings_dict
+    # pytest-django only swaps in the test database for runs that collect a
+    # django_db test; a server must never be pointed at the real one.
+    if "test" not in str(settings["NAME"]):
+        raise RuntimeError(f"Not a test database: {settings['NAME']}; mark the test django_db.")
     if connection.vendor == "sqlite":
         return f"sqlite:///{settings['NAME']}"
     if connection.vendor == "postgresql":

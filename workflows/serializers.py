@@ -2,19 +2,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
 from rest_framework import serializers
+
+from attachments.serializers import SessionIdField
 
 from .models import NodeRun, WorkflowRun
 
 MAX_PROMPT_CHARS = 100_000
+# A validator that doubles as the OpenAPI schema's pattern.
+NOT_BLANK = RegexValidator(r"\S", "This field may not be blank.")
 MAX_ATTACHMENTS = 100
 
 
 class ExecuteSerializer(serializers.Serializer):
-    task_prompt = serializers.CharField(max_length=MAX_PROMPT_CHARS, allow_blank=False)
+    task_prompt = serializers.CharField(
+        max_length=MAX_PROMPT_CHARS,
+        allow_blank=False,
+        validators=[NOT_BLANK],
+        help_text="Required and not blank, even when only files are passed.",
+    )
     workflow = serializers.CharField(required=False, max_length=200)
     yaml_file = serializers.CharField(required=False, max_length=200)
-    session_id = serializers.CharField(required=False, allow_null=True, max_length=200)
+    session_id = SessionIdField(required=False, allow_null=True)
     attachments = serializers.ListField(
         child=serializers.CharField(max_length=100),
         required=False,
@@ -35,7 +45,9 @@ class ExecuteSerializer(serializers.Serializer):
 
 
 class HumanInputSerializer(serializers.Serializer):
-    input = serializers.CharField(max_length=MAX_PROMPT_CHARS, allow_blank=False)
+    input = serializers.CharField(
+        max_length=MAX_PROMPT_CHARS, allow_blank=False, validators=[NOT_BLANK]
+    )
     attachments = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, max_length=MAX_ATTACHMENTS
     )

@@ -3,13 +3,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rest_framework import status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from attachments.exceptions import JSONErrorsMixin
+from attachments.schema import errors, query
 from attachments.sessions import create_session, get_live_session
 
 from . import records
@@ -58,6 +61,15 @@ def _workflow_entry(workflow: Workflow) -> dict[str, Any]:
 class WorkflowListView(JSONErrorsMixin, APIView):
     """The workflows that can be executed; malformed files are listed apart, with their fault."""
 
+    @extend_schema(
+        responses=inline_serializer(
+            "WorkflowList",
+            {
+                "workflows": serializers.ListField(child=serializers.DictField()),
+                "invalid": serializers.ListField(child=serializers.DictField()),
+            },
+        )
+    )
     def get(self, request: Request) -> Response:
         workflows, invalid = [], []
         for item in list_workflows():
@@ -74,6 +86,20 @@ class ExecuteView(JSONErrorsMixin, APIView):
 
     parser_classes = [JSONParser]
 
+    @extend_schema(
+        request=ExecuteSerializer,
+        responses={
+            202: inline_serializer(
+                "RunStarted",
+                {
+                    "status": serializers.CharField(),
+                    "session_id": serializers.CharField(),
+                    "run_id": serializers.CharField(),
+                },
+            ),
+            **errors(400, 404, 409),
+        },
+    )
     def post(self, request: Request) -> Response:
         records.ensure_recovered()
         body = ExecuteSerializer(data=request.data)
@@ -108,6 +134,14 @@ class ExecuteView(JSONErrorsMixin, APIView):
 class RunListView(JSONErrorsMixin, APIView):
     """A session's runs, newest first: `?session_id=`."""
 
+    @extend_schema(
+        operation_id="workflow_runs_list",
+        parameters=[query("session_id", str, "The session whose runs to list.", required=True)],
+        responses={
+            200: inline_serializer("RunList", {"runs": WorkflowRunSerializer(many=True)}),
+            **errors(400, 404),
+        },
+    )
     def get(self, request: Request) -> Response:
         session = get_live_session(request.query_params.get("session_id"))
         runs = (
@@ -121,6 +155,7 @@ class RunListView(JSONErrorsMixin, APIView):
 class RunDetailView(JSONErrorsMixin, APIView):
     """A run's status and its nodes' statuses."""
 
+    @extend_schema(responses={200: WorkflowRunSerializer, **errors(404)})
     def get(self, request: Request, run_id: str) -> Response:
         return Response(WorkflowRunSerializer(_get_run(run_id)).data)
 
@@ -128,6 +163,7 @@ class RunDetailView(JSONErrorsMixin, APIView):
 class RunCancelView(JSONErrorsMixin, APIView):
     """Cancel a run: its running node's process group is killed; 409 once it has finished."""
 
+    @extend_schema(request=None, responses={202: WorkflowRunSerializer, **errors(404, 409)})
     def post(self, request: Request, run_id: str) -> Response:
         run = records.request_cancel(_get_run(run_id))
         wake_run(run.run_id, "cancel")
@@ -139,6 +175,10 @@ class RunInputView(JSONErrorsMixin, APIView):
 
     parser_classes = [JSONParser]
 
+    @extend_schema(
+        request=HumanInputSerializer,
+        responses={202: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
+    )
     def post(self, request: Request, run_id: str) -> Response:
         run = _get_run(run_id)
         body = HumanInputSerializer(data=request.data)

@@ -63,7 +63,11 @@ class TestCreate:
     def test_wrong_field_type(self, api):
         response = create(api, session_id=["a"])
         assert response.status_code == 400
-        assert response.json()["errors"]["session_id"]
+        assert response.json()["code"] == "invalid_session_id"
+
+    def test_body_must_be_an_object(self, api):
+        response = api.generic("POST", "/api/sessions", b"[1]", content_type="application/json")
+        assert response.status_code == 400
 
 
 class TestDetail:
