@@ -96,8 +96,9 @@ class StreamingPath:
         return self._request("GET", url)
 
 
-def new_session(session_id: str | None = None) -> Session:
-    return create_session(session_id)
+def new_session(session_id: str | None = None, owner: Any = None) -> Session:
+    """A session as `create_session` makes it; its `token` is on the returned instance."""
+    return create_session(session_id, owner=owner)
 
 
 def files_on_disk(session: Session) -> list[Path]:
@@ -175,3 +176,23 @@ def asgi_get(url: str, **headers: str) -> httpx.Response:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return asyncio.run(run())
+
+
+JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes-long"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """Test-client keyword arguments that send `token` as `Authorization: Bearer`."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def make_jwt(secret: str = JWT_SECRET, expires_in: float = 300, **claims: Any) -> str:
+    """An internal JWT as a portal would mint it (HS256, `exp` from now unless given)."""
+    import time
+
+    import jwt
+
+    claims.setdefault("exp", int(time.time() + expires_in))
+    if claims["exp"] is None:
+        del claims["exp"]
+    return jwt.encode(claims, secret, algorithm="HS256")

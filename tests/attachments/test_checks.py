@@ -5,6 +5,9 @@ from django.test import override_settings
 
 from attachments.checks import check_settings
 
+# The defaults pass under the product's default policy.
+pytestmark = pytest.mark.access_policy("token")
+
 
 def ids(messages) -> list[str]:
     return [m.id for m in messages]
