@@ -44,6 +44,7 @@ from django.http import HttpRequest, QueryDict
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.datastructures import MultiValueDict
 from django.utils.http import is_same_domain
+from rest_framework.authentication import BaseAuthentication
 
 from . import links
 from .conf import conf
@@ -289,6 +290,19 @@ def _attach_user(request: HttpRequest) -> None:
     engine = import_module(settings.SESSION_ENGINE)
     request.session = engine.SessionStore(session_key)
     request.user = get_user(request)  # type: ignore[assignment]
+
+
+class DjangoUserAuthentication(BaseAuthentication):
+    """
+    DRF authentication that keeps the user Django's session middleware signed
+    in. DRF replaces `request.user` with what its authenticators return, so
+    without one the views would see every user as anonymous; the CSRF check
+    is left to `credentials_from_request`, like on every other path.
+    """
+
+    def authenticate(self, request: Any) -> tuple[Any, None] | None:
+        user = _authenticated(getattr(request._request, "user", None))
+        return None if user is None else (user, None)
 
 
 class _CsrfCheck(CsrfViewMiddleware):

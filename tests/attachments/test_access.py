@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.access_policy("token")]
 
 
 def user(name: str, **fields):
-    return get_user_model().objects.create_user(name, password="pw", **fields)
+    return get_user_model().objects.create_user(name, **fields)
 
 
 def refused(credentials: Credentials, session_id: str) -> None:
@@ -118,6 +118,7 @@ class TestJWT:
     @pytest.fixture(autouse=True)
     def jwt_secret(self, settings):
         settings.ATTACHMENTS_JWT_SECRET = JWT_SECRET
+
     def test_a_sessions_claim_reaches_each_session_it_names(self):
         first, second, third = new_session(), new_session(), new_session()
         token = make_jwt(sessions=[first.session_id, second.session_id])
@@ -321,5 +322,8 @@ class TestCredentialsFromScope:
     @override_settings(CSRF_TRUSTED_ORIGINS=["https://*.example.com"])
     def test_trusted_origins_count_for_websockets(self):
         owner = user("owner")
-        scope = {**self.scope("websocket", [(b"origin", b"https://app.example.com")]), "user": owner}
+        scope = {
+            **self.scope("websocket", [(b"origin", b"https://app.example.com")]),
+            "user": owner,
+        }
         assert asyncio.run(credentials_from_scope(scope)).user == owner
