@@ -31,6 +31,8 @@ Environment:
     MAC_JWT_ISSUER, MAC_JWT_AUDIENCE  the iss / aud those JWTs must carry (default: not checked)
     MAC_SIGNED_LINK_MAX_AGE  longest life of a signed download link, in seconds (3600)
     MAC_SESSION_CREATE_RATE  e.g. 30/minute: POST /api/sessions per client (default: no limit)
+    MAC_CORS_ALLOWED_ORIGINS comma list of origins allowed to call /api/ from a browser
+                             (default: none, CORS off)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
@@ -73,6 +75,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "corsheaders",
     "rest_framework",
     "attachments",
     "artifacts",
@@ -81,12 +84,36 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+# Headers on every response (SecurityMiddleware, XFrameOptionsMiddleware).
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# CORS is off unless origins are listed; then only for the API, without
+# cookies (browsers on other origins send a session token or a JWT).
+CORS_ALLOWED_ORIGINS = [
+    o.strip() for o in os.environ.get("MAC_CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()
+]
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_EXPOSE_HEADERS = [
+    "Content-Disposition",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "ETag",
+    "Repr-Digest",
+    "Retry-After",
 ]
 
 ROOT_URLCONF = "macproject.urls"
