@@ -8,6 +8,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.apps import apps
 
+from attachments.access import (
+    Credentials,
+    credentials_from_scope,
+    owner_for_new_session,
+    session_for,
+)
 from attachments.exceptions import ApiError
 from attachments.sessions import create_session, get_live_session
 
@@ -20,9 +26,12 @@ CLOSE_CODES = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409}
 class SessionConsumer(AsyncJsonWebsocketConsumer):
     """
     The session's control socket, `/ws`. Connecting without `session_id`
-    creates a session; `?session_id=` re-attaches to an existing one. The
+    creates a session, and the `connection` message carries its `token`;
+    `?session_id=` re-attaches to an existing one the caller may reach
+    (`&token=`, a JWT, or the owner's cookie; see `attachments.access`). The
     first message is always `{"type": "connection", ...}`, or an `error`
-    followed by a close.
+    followed by a close; a session the caller may not reach is 4404, like
+    one that does not exist.
     """
 
     session_id: str | None = None
@@ -31,7 +40,8 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         requested = query.get("session_id", [None])[0]
         try:
-            self.session_id = await self._attach(requested)
+            credentials = await credentials_from_scope(self.scope)
+            self.session_id, token = await self._attach(credentials, requested)
         except ApiError as exc:
             await self.accept()
             await self.send_error(exc.code, str(exc.detail))
@@ -39,18 +49,22 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
         await self.accept()
-        await self.send_json(
-            {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
-        )
+        data = {"session_id": self.session_id, "status": "connected"}
+        if token is not None:
+            data["token"] = token
+        await self.send_json({"type": "connection", "data": data})
 
     async def disconnect(self, code: int) -> None:
         if self.session_id is not None:
             await self.channel_layer.group_discard(session_group(self.session_id), self.channel_name)
 
     @database_sync_to_async
-    def _attach(self, requested: str | None) -> str:
-        session = get_live_session(requested) if requested is not None else create_session()
-        return session.session_id
+    def _attach(self, credentials: Credentials, requested: str | None) -> tuple[str, str | None]:
+        """The session's id, and its token if it was created here."""
+        if requested is not None:
+            return session_for(credentials, requested).session_id, None
+        session = create_session(owner=owner_for_new_session(credentials))
+        return session.session_id, session.token
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:

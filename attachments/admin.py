@@ -77,6 +77,7 @@ class SessionAdmin(admin.ModelAdmin):
     list_display = [
         "session_id",
         "status",
+        "owner",
         "attachment_count",
         "total_size",
         "created_at",
@@ -86,6 +87,8 @@ class SessionAdmin(admin.ModelAdmin):
     list_filter = ["status", "created_at", ("purged_at", admin.EmptyFieldListFilter)]
     search_fields = ["session_id", "attachments__attachment_id", "attachments__name"]
     readonly_fields = ["session_id", "created_at", "updated_at", "purged_at"]
+    raw_id_fields = ["owner"]
+    list_select_related = ["owner"]
     date_hierarchy = "created_at"
     inlines = [AttachmentInline]
     actions = ["purge_sessions", "rebuild_from_manifest"]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -15,3 +17,16 @@ class AttachmentsConfig(AppConfig):
         from .checks import check_settings
 
         checks.register(check_settings, checks.Tags.compatibility)
+        warn_if_open()
+
+
+def warn_if_open() -> None:
+    """Log, in every process that loads the app, that sessions are guarded by their ids alone."""
+    from .conf import conf
+
+    if conf.ACCESS_POLICY == "open":
+        logging.getLogger("attachments.access").warning(
+            'ATTACHMENTS_ACCESS_POLICY is "open": any client that knows a session id reaches '
+            "its files. Use it only behind a proxy that authorises every request "
+            "(attachments.W020)."
+        )

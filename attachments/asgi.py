@@ -9,6 +9,11 @@ way, on a worker thread so the event loop keeps receiving), then hands Django
 the request with an empty body and the result in the scope. The view records
 the file exactly as it would one that Django parsed, and any file it does not
 claim is removed when the request ends.
+
+The access check (`attachments.access.authorize_scope`) runs before a byte of
+the body is read: a request that may not reach the session is answered, by
+Django, with the same 404 as a session that does not exist, and nothing is
+written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from . import paths
+from .access import authorize_scope
 from .conf import conf
 from .exceptions import (
     ApiError,
@@ -30,9 +36,8 @@ from .exceptions import (
     MultipleFiles,
     UnsupportedMediaType,
 )
-from .quotas import Allowance, upload_allowance
+from .quotas import upload_allowance
 from .receiving import LimitExceeded, ReceivedFile, UploadSink
-from .sessions import get_live_session
 from .uploads import (
     FILE_FIELD,
     STREAMED_UPLOAD_SCOPE_KEY,
@@ -234,7 +239,8 @@ class StreamingUploadMiddleware:
 
     async def _receive(self, scope: Scope, receive: Receive, session_id: str) -> StreamedUpload:
         try:
-            allowance = await database_sync_to_async(_allowance_for)(session_id)
+            session = await authorize_scope(scope, session_id)
+            allowance = await database_sync_to_async(upload_allowance)(session)
         except ApiError as exc:
             return StreamedUpload(error=exc)
         headers = {name.lower(): value for name, value in scope["headers"]}
@@ -278,10 +284,6 @@ class StreamingUploadMiddleware:
             await receiver.abort()
             raise
         return StreamedUpload(received=receiver.received)
-
-
-def _allowance_for(session_id: str) -> Allowance:
-    return upload_allowance(get_live_session(session_id))
 
 
 def _empty_body_receive(receive: Receive) -> Receive:

@@ -3,10 +3,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
 SENDFILE_HEADERS = ("X-Accel-Redirect", "X-Sendfile")
+ACCESS_POLICIES = ("token", "open")
+# RFC 7518 3.2: an HS256 key must be at least as long as the hash output.
+MIN_JWT_SECRET_BYTES = 32
 
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
@@ -99,7 +102,79 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     errors.extend(_check_sendfile())
+    errors.extend(_check_access())
     return errors
+
+
+def _check_access() -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    policy = getattr(settings, "ATTACHMENTS_ACCESS_POLICY", "token")
+    if policy not in ACCESS_POLICIES:
+        messages.append(
+            Error(
+                'ATTACHMENTS_ACCESS_POLICY must be "token" or "open".',
+                hint=f"Got {policy!r}.",
+                id="attachments.E020",
+            )
+        )
+    elif policy == "open":
+        messages.append(
+            Warning(
+                "ATTACHMENTS_ACCESS_POLICY is \"open\": anyone who knows a session id reaches "
+                "its files.",
+                hint="Use it only behind a proxy that authorises every request; "
+                'otherwise set it to "token" (MAC_ACCESS_POLICY=token).',
+                id="attachments.W020",
+            )
+        )
+    secret = getattr(settings, "ATTACHMENTS_JWT_SECRET", None)
+    if secret is not None and secret != "" and (
+        not isinstance(secret, str | bytes) or len(secret) < MIN_JWT_SECRET_BYTES
+    ):
+        messages.append(
+            Error(
+                f"ATTACHMENTS_JWT_SECRET must be a string of at least {MIN_JWT_SECRET_BYTES} "
+                "characters, or None to refuse JWTs.",
+                hint="e.g. python -c 'import secrets; print(secrets.token_urlsafe(48))'",
+                id="attachments.E021",
+            )
+        )
+    for name in ("ATTACHMENTS_JWT_ISSUER", "ATTACHMENTS_JWT_AUDIENCE"):
+        value = getattr(settings, name, None)
+        if value is not None and not isinstance(value, str):
+            messages.append(
+                Error(
+                    f"{name} must be a string or None.",
+                    hint=f"Got {value!r}.",
+                    id="attachments.E022",
+                )
+            )
+    max_age = getattr(settings, "ATTACHMENTS_SIGNED_LINK_MAX_AGE", 3600)
+    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1:
+        messages.append(
+            Error(
+                "ATTACHMENTS_SIGNED_LINK_MAX_AGE must be a number of seconds of at least 1.",
+                hint=f"Got {max_age!r}.",
+                id="attachments.E023",
+            )
+        )
+    rate = getattr(settings, "ATTACHMENTS_SESSION_CREATE_RATE", None)
+    if rate is not None and rate != "" and not _is_rate(rate):
+        messages.append(
+            Error(
+                "ATTACHMENTS_SESSION_CREATE_RATE must be None or a rate like \"30/minute\".",
+                hint=f"Got {rate!r}; the period is second, minute, hour or day.",
+                id="attachments.E024",
+            )
+        )
+    return messages
+
+
+def _is_rate(value: object) -> bool:
+    if not isinstance(value, str) or value.count("/") != 1:
+        return False
+    count, period = value.split("/")
+    return count.isdigit() and int(count) > 0 and period[:1] in {"s", "m", "h", "d"}
 
 
 def _check_sendfile() -> list[CheckMessage]:

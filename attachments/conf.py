@@ -31,6 +31,17 @@ The attachments app's settings, each read live from Django settings so that
                                   (URI prefix) for X-Accel-Redirect, required with it; the
                                   warehouse's path as the proxy sees it for X-Sendfile
                                   (None: the warehouse's own absolute path)
+    ATTACHMENTS_ACCESS_POLICY     "token": a session is reached with its token, by its owner
+                                  or staff, or with an internal JWT naming it; "open": with
+                                  its id alone, for deployments behind a guarding proxy ("token")
+    ATTACHMENTS_JWT_SECRET        HS256 key of the internal JWTs that portals mint; None
+                                  disables them (None)
+    ATTACHMENTS_JWT_ISSUER        the `iss` such a JWT must carry, or None not to check (None)
+    ATTACHMENTS_JWT_AUDIENCE      the `aud` such a JWT must carry, or None not to check (None)
+    ATTACHMENTS_SIGNED_LINK_MAX_AGE  longest life in seconds of a signed download link; a
+                                  request may ask for less with `expires_in` (3600)
+    ATTACHMENTS_SESSION_CREATE_RATE  DRF throttle rate of POST /api/sessions per client
+                                  address (or user), e.g. "30/minute"; None: no limit (None)
 """
 
 from __future__ import annotations
@@ -110,6 +121,30 @@ class Settings:
     def SENDFILE_ROOT(self) -> str | None:
         value = getattr(settings, "ATTACHMENTS_SENDFILE_ROOT", None)
         return None if value is None else str(value)
+
+    @property
+    def ACCESS_POLICY(self) -> str:
+        return str(getattr(settings, "ATTACHMENTS_ACCESS_POLICY", "token"))
+
+    @property
+    def JWT_SECRET(self) -> str | None:
+        return getattr(settings, "ATTACHMENTS_JWT_SECRET", None) or None
+
+    @property
+    def JWT_ISSUER(self) -> str | None:
+        return getattr(settings, "ATTACHMENTS_JWT_ISSUER", None) or None
+
+    @property
+    def JWT_AUDIENCE(self) -> str | None:
+        return getattr(settings, "ATTACHMENTS_JWT_AUDIENCE", None) or None
+
+    @property
+    def SIGNED_LINK_MAX_AGE(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_SIGNED_LINK_MAX_AGE", 3600))
+
+    @property
+    def SESSION_CREATE_RATE(self) -> str | None:
+        return getattr(settings, "ATTACHMENTS_SESSION_CREATE_RATE", None) or None
 
 
 conf = Settings()

@@ -37,6 +37,17 @@ class SessionNotFound(ApiError):
     default_code = "session_not_found"
 
 
+class CsrfFailed(ApiError):
+    """A signed-in browser's unsafe request without a valid CSRF token, and no other credential."""
+
+    status_code = status.HTTP_403_FORBIDDEN
+    default_detail = (
+        "CSRF check failed: send the csrftoken cookie's value in the X-CSRFToken header, "
+        "or authenticate with a token instead of the session cookie."
+    )
+    default_code = "csrf_failed"
+
+
 class SessionExists(ApiError):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "A session with this id already exists."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 
@@ -20,6 +21,16 @@ def new_attachment_id() -> str:
 
 def new_session_id() -> str:
     return secrets.token_urlsafe(16)
+
+
+def new_session_token() -> str:
+    """A session's secret: 32 random bytes, URL-safe (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """What is stored of a session token: its sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def is_attachment_id(value: object) -> bool:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
@@ -40,8 +41,25 @@ class Session(models.Model):
     # A purged session keeps its row as a tombstone, so its id answers 404
     # and is never handed out again.
     purged_at = models.DateTimeField(_("purged at"), null=True, blank=True)
+    # Only a hash of the session's secret token is kept (see attachments.access);
+    # empty for sessions created before tokens existed, which only their owner,
+    # staff or an internal JWT reach.
+    token_hash = models.CharField(
+        _("token hash"), max_length=64, blank=True, default="", editable=False
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="attachment_sessions",
+        verbose_name=_("owner"),
+    )
 
     objects = SessionQuerySet.as_manager()
+
+    # The secret token, set only on the instance that `create_session()` returns.
+    token: str | None = None
 
     class Meta:
         verbose_name = _("session")

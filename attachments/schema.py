@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
@@ -52,3 +53,22 @@ def describe_identifiers(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
                     parameter.setdefault("schema", {"type": "string"})["pattern"] = pattern
     return result
 
+
+
+class SessionCredentialsScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]
+    """How `attachments.access` credentials appear in the schema."""
+
+    target_class = "attachments.access.DjangoUserAuthentication"
+    name = "sessionToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": (
+                "The session's token from its creation, or an internal JWT naming the session. "
+                "Where a header cannot be set, pass it as ?token=. A signed-in owner's (or staff) "
+                "session cookie also works, with X-CSRFToken on unsafe methods. Anything that "
+                "may not reach a session gets the 404 of an unknown one."
+            ),
+        }

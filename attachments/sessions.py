@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import paths
 from .exceptions import InvalidSessionId, SessionExists, SessionNotFound
-from .identifiers import new_session_id
+from .identifiers import hash_token, new_session_id, new_session_token
 from .models import Session
 
 
@@ -29,21 +30,27 @@ def get_live_session(session_id: object) -> Session:
         raise SessionNotFound() from None
 
 
-def create_session(session_id: str | None = None) -> Session:
+def create_session(session_id: str | None = None, owner: Any = None) -> Session:
     """
-    Create a session and its workspace. A proposed id must be well formed and
-    never used before, purged sessions included.
+    Create a session and its workspace, owned by `owner` (a user) or nobody.
+    A proposed id must be well formed and never used before, purged sessions
+    included. The returned instance's `token` is the session's secret: only
+    its hash is stored, so this is the one time it can be handed out.
     """
     if session_id is None:
         session_id = new_session_id()
     else:
         validate_session_id(session_id)
+    token = new_session_token()
     try:
         with transaction.atomic():
-            session = Session.objects.create(session_id=session_id)
+            session = Session.objects.create(
+                session_id=session_id, owner=owner, token_hash=hash_token(token)
+            )
     except IntegrityError:
         raise SessionExists() from None
     paths.attachments_dir(session.directory).mkdir(parents=True, exist_ok=True)
+    session.token = token
     return session
 
 

@@ -17,8 +17,18 @@ urlpatterns = [
         name="artifact",
     ),
     path(
+        "sessions/<str:session_id>/artifacts/<str:artifact_id>/link",
+        views.ArtifactLinkView.as_view(),
+        name="artifact-link",
+    ),
+    path(
         "sessions/<str:session_id>/download",
         views.SessionDownloadView.as_view(),
         name="session-download",
+    ),
+    path(
+        "sessions/<str:session_id>/download/link",
+        views.SessionDownloadLinkView.as_view(),
+        name="session-download-link",
     ),
 ]

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.http.response import HttpResponseBase
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -11,18 +15,26 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import query
+from . import links, query
+from .access import (
+    DjangoUserAuthentication,
+    authorize_request,
+    credentials_from_request,
+    owner_for_new_session,
+)
 from .archive import SessionArchive, changed_paths
 from .conf import conf
-from .exceptions import JSONErrorsMixin
+from .exceptions import InvalidParameter, JSONErrorsMixin
 from .lookup import resolve_artifact
+from .models import Session
 from .quotas import Usage, quota_fields, usage
 from .records import record_upload
 from .schema import SESSION_ERRORS, binary, errors, query as query_param
 from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
 from .serving import data_uri, serve_archive, serve_artifact
-from .sessions import create_session, get_live_session, purge_session
+from .sessions import create_session, purge_session
+from .throttling import SessionCreateThrottle
 from .uploads import FILE_FIELD, receive_upload
 
 
@@ -34,6 +46,7 @@ class LimitsView(JSONErrorsMixin, APIView):
     """
 
     @extend_schema(
+        auth=[{"sessionToken": []}, {}],
         parameters=[
             query_param("session_id", str, "Also report what is left of this session's quotas.")
         ],
@@ -62,43 +75,77 @@ class LimitsView(JSONErrorsMixin, APIView):
             "files_per_request": 1,
         }
         session_id = request.query_params.get("session_id")
-        current = usage(get_live_session(session_id)) if session_id is not None else Usage(0, 0)
+        current = (
+            usage(authorize_request(request, session_id)) if session_id is not None else Usage(0, 0)
+        )
         fields = quota_fields(current)
         if session_id is None:
             fields = {k: v for k, v in fields.items() if k in {"quota_bytes", "quota_files"}}
         return Response({**limits, **fields})
 
 
-class SessionListView(JSONErrorsMixin, APIView):
-    """Create a session, optionally with a proposed id."""
+class AccessPolicyMixin(JSONErrorsMixin):
+    """
+    Views whose access rule is `attachments.access`, whatever the host's DRF
+    defaults: a session's token or JWT is not a DRF user, and a signed-in
+    user is read (with its CSRF check) from the Django request.
+    """
+
+    authentication_classes: list[Any] = [DjangoUserAuthentication]
+    permission_classes: list[Any] = []
+
+
+class SessionScopedMixin(AccessPolicyMixin):
+    """Views of one session, named by the `session_id` URL argument."""
+
+    kwargs: dict[str, Any]
+    request: Request
+
+    def get_session(self, target: links.LinkTarget | None = None) -> Session:
+        """The session, if the caller may reach it; else the 404 of an unknown session."""
+        return authorize_request(self.request, self.kwargs["session_id"], target)
+
+
+class SessionListView(AccessPolicyMixin, APIView):
+    """
+    Create a session, optionally with a proposed id. Anyone may; the answer
+    carries the session's `token`, the only time it is shown. A signed-in
+    user owns the session created.
+    """
 
     parser_classes = [JSONParser]
+    throttle_classes = [SessionCreateThrottle]
 
     @extend_schema(
+        auth=[],
         request=SessionCreateSerializer,
-        responses={201: SessionSerializer, **errors(400, 409)},
+        responses={201: SessionSerializer, **errors(400, 409, 429)},
     )
     def post(self, request: Request) -> Response:
+        owner = owner_for_new_session(credentials_from_request(request))
         body = SessionCreateSerializer(data=request.data if request.data else {})
         body.is_valid(raise_exception=True)
-        session = create_session(body.validated_data.get("session_id"))
-        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+        session = create_session(body.validated_data.get("session_id"), owner=owner)
+        return Response(
+            {**SessionSerializer(session).data, "token": session.token},
+            status=status.HTTP_201_CREATED,
+        )
 
 
-class SessionDetailView(JSONErrorsMixin, APIView):
+class SessionDetailView(SessionScopedMixin, APIView):
     """A session's status and counts; DELETE purges its directory and records."""
 
     @extend_schema(responses={200: SessionSerializer, **SESSION_ERRORS})
     def get(self, request: Request, session_id: str) -> Response:
-        return Response(SessionSerializer(get_live_session(session_id)).data)
+        return Response(SessionSerializer(self.get_session()).data)
 
     @extend_schema(responses={204: None, **SESSION_ERRORS})
     def delete(self, request: Request, session_id: str) -> Response:
-        purge_session(get_live_session(session_id))
+        purge_session(self.get_session())
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class UploadView(JSONErrorsMixin, APIView):
+class UploadView(SessionScopedMixin, APIView):
     """
     POST a file (multipart/form-data, field `file`) into the session; GET the
     session's attachments. The body is never parsed by DRF: it is either
@@ -117,7 +164,7 @@ class UploadView(JSONErrorsMixin, APIView):
         }
     )
     def get(self, request: Request, session_id: str) -> Response:
-        session = get_live_session(session_id)
+        session = self.get_session()
         attachments = session.attachments.filter(purged_at__isnull=True).select_related("session")
         return Response({"attachments": AttachmentSerializer(attachments, many=True).data})
 
@@ -130,13 +177,13 @@ class UploadView(JSONErrorsMixin, APIView):
         responses={201: AttachmentSerializer, **errors(400, 404, 413, 415, 422, 503)},
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session = get_live_session(session_id)
+        session = self.get_session()
         received = receive_upload(request._request, session)
         attachment = record_upload(session, received)
         return Response(AttachmentSerializer(attachment).data, status=status.HTTP_201_CREATED)
 
 
-class FileResponseMixin(JSONErrorsMixin):
+class FileResponseMixin(SessionScopedMixin):
     """
     Views that answer with file bytes. A client's Accept header never turns
     a download into a 406: the file is what it is, and errors are JSON.
@@ -150,7 +197,8 @@ class ArtifactView(FileResponseMixin, APIView):
     """
     One artifact of the session, by `art_` or `att_` id: `mode=meta` (the
     default) gives its metadata, `mode=stream` its bytes, `inline` or, with
-    `download=true`, as an attachment. GET and HEAD.
+    `download=true`, as an attachment. GET and HEAD. A signed link's `sig`
+    made for this session and this id is accepted instead of a credential.
     """
 
     @extend_schema(
@@ -167,7 +215,7 @@ class ArtifactView(FileResponseMixin, APIView):
         },
     )
     def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
-        session = get_live_session(session_id)
+        session = self.get_session(links.LinkTarget(session_id, artifact_id))
         mode = query.choice(request.query_params, "mode", ("meta", "stream"), default="meta")
         download = query.boolean(request.query_params, "download", default=False)
         artifact = resolve_artifact(session, artifact_id)
@@ -183,7 +231,8 @@ class SessionDownloadView(FileResponseMixin, APIView):
     The whole session directory as `session_<id>.zip`, streamed while it is
     built. Filters: `include_ext`, `include_mime`, `max_size`; `after` for
     the files changed since an event cursor; `compress=false` for a stored
-    zip with a known length that resumes with Range. GET and HEAD.
+    zip with a known length that resumes with Range. GET and HEAD. A signed
+    link's `sig` made for this session's zip is accepted instead of a credential.
     """
 
     @extend_schema(
@@ -202,7 +251,7 @@ class SessionDownloadView(FileResponseMixin, APIView):
         },
     )
     def get(self, request: Request, session_id: str) -> HttpResponseBase:
-        session = get_live_session(session_id)
+        session = self.get_session(links.LinkTarget(session_id))
         params = request.query_params
         filters = FileFilters.from_query(params)
         compress = query.boolean(params, "compress", default=True)
@@ -212,3 +261,69 @@ class SessionDownloadView(FileResponseMixin, APIView):
             session, filters, compress=compress, only_paths=only_paths
         )
         return serve_archive(request._request, archive, f"session_{session.session_id}.zip")
+
+
+class SignedLinkMixin(SessionScopedMixin):
+    """Views that mint a signed link, for a caller who holds a credential (not a link)."""
+
+    def link_response(
+        self, request: Request, target: links.LinkTarget, view_name: str, params: dict[str, str]
+    ) -> Response:
+        requested = query.non_negative_int(request.query_params, "expires_in")
+        if requested == 0:
+            raise InvalidParameter("expires_in", "'expires_in' must be at least 1 second.")
+        expires_in = links.link_lifetime(requested)
+        kwargs = {"session_id": target.session_id}
+        if target.artifact_id is not None:
+            kwargs["artifact_id"] = target.artifact_id
+        params = {**params, links.SIGNATURE_PARAM: links.sign(target, expires_in)}
+        path = f"{reverse(view_name, kwargs=kwargs)}?{urlencode(params)}"
+        return Response(
+            {
+                "url": request.build_absolute_uri(path),
+                "expires_in": expires_in,
+                "expires_at": timezone.now() + timedelta(seconds=expires_in),
+            }
+        )
+
+
+SIGNED_LINK = inline_serializer(
+    "SignedLink",
+    {
+        "url": serializers.URLField(),
+        "expires_in": serializers.IntegerField(),
+        "expires_at": serializers.DateTimeField(),
+    },
+)
+EXPIRES_IN = query_param("expires_in", int, "Seconds the link stays valid (capped by the server).")
+
+
+class ArtifactLinkView(SignedLinkMixin, APIView):
+    """
+    A signed link to one artifact's bytes (`mode=stream`, with `download=true`
+    if asked), valid for `expires_in` seconds (at most
+    `ATTACHMENTS_SIGNED_LINK_MAX_AGE`, the default) for anyone who holds it.
+    """
+
+    @extend_schema(
+        parameters=[EXPIRES_IN, query_param("download", bool, "Link to a download, not inline.")],
+        responses={200: SIGNED_LINK, **errors(400, 404)},
+    )
+    def get(self, request: Request, session_id: str, artifact_id: str) -> Response:
+        session = self.get_session()
+        artifact = resolve_artifact(session, artifact_id)
+        params = {"mode": "stream"}
+        if query.boolean(request.query_params, "download", default=False):
+            params["download"] = "true"
+        target = links.LinkTarget(session.session_id, artifact.artifact_id)
+        return self.link_response(request, target, "attachments:artifact", params)
+
+
+class SessionDownloadLinkView(SignedLinkMixin, APIView):
+    """A signed link to the session zip; the zip's filters may be added to it."""
+
+    @extend_schema(parameters=[EXPIRES_IN], responses={200: SIGNED_LINK, **errors(400, 404)})
+    def get(self, request: Request, session_id: str) -> Response:
+        session = self.get_session()
+        target = links.LinkTarget(session.session_id)
+        return self.link_response(request, target, "attachments:session-download", {})

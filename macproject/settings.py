@@ -27,6 +27,15 @@ Environment:
                              file bodies (default: the app streams them)
     MAC_SENDFILE_ROOT        the proxy's internal location for the warehouse (X-Accel-Redirect),
                              or the warehouse's path as the proxy sees it (X-Sendfile)
+    MAC_ACCESS_POLICY        token (default): a session is reached with its token, by its
+                             owner, or with an internal JWT; open: with its id alone (only
+                             behind a proxy that authorises requests)
+    MAC_JWT_SECRET           HS256 key of internal JWTs naming sessions (default: JWTs refused)
+    MAC_JWT_ISSUER, MAC_JWT_AUDIENCE  the iss / aud those JWTs must carry (default: not checked)
+    MAC_SIGNED_LINK_MAX_AGE  longest life of a signed download link, in seconds (3600)
+    MAC_SESSION_CREATE_RATE  e.g. 30/minute: POST /api/sessions per client (default: no limit)
+    MAC_CORS_ALLOWED_ORIGINS comma list of origins allowed to call /api/ from a browser
+                             (default: none, CORS off)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
@@ -69,6 +78,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "corsheaders",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -79,12 +89,36 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+# Headers on every response (SecurityMiddleware, XFrameOptionsMiddleware).
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# CORS is off unless origins are listed; then only for the API, without
+# cookies (browsers on other origins send a session token or a JWT).
+CORS_ALLOWED_ORIGINS = [
+    o.strip() for o in os.environ.get("MAC_CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()
+]
+CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_CREDENTIALS = False
+CORS_EXPOSE_HEADERS = [
+    "Content-Disposition",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "ETag",
+    "Repr-Digest",
+    "Retry-After",
 ]
 
 ROOT_URLCONF = "macproject.urls"
@@ -202,3 +236,10 @@ if (_zip_level := _env_int("MAC_ZIP_COMPRESS_LEVEL")) is not None:
     ATTACHMENTS_ZIP_COMPRESS_LEVEL = _zip_level
 ATTACHMENTS_SENDFILE_HEADER = os.environ.get("MAC_SENDFILE_HEADER", "").strip() or None
 ATTACHMENTS_SENDFILE_ROOT = os.environ.get("MAC_SENDFILE_ROOT", "").strip() or None
+ATTACHMENTS_ACCESS_POLICY = os.environ.get("MAC_ACCESS_POLICY", "").strip() or "token"
+ATTACHMENTS_JWT_SECRET = os.environ.get("MAC_JWT_SECRET") or None
+ATTACHMENTS_JWT_ISSUER = os.environ.get("MAC_JWT_ISSUER") or None
+ATTACHMENTS_JWT_AUDIENCE = os.environ.get("MAC_JWT_AUDIENCE") or None
+if (_link_age := _env_int("MAC_SIGNED_LINK_MAX_AGE")) is not None:
+    ATTACHMENTS_SIGNED_LINK_MAX_AGE = _link_age
+ATTACHMENTS_SESSION_CREATE_RATE = os.environ.get("MAC_SESSION_CREATE_RATE", "").strip() or None

@@ -7,8 +7,11 @@ from django.views import defaults
 
 
 def _wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith("/api/") or "application/json" in request.headers.get(
-        "Accept", ""
+    path = request.path
+    return (
+        path == "/api"
+        or path.startswith("/api/")
+        or "application/json" in request.headers.get("Accept", "")
     )
 
 

@@ -56,15 +56,30 @@ def warehouse(tmp_path: Path, settings) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def access_policy(request: pytest.FixtureRequest, settings) -> str:
+    """
+    The access policy of this test: "open" (the session id alone) for the
+    tests that are not about access, so they need no credentials; a test or
+    module marked `@pytest.mark.access_policy("token")` runs under the
+    product's default. Real servers started by `server` follow it too.
+    """
+    marker = request.node.get_closest_marker("access_policy")
+    policy = marker.args[0] if marker else "open"
+    settings.ATTACHMENTS_ACCESS_POLICY = policy
+    return policy
+
+
 @pytest.fixture
-def server(transactional_db, warehouse: Path, tmp_path: Path):
+def server(transactional_db, warehouse: Path, tmp_path: Path, access_policy: str):
     """
     A factory for real server processes: `with server("uvicorn") as s: ...`.
-    Each shares the test database and this test's warehouse.
+    Each shares the test database, this test's warehouse and access policy.
     """
     from tests.servers import run_server
 
     def start(kind: str = "uvicorn", **env: str):
+        env = {"MAC_ACCESS_POLICY": access_policy, **env}
         return run_server(kind, warehouse, tmp_path / "server-logs", **env)
 
     return start

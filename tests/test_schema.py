@@ -11,6 +11,7 @@ import schemathesis.checks
 import yaml
 from django.core.management import call_command
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.servers import run_server
 
@@ -82,25 +83,51 @@ def test_fuzzing_finds_no_server_error_and_nothing_off_schema(live_api):
     no 5xx, and every response matches what the schema says.
     """
     schema = schemathesis.openapi.from_url(live_api.url + "/api/schema/")
+    # A real session, so that generated requests also reach past the access check.
+    created = httpx.post(live_api.url + "/api/sessions", json={}).json()
+    session_id, token = created["session_id"], created["token"]
+    httpx.post(
+        f"{live_api.url}/api/uploads/{session_id}",
+        files={"file": ("data.csv", b"a,b\n1,2\n")},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+    # Through schemathesis' auth hook, so its own checks can also try without.
+    @schema.auth()
+    class SessionToken:
+        def get(self, case, context):
+            return token
+
+        def set(self, case, data, context):
+            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
     failures = []
     for result in schema.get_all_operations():
         operation = result.ok()
 
-        @given(case=operation.as_strategy())
+        @given(case=operation.as_strategy(), in_real_session=st.booleans())
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
             deadline=None,
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        def check(case):
-            # A well-formed id that names nothing is a 400 (unknown attachments)
-            # or a 404 by design, so "valid data is accepted" cannot hold;
-            # every other check does.
+        def check(case, in_real_session):
+            if in_real_session and "session_id" in (case.path_parameters or {}):
+                case.path_parameters["session_id"] = session_id
+            # Two checks assume what this API deliberately does not do: a
+            # well-formed id that names nothing is a 400 (unknown attachments)
+            # or a 404, so "valid data is accepted" cannot hold; and missing or
+            # wrong credentials get the 404 of an unknown session, never a
+            # 401/403 that would confirm the session exists (tests/attachments/
+            # test_access*.py check that refusal). Every other check applies.
             case.call_and_validate(
                 base_url=live_api.url,
                 timeout=30,
-                excluded_checks=[schemathesis.checks.positive_data_acceptance],
+                excluded_checks=[
+                    schemathesis.checks.positive_data_acceptance,
+                    schemathesis.checks.ignored_auth,
+                ],
             )
 
         try:

@@ -11,9 +11,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from attachments.exceptions import JSONErrorsMixin
+from attachments.access import (
+    Credentials,
+    credentials_from_request,
+    owner_for_new_session,
+    session_for,
+)
+from attachments.exceptions import JSONErrorsMixin, SessionNotFound
 from attachments.schema import errors, query
-from attachments.sessions import create_session, get_live_session
+from attachments.sessions import create_session
+from attachments.views import AccessPolicyMixin
 
 from . import records
 from .control import wake_run
@@ -36,7 +43,11 @@ def _load(name: str) -> Workflow:
         raise InvalidWorkflow(f"Workflow {name!r}, {exc}.", line=exc.line) from None
 
 
-def _get_run(run_id: str) -> WorkflowRun:
+def _get_run(run_id: str, credentials: Credentials) -> WorkflowRun:
+    """
+    The run, if its session is one the caller may reach: a foreign run
+    answers 404 `run_not_found`, like one that does not exist.
+    """
     if not RUN_ID_RE.match(run_id):
         raise RunNotFound()
     try:
@@ -44,6 +55,10 @@ def _get_run(run_id: str) -> WorkflowRun:
             run_id=run_id, session__purged_at__isnull=True
         )
     except WorkflowRun.DoesNotExist:
+        raise RunNotFound() from None
+    try:
+        session_for(credentials, run.session.session_id)
+    except SessionNotFound:
         raise RunNotFound() from None
     # A run whose worker died answers as failed, whichever worker is asked.
     records.fail_if_orphaned(run)
@@ -62,6 +77,7 @@ class WorkflowListView(JSONErrorsMixin, APIView):
     """The workflows that can be executed; malformed files are listed apart, with their fault."""
 
     @extend_schema(
+        auth=[],
         responses=inline_serializer(
             "WorkflowList",
             {
@@ -81,12 +97,17 @@ class WorkflowListView(JSONErrorsMixin, APIView):
         return Response({"workflows": workflows, "invalid": invalid})
 
 
-class ExecuteView(JSONErrorsMixin, APIView):
-    """Start a workflow run in a session (created when none is given); 202 with its run id."""
+class ExecuteView(AccessPolicyMixin, APIView):
+    """
+    Start a workflow run in a session the caller may reach, or in a new one
+    (whose `token` the answer carries, owned by a signed-in caller); 202 with its run id.
+    """
 
     parser_classes = [JSONParser]
 
     @extend_schema(
+        # A token is needed only to run in an existing session.
+        auth=[{"sessionToken": []}, {}],
         request=ExecuteSerializer,
         responses={
             202: inline_serializer(
@@ -102,12 +123,13 @@ class ExecuteView(JSONErrorsMixin, APIView):
     )
     def post(self, request: Request) -> Response:
         records.ensure_recovered()
+        credentials = credentials_from_request(request)
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         workflow = _load(data["workflow"])
         session_id = data.get("session_id")
-        session = get_live_session(session_id) if session_id is not None else None
+        session = session_for(credentials, session_id) if session_id is not None else None
         attachment_ids = data.get("attachments", [])
         if session is None and attachment_ids:
             raise UnknownAttachments(
@@ -116,7 +138,10 @@ class ExecuteView(JSONErrorsMixin, APIView):
             )
         attachments = records.live_attachments(session, attachment_ids) if session else []
         # Created last, so a rejected request leaves no session behind.
-        session = session or create_session()
+        token = None
+        if session is None:
+            session = create_session(owner=owner_for_new_session(credentials))
+            token = session.token
         run = records.create_run(
             session,
             workflow,
@@ -125,13 +150,13 @@ class ExecuteView(JSONErrorsMixin, APIView):
             attachments=attachments,
         )
         launch(run.run_id)
-        return Response(
-            {"status": "started", "session_id": session.session_id, "run_id": run.run_id},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        reply = {"status": "started", "session_id": session.session_id, "run_id": run.run_id}
+        if token is not None:
+            reply["token"] = token
+        return Response(reply, status=status.HTTP_202_ACCEPTED)
 
 
-class RunListView(JSONErrorsMixin, APIView):
+class RunListView(AccessPolicyMixin, APIView):
     """A session's runs, newest first: `?session_id=`."""
 
     @extend_schema(
@@ -143,7 +168,9 @@ class RunListView(JSONErrorsMixin, APIView):
         },
     )
     def get(self, request: Request) -> Response:
-        session = get_live_session(request.query_params.get("session_id"))
+        session = session_for(
+            credentials_from_request(request), request.query_params.get("session_id")
+        )
         runs = (
             WorkflowRun.objects.filter(session=session)
             .select_related("session")
@@ -152,25 +179,26 @@ class RunListView(JSONErrorsMixin, APIView):
         return Response({"runs": WorkflowRunSerializer(runs, many=True).data})
 
 
-class RunDetailView(JSONErrorsMixin, APIView):
+class RunDetailView(AccessPolicyMixin, APIView):
     """A run's status and its nodes' statuses."""
 
     @extend_schema(responses={200: WorkflowRunSerializer, **errors(404)})
     def get(self, request: Request, run_id: str) -> Response:
-        return Response(WorkflowRunSerializer(_get_run(run_id)).data)
+        run = _get_run(run_id, credentials_from_request(request))
+        return Response(WorkflowRunSerializer(run).data)
 
 
-class RunCancelView(JSONErrorsMixin, APIView):
+class RunCancelView(AccessPolicyMixin, APIView):
     """Cancel a run: its running node's process group is killed; 409 once it has finished."""
 
     @extend_schema(request=None, responses={202: WorkflowRunSerializer, **errors(404, 409)})
     def post(self, request: Request, run_id: str) -> Response:
-        run = records.request_cancel(_get_run(run_id))
+        run = records.request_cancel(_get_run(run_id, credentials_from_request(request)))
         wake_run(run.run_id, "cancel")
         return Response(WorkflowRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
-class RunInputView(JSONErrorsMixin, APIView):
+class RunInputView(AccessPolicyMixin, APIView):
     """The REST twin of the /ws `human_input` message."""
 
     parser_classes = [JSONParser]
@@ -180,7 +208,7 @@ class RunInputView(JSONErrorsMixin, APIView):
         responses={202: OpenApiTypes.OBJECT, **errors(400, 404, 409)},
     )
     def post(self, request: Request, run_id: str) -> Response:
-        run = _get_run(run_id)
+        run = _get_run(run_id, credentials_from_request(request))
         body = HumanInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         _run, node, value = records.submit_human_input(

@@ -56,12 +56,18 @@ class DjangoPath:
 
     name = "django"
 
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.extra = {
+            "HTTP_" + name.upper().replace("-", "_"): value
+            for name, value in (headers or {}).items()
+        }
+
     def post(self, url: str, body: bytes, content_type: str) -> Reply:
-        response = APIClient().generic("POST", url, body, content_type=content_type)
+        response = APIClient().generic("POST", url, body, content_type=content_type, **self.extra)
         return Reply(response.status_code, json.loads(response.content or b"null"))
 
     def get(self, url: str) -> Reply:
-        response = APIClient().get(url)
+        response = APIClient().get(url, **self.extra)
         return Reply(response.status_code, json.loads(response.content or b"null"))
 
 
@@ -70,6 +76,9 @@ class StreamingPath:
 
     name = "streaming"
     chunk = 7919  # a prime, so part boundaries fall at awkward places
+
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.headers = dict(headers or {})
 
     def _request(self, method: str, url: str, body: bytes = b"", content_type: str = "") -> Reply:
         from macproject.asgi import application
@@ -81,7 +90,9 @@ class StreamingPath:
         async def run() -> httpx.Response:
             transport = httpx.ASGITransport(app=application)
             async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-                headers = {"content-type": content_type} if content_type else {}
+                headers = dict(self.headers)
+                if content_type:
+                    headers["content-type"] = content_type
                 if body:
                     headers["content-length"] = str(len(body))
                 return await client.request(method, url, content=stream() if body else None, headers=headers)
@@ -96,8 +107,9 @@ class StreamingPath:
         return self._request("GET", url)
 
 
-def new_session(session_id: str | None = None) -> Session:
-    return create_session(session_id)
+def new_session(session_id: str | None = None, owner: Any = None) -> Session:
+    """A session as `create_session` makes it; its `token` is on the returned instance."""
+    return create_session(session_id, owner=owner)
 
 
 def files_on_disk(session: Session) -> list[Path]:
@@ -175,3 +187,23 @@ def asgi_get(url: str, **headers: str) -> httpx.Response:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         return asyncio.run(run())
+
+
+JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes-long"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """Test-client keyword arguments that send `token` as `Authorization: Bearer`."""
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def make_jwt(secret: str = JWT_SECRET, expires_in: float = 300, **claims: Any) -> str:
+    """An internal JWT as a portal would mint it (HS256, `exp` from now unless given)."""
+    import time
+
+    import jwt
+
+    claims.setdefault("exp", int(time.time() + expires_in))
+    if claims["exp"] is None:
+        del claims["exp"]
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -5,6 +5,9 @@ from django.test import override_settings
 
 from attachments.checks import check_settings
 
+# The defaults pass under the product's default policy.
+pytestmark = pytest.mark.access_policy("token")
+
 
 def ids(messages) -> list[str]:
     return [m.id for m in messages]
@@ -96,3 +99,51 @@ def test_valid_sendfile_settings(header, root):
 def test_zip_compress_level_is_a_deflate_level(value):
     with override_settings(ATTACHMENTS_ZIP_COMPRESS_LEVEL=value):
         assert ids(check_settings()) == ["attachments.E010"]
+
+
+@pytest.mark.parametrize("value", ["closed", "", None, "TOKEN"])
+def test_access_policy_is_token_or_open(value):
+    with override_settings(ATTACHMENTS_ACCESS_POLICY=value):
+        assert ids(check_settings()) == ["attachments.E020"]
+
+
+def test_the_open_policy_is_a_warning():
+    with override_settings(ATTACHMENTS_ACCESS_POLICY="open"):
+        (message,) = check_settings()
+    assert message.id == "attachments.W020" and not message.is_serious()
+
+
+@pytest.mark.parametrize("value", ["short", 42, ["x" * 40]])
+def test_jwt_secret_must_be_long_enough(value):
+    with override_settings(ATTACHMENTS_JWT_SECRET=value):
+        assert ids(check_settings()) == ["attachments.E021"]
+
+
+@pytest.mark.parametrize("value", [None, "", "x" * 32])
+def test_jwt_secret_may_be_unset_or_long(value):
+    with override_settings(ATTACHMENTS_JWT_SECRET=value):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("name", ["ATTACHMENTS_JWT_ISSUER", "ATTACHMENTS_JWT_AUDIENCE"])
+def test_jwt_issuer_and_audience_are_strings(name):
+    with override_settings(**{name: ["portal"]}):
+        assert ids(check_settings()) == ["attachments.E022"]
+
+
+@pytest.mark.parametrize("value", [0, -1, "3600", 1.5, True])
+def test_signed_link_max_age_is_positive_seconds(value):
+    with override_settings(ATTACHMENTS_SIGNED_LINK_MAX_AGE=value):
+        assert ids(check_settings()) == ["attachments.E023"]
+
+
+@pytest.mark.parametrize("value", ["30", "x/minute", "0/minute", "30/fortnight", 30])
+def test_session_create_rate_is_a_drf_rate(value):
+    with override_settings(ATTACHMENTS_SESSION_CREATE_RATE=value):
+        assert ids(check_settings()) == ["attachments.E024"]
+
+
+@pytest.mark.parametrize("value", [None, "30/minute", "1/s", "1000/day"])
+def test_session_create_rate_may_be_unset_or_a_rate(value):
+    with override_settings(ATTACHMENTS_SESSION_CREATE_RATE=value):
+        assert check_settings() == []

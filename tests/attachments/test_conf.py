@@ -15,6 +15,12 @@ SETTINGS = (
     "ATTACHMENTS_ZIP_COMPRESS_LEVEL",
     "ATTACHMENTS_SENDFILE_HEADER",
     "ATTACHMENTS_SENDFILE_ROOT",
+    "ATTACHMENTS_ACCESS_POLICY",
+    "ATTACHMENTS_JWT_SECRET",
+    "ATTACHMENTS_JWT_ISSUER",
+    "ATTACHMENTS_JWT_AUDIENCE",
+    "ATTACHMENTS_SIGNED_LINK_MAX_AGE",
+    "ATTACHMENTS_SESSION_CREATE_RATE",
 )
 
 
@@ -32,6 +38,35 @@ def test_defaults_when_unset():
         assert conf.ZIP_COMPRESS_LEVEL == 6
         assert conf.SENDFILE_HEADER is None
         assert conf.SENDFILE_ROOT is None
+        assert conf.ACCESS_POLICY == "token"
+        assert conf.JWT_SECRET is None
+        assert conf.JWT_ISSUER is None and conf.JWT_AUDIENCE is None
+        assert conf.SIGNED_LINK_MAX_AGE == 3600
+        assert conf.SESSION_CREATE_RATE is None
+
+
+def test_access_settings_follow_override_settings():
+    with override_settings(
+        ATTACHMENTS_ACCESS_POLICY="open",
+        ATTACHMENTS_JWT_SECRET="s" * 32,
+        ATTACHMENTS_JWT_ISSUER="portal",
+        ATTACHMENTS_JWT_AUDIENCE="files",
+        ATTACHMENTS_SIGNED_LINK_MAX_AGE=60,
+        ATTACHMENTS_SESSION_CREATE_RATE="5/minute",
+    ):
+        assert conf.ACCESS_POLICY == "open"
+        assert conf.JWT_SECRET == "s" * 32
+        assert (conf.JWT_ISSUER, conf.JWT_AUDIENCE) == ("portal", "files")
+        assert conf.SIGNED_LINK_MAX_AGE == 60
+        assert conf.SESSION_CREATE_RATE == "5/minute"
+
+
+def test_blank_access_strings_mean_unset():
+    with override_settings(
+        ATTACHMENTS_JWT_SECRET="", ATTACHMENTS_JWT_ISSUER="", ATTACHMENTS_SESSION_CREATE_RATE=""
+    ):
+        assert conf.JWT_SECRET is None and conf.JWT_ISSUER is None
+        assert conf.SESSION_CREATE_RATE is None
 
 
 def test_follows_override_settings(tmp_path):

@@ -50,20 +50,22 @@ HOST_SCRIPT = """
     call_command("migrate", verbosity=0)
     client = Client()
     session = client.post("/portal/files/sessions", "{}", content_type="application/json").json()
+    uploads = f"/portal/files/uploads/{session['session_id']}"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {session['token']}"}
     with open("note.md", "w") as f:
         f.write("# Hello from the host")
     with open("note.md", "rb") as f:
-        upload = client.post(f"/portal/files/uploads/{session['session_id']}", {"file": f})
-    too_big = client.post(
-        f"/portal/files/uploads/{session['session_id']}",
-        {"file": __import__("io").BytesIO(b"x" * 2000)},
-    )
+        without_token = client.post(uploads, {"file": f})
+    with open("note.md", "rb") as f:
+        upload = client.post(uploads, {"file": f}, **auth)
+    too_big = client.post(uploads, {"file": __import__("io").BytesIO(b"x" * 2000)}, **auth)
     print(json.dumps({
         "module": attachments.__file__,
+        "without_token": [without_token.status_code, without_token.json()["code"]],
         "upload_status": upload.status_code,
         "upload": upload.json(),
         "too_big": [too_big.status_code, too_big.json()["code"]],
-        "listing": client.get(f"/portal/files/uploads/{session['session_id']}").json(),
+        "listing": client.get(uploads, **auth).json(),
     }))
 """
 
@@ -89,6 +91,8 @@ def test_a_host_project_installs_migrates_and_uploads(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["module"].startswith(str(site))
+    # The host did not choose a policy: the default, "token", guards the session.
+    assert report["without_token"] == [404, "session_not_found"]
     assert report["upload_status"] == 201
     assert report["upload"]["mime"] == "text/markdown"
     assert report["too_big"] == [413, "upload_too_large"]

@@ -1,0 +1,175 @@
+"""Response headers, CORS, and what an unexpected failure shows (nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from django.test import Client, override_settings
+
+from tests.attachments.builders import attach, bearer, new_session
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.access_policy("token")]
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+@pytest.fixture
+def session():
+    session = new_session()
+    session.file = attach(session, "a.txt", b"hello")
+    return session
+
+
+def asgi(method: str, url: str, **headers: str) -> httpx.Response:
+    from macproject.asgi import application
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.request(method, url, headers=headers)
+
+    return asyncio.run(run())
+
+
+class TestSecurityHeaders:
+    def urls(self, session) -> list[str]:
+        base = f"/api/sessions/{session.session_id}"
+        return [
+            base,
+            f"{base}/artifacts/{session.file.attachment_id}?mode=stream",
+            f"{base}/download",
+            "/api/sessions/unknown",  # an error
+            "/api/nowhere",  # Django's own 404
+            "/",
+        ]
+
+    def test_on_every_kind_of_response(self, session):
+        for url in self.urls(session):
+            response = Client().get(url, **bearer(session.token))
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers.get(name) == value, (url, name)
+
+    def test_under_asgi_and_on_a_streamed_upload(self, session):
+        for url in self.urls(session):
+            response = asgi("GET", url, authorization=f"Bearer {session.token}")
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers.get(name) == value, (url, name)
+
+        async def upload() -> httpx.Response:
+            from macproject.asgi import application
+
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.post(
+                    f"/api/uploads/{session.session_id}",
+                    files={"file": ("b.txt", b"b")},
+                    headers={"authorization": f"Bearer {session.token}"},
+                )
+
+        response = asyncio.run(upload())
+        assert response.status_code == 201
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value
+
+
+class TestCors:
+    ORIGIN = "https://dashboard.example"
+
+    def test_off_by_default(self, session):
+        response = Client().get(
+            f"/api/sessions/{session.session_id}", HTTP_ORIGIN=self.ORIGIN, **bearer(session.token)
+        )
+        assert response.status_code == 200
+        assert "Access-Control-Allow-Origin" not in response.headers
+        preflight = Client().options(
+            f"/api/uploads/{session.session_id}",
+            HTTP_ORIGIN=self.ORIGIN,
+            HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        )
+        assert "Access-Control-Allow-Origin" not in preflight.headers
+
+    @override_settings(CORS_ALLOWED_ORIGINS=[ORIGIN])
+    def test_listed_origins_may_call_the_api_with_a_token(self, session):
+        preflight = Client().options(
+            f"/api/uploads/{session.session_id}",
+            HTTP_ORIGIN=self.ORIGIN,
+            HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+            HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization",
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] == self.ORIGIN
+        assert "authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        assert "Access-Control-Allow-Credentials" not in preflight.headers
+        response = asgi(
+            "GET",
+            f"/api/sessions/{session.session_id}/artifacts/{session.file.attachment_id}?mode=stream",
+            origin=self.ORIGIN,
+            authorization=f"Bearer {session.token}",
+        )
+        assert response.headers["Access-Control-Allow-Origin"] == self.ORIGIN
+        assert "content-disposition" in response.headers["Access-Control-Expose-Headers"].lower()
+
+    @override_settings(CORS_ALLOWED_ORIGINS=[ORIGIN])
+    def test_other_origins_and_other_paths_get_nothing(self, session):
+        other = Client().get(
+            f"/api/sessions/{session.session_id}", HTTP_ORIGIN="https://evil.example"
+        )
+        assert "Access-Control-Allow-Origin" not in other.headers
+        admin = Client().get("/admin/login/", HTTP_ORIGIN=self.ORIGIN)
+        assert "Access-Control-Allow-Origin" not in admin.headers
+
+    def test_the_environment_variable_feeds_the_setting(self):
+        import os
+        import subprocess
+        import sys
+
+        code = "from macproject import settings; print(settings.CORS_ALLOWED_ORIGINS)"
+        env = {**os.environ, "MAC_CORS_ALLOWED_ORIGINS": "https://a.example, https://b.example"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == "['https://a.example', 'https://b.example']"
+        env.pop("MAC_CORS_ALLOWED_ORIGINS")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.stdout.strip() == "[]"
+
+
+class TestUnexpectedErrors:
+    EXPECTED = {"detail": "The server failed to handle this request.", "code": "server_error"}
+
+    @pytest.fixture(autouse=True)
+    def crashing_urls(self, settings):
+        settings.ROOT_URLCONF = "tests.macproject.urls_crash"
+        settings.DEBUG = False
+
+    @pytest.mark.parametrize("url", ["/api/crash", "/api/plain-crash"])
+    def test_a_crash_is_a_json_500_without_internals(self, url):
+        response = Client(raise_request_exception=False).get(url)
+        assert response.status_code == 500
+        assert response.json() == self.EXPECTED
+        assert b"Traceback" not in response.content and b"secret" not in response.content
+
+    @pytest.mark.parametrize("url", ["/api/crash", "/api/plain-crash"])
+    def test_the_same_under_asgi(self, url):
+        response = asgi("GET", url)
+        assert response.status_code == 500
+        assert response.json() == self.EXPECTED
+        assert "Traceback" not in response.text and "secret" not in response.text
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value
+
+
+def test_the_product_settings_default_to_the_token_policy():
+    import os
+    import subprocess
+    import sys
+
+    code = "from macproject import settings; print(settings.ATTACHMENTS_ACCESS_POLICY)"
+    env = {k: v for k, v in os.environ.items() if k != "MAC_ACCESS_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "token"
