@@ -9,6 +9,8 @@ Environment:
     MAC_WAREHOUSE_DIR        where session directories live (default ./WareHouse)
     MAC_MAX_UPLOAD_BYTES     largest accepted upload in bytes (default: no limit)
     MAC_AUTO_CLEAN_ATTACHMENTS  1 to drop attachments/ when a session completes
+    MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
+    MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
@@ -34,6 +36,11 @@ def _env_bool(name: str, default: bool = False) -> bool:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     return int(value) if value else None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
 
 
 # A key generated per process would break signed values across workers, so
@@ -137,3 +144,5 @@ LOGGING = {
 ATTACHMENTS_WAREHOUSE_DIR = Path(os.environ.get("MAC_WAREHOUSE_DIR") or BASE_DIR / "WareHouse")
 ATTACHMENTS_MAX_UPLOAD_BYTES = _env_int("MAC_MAX_UPLOAD_BYTES")
 ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
+ARTIFACTS_EVENT_RETENTION = _env_int("MAC_EVENT_RETENTION")
+ARTIFACTS_RECHECK_SECONDS = _env_float("MAC_EVENT_RECHECK_SECONDS", 1.0)
