@@ -8,6 +8,7 @@ urlpatterns = [
     path("", TemplateView.as_view(template_name="index.html"), name="index"),
     path("admin/", admin.site.urls),
     path("api/", include("attachments.urls")),
+    path("api/", include("artifacts.urls")),
 ]
 
 handler400 = "macproject.views.bad_request"
