@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -55,6 +56,14 @@ class SessionCreateSerializer(serializers.Serializer):
 
 
 class SessionSerializer(serializers.ModelSerializer):
+    """
+    A session's status and counts. Other installed apps add read-only fields
+    through `contributed_fields` (name -> function of the session), filled in
+    their `AppConfig.ready()`, so this app never imports them.
+    """
+
+    contributed_fields: ClassVar[dict[str, Callable[[Session], Any]]] = {}
+
     counts = serializers.SerializerMethodField()
     limits = serializers.SerializerMethodField()
 
@@ -76,3 +85,9 @@ class SessionSerializer(serializers.ModelSerializer):
 
     def get_limits(self, session: Session) -> dict[str, Any]:
         return {"max_upload_bytes": conf.MAX_UPLOAD_BYTES, **quota_fields(self._usage(session))}
+
+    def to_representation(self, instance: Session) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        for name, value_of in self.contributed_fields.items():
+            data[name] = value_of(instance)
+        return data

@@ -37,6 +37,9 @@ Environment:
     MAC_CORS_ALLOWED_ORIGINS comma list of origins allowed to call /api/ from a browser
                              (default: none, CORS off)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
+    MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
+    MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
+    MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
 """
@@ -61,6 +64,11 @@ def _env_bool(name: str, default: bool = False) -> bool:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     return int(value) if value else None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
 
 
 # A key generated per process would break signed values across workers, so
@@ -162,10 +170,14 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py 8 reads with a 5 s socket timeout by default, the same
-            # as channels-redis's blocking pop: an idle consumer's receive
-            # then fails with TimeoutError and its socket is closed (1011).
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            "CONFIG": {
+                # redis-py 8 gives sockets a 5 s timeout by default, which cuts
+                # channels-redis's 5 s blocking receive short and crashes every
+                # idle consumer (django/channels_redis#422). Any timeout also
+                # wraps each write in asyncio.wait_for, which on Python 3.11 can
+                # swallow a task's cancellation. No timeout, as before redis-py 8.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            },
         }
     }
 else:
@@ -243,3 +255,5 @@ ATTACHMENTS_JWT_AUDIENCE = os.environ.get("MAC_JWT_AUDIENCE") or None
 if (_link_age := _env_int("MAC_SIGNED_LINK_MAX_AGE")) is not None:
     ATTACHMENTS_SIGNED_LINK_MAX_AGE = _link_age
 ATTACHMENTS_SESSION_CREATE_RATE = os.environ.get("MAC_SESSION_CREATE_RATE", "").strip() or None
+ARTIFACTS_EVENT_RETENTION = _env_int("MAC_EVENT_RETENTION")
+ARTIFACTS_RECHECK_SECONDS = _env_float("MAC_EVENT_RECHECK_SECONDS", 1.0)

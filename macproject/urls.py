@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/", include("workflows.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/", include("artifacts.urls")),
 ]
 
 handler400 = "macproject.views.bad_request"

@@ -129,3 +129,25 @@ async def test_staff_reach_every_session(client):
 async def test_the_open_policy_needs_the_id_alone():
     session = await sync_to_async(create_session)()
     await assert_attached(f"/ws?session_id={session.session_id}", session.session_id)
+
+
+class TestArtifactsSubscription:
+    """/ws/sessions/{id}/artifacts follows the same rule as every other way in."""
+
+    async def test_with_the_token(self):
+        session = await sync_to_async(create_session)()
+        path = f"/ws/sessions/{session.session_id}/artifacts"
+        await assert_attached(f"{path}?token={session.token}", session.session_id)
+        await assert_attached(
+            path,
+            session.session_id,
+            headers=[(b"authorization", f"Bearer {session.token}".encode())],
+        )
+
+    async def test_without_or_with_another_sessions_token_it_is_refused_as_unknown(self):
+        session = await sync_to_async(create_session)()
+        other = await sync_to_async(create_session)()
+        path = f"/ws/sessions/{session.session_id}/artifacts"
+        await assert_refused(path)
+        await assert_refused(f"{path}?token={other.token}")
+        await assert_refused(f"/ws/sessions/no-such-session/artifacts?token={session.token}")
