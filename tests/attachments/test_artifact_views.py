@@ -102,7 +102,7 @@ class TestNotFound:
         response = stream(api, session, theirs.attachment_id)
         error(response, 404, "artifact_not_found")
 
-    def test_art_ids_until_the_event_feed_exists(self, api, session):
+    def test_unknown_art_ids(self, api, session):
         for mode in ("meta", "stream"):
             response = api.get(artifact_url(session, "art_AAAAAAAAAAAAAAAA", mode=mode))
             error(response, 404, "artifact_not_found")

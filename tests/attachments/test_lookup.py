@@ -68,7 +68,8 @@ class TestAttachments:
 
 
 class TestArtifactIds:
-    def test_art_ids_are_not_found_until_the_event_feed_registers(self, session):
+    def test_art_ids_are_not_found_until_the_event_feed_registers(self, session, monkeypatch):
+        monkeypatch.setattr(lookup, "_resolvers", {"att_": lookup._resolvers["att_"]})
         with pytest.raises(ArtifactNotFound):
             resolve_artifact(session, "art_AAAAAAAAAAAAAAAA")
 
