@@ -1,56 +1,61 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.apps import apps
 
-from attachments.exceptions import ApiError
+from attachments.exceptions import ApiError, SessionNotFound, error_payload
 from attachments.sessions import create_session, get_live_session
 
+from .feed import FeedQuery, astart_cursor, follow, parse_query
 from .groups import session_group
+
+logger = logging.getLogger(__name__)
 
 # Close codes in the 4000-4999 range reserved for applications, echoing HTTP.
 CLOSE_CODES = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409}
+# Query-string keys that are not feed parameters.
+_NOT_FEED_PARAMS = {"session_id"}
 
 
-class SessionConsumer(AsyncJsonWebsocketConsumer):
+class ArtifactSocket(AsyncJsonWebsocketConsumer):
     """
-    The session's control socket, `/ws`. Connecting without `session_id`
-    creates a session; `?session_id=` re-attaches to an existing one. The
-    first message is always `{"type": "connection", ...}`, or an `error`
-    followed by a close.
+    A socket that pushes its session's artifact events:
+    `{"type": "artifact_created", "data": {"session_id", "events", "next_cursor"}}`.
+
+    The subscription starts at connect, from `?after=N` (backlog, then live)
+    or from the current end, with the feed's filters from the query string.
+    `{"type": "subscribe", "after": N, ...filters}` restarts it (answered by
+    `subscribed`); `{"type": "unsubscribe"}` stops it. One reader follows the
+    cursor from backlog into live events, so nothing is lost or repeated
+    between the two. Cursor errors arrive as `error` messages carrying
+    `resume_after`, and the socket stays open.
     """
 
     session_id: str | None = None
+    _follower: asyncio.Task[None] | None = None
 
-    async def connect(self) -> None:
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        requested = query.get("session_id", [None])[0]
-        try:
-            self.session_id = await self._attach(requested)
-        except ApiError as exc:
-            await self.accept()
-            await self.send_error(exc.code, str(exc.detail))
-            await self.close(code=CLOSE_CODES.get(exc.status_code, 4400))
-            return
-        await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
+    def connect_query(self) -> dict[str, str]:
+        query_string = self.scope.get("query_string", b"").decode("latin-1")
+        return dict(parse_qsl(query_string, keep_blank_values=True))
+
+    async def refuse(self, exc: ApiError) -> None:
+        """Accept, say why, and close: browsers cannot read a rejected handshake."""
         await self.accept()
-        await self.send_json(
-            {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
-        )
+        await self.send_api_error(exc)
+        await self.close(code=CLOSE_CODES.get(exc.status_code, 4400))
 
     async def disconnect(self, code: int) -> None:
-        if self.session_id is not None:
-            await self.channel_layer.group_discard(session_group(self.session_id), self.channel_name)
-
-    @database_sync_to_async
-    def _attach(self, requested: str | None) -> str:
-        session = get_live_session(requested) if requested is not None else create_session()
-        return session.session_id
+        await self.stop_following()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:
@@ -67,16 +72,127 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
         await self.receive_json(content)
 
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
-        if content["type"] == "ping":
+        kind = content["type"]
+        if kind == "ping":
             await self.send_json({"type": "pong", "data": content.get("data")})
+        elif kind == "subscribe":
+            params = {k: v for k, v in content.items() if k != "type" and v is not None}
+            try:
+                query = parse_query(params, waiting=False)
+            except ApiError as exc:
+                await self.send_api_error(exc)
+                return
+            await self.start_following(query, acknowledge=True)
+        elif kind == "unsubscribe":
+            await self.stop_following()
+            await self.send_json({"type": "unsubscribed", "data": {"session_id": self.session_id}})
+        else:
+            await self.send_error("unknown_type", f"Unknown message type: {kind[:64]!r}.")
+
+    async def start_following(self, query: FeedQuery, acknowledge: bool = False) -> None:
+        """(Re)start pushing events after `query.after` (None: from now on)."""
+        await self.stop_following()
+        assert self.session_id is not None
+        try:
+            cursor = await astart_cursor(self.session_id, query.after)
+        except SessionNotFound as exc:
+            await self.send_api_error(exc)
+            await self.close(code=CLOSE_CODES[404])
             return
-        if content["type"] == "human_input" and apps.is_installed("workflows"):
-            await self.receive_human_input(content.get("data"))
+        except ApiError as exc:
+            await self.send_api_error(exc)
             return
-        await self.send_error("unknown_type", f"Unknown message type: {content['type'][:64]!r}.")
+        if acknowledge:
+            await self.send_json(
+                {"type": "subscribed", "data": {"session_id": self.session_id, "after": cursor}}
+            )
+        self._follower = asyncio.create_task(self._push(replace(query, after=cursor)))
+
+    async def stop_following(self) -> None:
+        follower, self._follower = self._follower, None
+        if follower is not None and not follower.done():
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _push(self, query: FeedQuery) -> None:
+        assert self.session_id is not None
+        pages = follow(self.session_id, query)
+        try:
+            async with aclosing(pages):
+                async for page in pages:
+                    if page is not None and page.events:
+                        await self.send_json(
+                            {
+                                "type": "artifact_created",
+                                "data": {
+                                    "session_id": self.session_id,
+                                    "events": page.events,
+                                    "next_cursor": page.next_cursor,
+                                },
+                            }
+                        )
+        except SessionNotFound as exc:
+            await self.send_api_error(exc)
+            await self.close(code=CLOSE_CODES[404])
+        except ApiError as exc:
+            # Retention overtook this subscriber; it resubscribes after relisting.
+            await self.send_api_error(exc)
+        except Exception:
+            logger.exception("Artifact event push failed")
+            await self.close(code=1011)
 
     async def send_error(self, code: str, detail: str, **extra: Any) -> None:
         await self.send_json({"type": "error", "data": {"code": code, "detail": detail, **extra}})
+
+    async def send_api_error(self, exc: ApiError) -> None:
+        await self.send_json({"type": "error", "data": error_payload(exc)})
+
+
+class SessionConsumer(ArtifactSocket):
+    """
+    The session's control socket, `/ws`. Connecting without `session_id`
+    creates a session; `?session_id=` re-attaches to an existing one. The
+    first message is always `{"type": "connection", ...}`, or an `error`
+    followed by a close. The session's artifact events are pushed here too
+    (see `ArtifactSocket`).
+    """
+
+    async def connect(self) -> None:
+        params = self.connect_query()
+        requested = params.get("session_id")
+        try:
+            self.session_id = await self._attach(requested)
+            query = parse_query(
+                {k: v for k, v in params.items() if k not in _NOT_FEED_PARAMS}, waiting=False
+            )
+        except ApiError as exc:
+            await self.refuse(exc)
+            return
+        await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
+        await self.accept()
+        await self.send_json(
+            {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
+        )
+        await self.start_following(query)
+
+    async def disconnect(self, code: int) -> None:
+        await super().disconnect(code)
+        if self.session_id is not None:
+            await self.channel_layer.group_discard(
+                session_group(self.session_id), self.channel_name
+            )
+
+    @database_sync_to_async
+    def _attach(self, requested: str | None) -> str:
+        session = get_live_session(requested) if requested is not None else create_session()
+        return session.session_id
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        if content["type"] == "human_input" and apps.is_installed("workflows"):
+            await self.receive_human_input(content.get("data"))
+            return
+        await super().receive_json(content, **kwargs)
 
     async def receive_human_input(self, data: Any) -> None:
         """`human_input`: `{"input", "attachments"?, "run_id"?}` for the node that waits."""
@@ -111,3 +227,29 @@ class SessionConsumer(AsyncJsonWebsocketConsumer):
     async def workflow_message(self, event: dict[str, Any]) -> None:
         """Run status and node logs from the session's runs, forwarded as they are."""
         await self.send_json(event["message"])
+
+
+class ArtifactsConsumer(ArtifactSocket):
+    """
+    A dashboard's subscription to one session's artifact events,
+    `/ws/sessions/{session_id}/artifacts`. The first message is
+    `{"type": "connection", ...}`, or an `error` followed by a close.
+    """
+
+    async def connect(self) -> None:
+        requested = self.scope["url_route"]["kwargs"]["session_id"]
+        try:
+            self.session_id = await self._live_session_id(requested)
+            query = parse_query(self.connect_query(), waiting=False)
+        except ApiError as exc:
+            await self.refuse(exc)
+            return
+        await self.accept()
+        await self.send_json(
+            {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
+        )
+        await self.start_following(query)
+
+    @database_sync_to_async
+    def _live_session_id(self, requested: str) -> str:
+        return get_live_session(requested).session_id

@@ -6,4 +6,5 @@ from . import consumers
 
 websocket_urlpatterns = [
     path("ws", consumers.SessionConsumer.as_asgi()),
+    path("ws/sessions/<str:session_id>/artifacts", consumers.ArtifactsConsumer.as_asgi()),
 ]

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 from django.db.models import Count, Sum
 from rest_framework import serializers
 
@@ -36,6 +39,14 @@ class SessionCreateSerializer(serializers.Serializer):
 
 
 class SessionSerializer(serializers.ModelSerializer):
+    """
+    A session's status and counts. Other installed apps add read-only fields
+    through `contributed_fields` (name -> function of the session), filled in
+    their `AppConfig.ready()`, so this app never imports them.
+    """
+
+    contributed_fields: ClassVar[dict[str, Callable[[Session], Any]]] = {}
+
     counts = serializers.SerializerMethodField()
 
     class Meta:
@@ -48,3 +59,9 @@ class SessionSerializer(serializers.ModelSerializer):
             attachments=Count("id"), bytes=Sum("size")
         )
         return {"attachments": totals["attachments"], "attachment_bytes": totals["bytes"] or 0}
+
+    def to_representation(self, instance: Session) -> dict[str, Any]:
+        data: dict[str, Any] = super().to_representation(instance)
+        for name, value_of in self.contributed_fields.items():
+            data[name] = value_of(instance)
+        return data

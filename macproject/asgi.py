@@ -1,5 +1,6 @@
 """
-ASGI entry point. HTTP goes through the streaming upload middleware, then
+ASGI entry point. HTTP goes through the artifact event feed (served without
+a thread per waiting request) and the streaming upload middleware, then
 Django; WebSockets go through Channels' auth and origin checks.
 """
 
@@ -24,12 +25,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from artifacts.asgi import EventFeedMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
 from attachments.asgi import StreamingUploadMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": StreamingUploadMiddleware(django_asgi_app),
+        "http": EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

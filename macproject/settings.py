@@ -25,6 +25,8 @@ Environment:
     MAC_SENDFILE_ROOT        the proxy's internal location for the warehouse (X-Accel-Redirect),
                              or the warehouse's path as the proxy sees it (X-Sendfile)
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
+    MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
+    MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
 """
@@ -49,6 +51,11 @@ def _env_bool(name: str, default: bool = False) -> bool:
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
     return int(value) if value else None
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    return float(value) if value else default
 
 
 # A key generated per process would break signed values across workers, so
@@ -173,3 +180,5 @@ if (_zip_level := _env_int("MAC_ZIP_COMPRESS_LEVEL")) is not None:
     ATTACHMENTS_ZIP_COMPRESS_LEVEL = _zip_level
 ATTACHMENTS_SENDFILE_HEADER = os.environ.get("MAC_SENDFILE_HEADER", "").strip() or None
 ATTACHMENTS_SENDFILE_ROOT = os.environ.get("MAC_SENDFILE_ROOT", "").strip() or None
+ARTIFACTS_EVENT_RETENTION = _env_int("MAC_EVENT_RETENTION")
+ARTIFACTS_RECHECK_SECONDS = _env_float("MAC_EVENT_RECHECK_SECONDS", 1.0)

@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("attachments.urls")),
     path("api/", include("workflows.urls")),
+    path("api/", include("artifacts.urls")),
 ]
 
 handler400 = "macproject.views.bad_request"

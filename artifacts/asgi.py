@@ -1,0 +1,152 @@
+"""
+The event feed served straight from ASGI.
+
+Django's ASGI handler gives every request in flight a thread of its own
+(its sync signal receivers and middleware run there), async views
+included, so a thousand waiting long-polls would be a thousand idle
+threads. `EventFeedMiddleware` answers GET requests for the URLs of the
+`artifacts` feed views itself, with the same code (`respond_page`,
+`respond_stream`), before Django sees them: a waiting request is then only
+a coroutine. Everything else goes on to Django. Django middleware does not
+run for these requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+from django.urls import Resolver404, resolve
+
+from .sse import CONTENT_TYPE, HEADERS
+from .views import PAGE_HEADERS, respond_page, respond_stream
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PAGE_VIEW = "artifacts:events"
+STREAM_VIEW = "artifacts:event-stream"
+
+
+def feed_route(scope: Scope) -> tuple[str, str] | None:
+    """(view name, session id) if this is a GET for one of the feed views, else None."""
+    if scope["type"] != "http" or scope["method"] != "GET":
+        return None
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return None
+    if match.view_name not in (PAGE_VIEW, STREAM_VIEW):
+        return None
+    return match.view_name, str(match.kwargs.get("session_id", ""))
+
+
+def _host_allowed(scope: Scope) -> bool:
+    headers = dict(scope.get("headers", []))
+    host = headers.get(b"host", b"").decode("latin-1")
+    domain, _port = split_domain_port(host)
+    allowed = list(settings.ALLOWED_HOSTS)
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
+class EventFeedMiddleware:
+    """ASGI middleware that serves the artifact event feed without a thread per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = feed_route(scope)
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        responder = asyncio.create_task(self._respond(route, scope, send))
+        listener = asyncio.create_task(_until_disconnect(receive))
+        try:
+            await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (listener, responder):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        if not responder.cancelled():
+            responder.result()
+
+    async def _respond(self, route: tuple[str, str], scope: Scope, send: Send) -> None:
+        view_name, session_id = route
+        if not _host_allowed(scope):
+            await _send_json(send, 400, {"detail": "Bad request.", "code": "bad_request"})
+            return
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        params = dict(parse_qsl(query_string, keep_blank_values=True))
+        try:
+            if view_name == PAGE_VIEW:
+                status, body = await respond_page(session_id, params)
+                await _send_json(send, status, body)
+                return
+            headers = dict(scope.get("headers", []))
+            last_event_id = headers.get(b"last-event-id")
+            status, stream = await respond_stream(
+                session_id,
+                params,
+                None if last_event_id is None else last_event_id.decode("latin-1"),
+            )
+        except Exception:
+            logger.exception("Artifact event feed failed")
+            await _send_json(
+                send,
+                500,
+                {"detail": "The server failed to handle this request.", "code": "server_error"},
+            )
+            return
+        if isinstance(stream, dict):
+            await _send_json(send, status, stream)
+        else:
+            await _send_stream(send, stream)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
+    content = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(content)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in PAGE_HEADERS.items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+async def _send_stream(send: Send, stream: AsyncIterator[bytes]) -> None:
+    headers = [
+        (b"content-type", CONTENT_TYPE.encode()),
+        *((name.lower().encode(), value.encode()) for name, value in HEADERS.items()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    async with contextlib.aclosing(stream):
+        async for chunk in stream:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})

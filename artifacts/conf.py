@@ -1,0 +1,49 @@
+"""
+The artifacts app's settings, each read live from Django settings so that
+`override_settings` and a host project's `settings.py` both simply work.
+
+    ARTIFACTS_EVENT_RETENTION       events kept per session; older ones are dropped as new
+                                    ones arrive, and cursors into the dropped part get 410
+                                    `cursor_expired`. None keeps everything (None)
+    ARTIFACTS_RECHECK_SECONDS       how often waiters re-read the database in case a
+                                    channel-layer notification was lost (1.0)
+    ARTIFACTS_MAX_WAIT_SECONDS      the largest `wait_seconds` a long-poll accepts (60)
+    ARTIFACTS_MAX_PAGE_SIZE         the largest `limit`, and the default one (200)
+    ARTIFACTS_MAX_SCAN_EVENTS       events one page may examine when filters drop most of
+                                    them; the page then ends early with `has_more` (10000)
+    ARTIFACTS_SSE_KEEPALIVE_SECONDS quiet time after which an event stream sends a
+                                    keep-alive comment (15)
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+
+class Settings:
+    @property
+    def EVENT_RETENTION(self) -> int | None:
+        return getattr(settings, "ARTIFACTS_EVENT_RETENTION", None)
+
+    @property
+    def RECHECK_SECONDS(self) -> float:
+        return float(getattr(settings, "ARTIFACTS_RECHECK_SECONDS", 1.0))
+
+    @property
+    def MAX_WAIT_SECONDS(self) -> float:
+        return float(getattr(settings, "ARTIFACTS_MAX_WAIT_SECONDS", 60))
+
+    @property
+    def MAX_PAGE_SIZE(self) -> int:
+        return int(getattr(settings, "ARTIFACTS_MAX_PAGE_SIZE", 200))
+
+    @property
+    def MAX_SCAN_EVENTS(self) -> int:
+        return int(getattr(settings, "ARTIFACTS_MAX_SCAN_EVENTS", 10_000))
+
+    @property
+    def SSE_KEEPALIVE_SECONDS(self) -> float:
+        return float(getattr(settings, "ARTIFACTS_SSE_KEEPALIVE_SECONDS", 15))
+
+
+conf = Settings()

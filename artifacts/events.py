@@ -1,0 +1,107 @@
+"""
+Appending artifact events and announcing them.
+
+A session's events are numbered by `EventStream.last_sequence`, which is only
+written while the session's row is locked, inside the transaction that
+records the change. Writers therefore take turns per session: each commits
+its sequence before the next writer can take one, so a reader that sees
+sequence n also sees every sequence below it, and a rolled-back change
+leaves no gap. (A global auto-increment id does not have this property: a
+lower id can commit after a higher one is already visible.)
+
+Waiters learn about new events from a small channel-layer message sent after
+commit. The message is only a hint to re-read the database; see
+`artifacts.wakeups`.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import PurePosixPath
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from attachments.models import Attachment, Session
+
+from .conf import conf
+from .groups import events_group
+from .models import ArtifactEvent, EventStream
+
+logger = logging.getLogger(__name__)
+
+# The channel-layer message type; the payload stays small and JSON-safe.
+NOTIFICATION_TYPE = "artifact.events"
+
+
+def extension_of(name: str) -> str:
+    """The lower-case extension of a file name, without the dot ("" if none)."""
+    suffix = PurePosixPath(name.replace("\\", "/")).suffix
+    return suffix[1:].lower()[:32]
+
+
+def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
+    """
+    Append an event describing `attachment` as it is now, in the caller's
+    transaction (or a new one), and announce it once that transaction commits.
+    """
+    with transaction.atomic(savepoint=False):
+        # Lock order is always the session row first: uploads and purges
+        # hold it already, and taking it here too avoids deadlocks with them.
+        public_id = (
+            Session.objects.select_for_update()
+            .values_list("session_id", flat=True)
+            .get(pk=attachment.session_id)
+        )
+        stream, _created = EventStream.objects.get_or_create(session_id=attachment.session_id)
+        stream.last_sequence += 1
+        event = ArtifactEvent.objects.create(
+            session_id=attachment.session_id,
+            sequence=stream.last_sequence,
+            change_type=change_type,
+            attachment_id=attachment.attachment_id,
+            node_id=attachment.node_id or "",
+            path=attachment.path,
+            name=attachment.name,
+            ext=extension_of(attachment.name),
+            size=attachment.size,
+            mime=attachment.mime,
+            kind=attachment.kind,
+            sha256=attachment.sha256,
+        )
+        _apply_retention(stream)
+        stream.save(update_fields=["last_sequence", "trimmed_through"])
+    transaction.on_commit(partial(announce, public_id, event.sequence), robust=True)
+    return event
+
+
+def _apply_retention(stream: EventStream) -> None:
+    keep = conf.EVENT_RETENTION
+    if keep is None or stream.last_sequence - stream.trimmed_through <= keep:
+        return
+    floor = stream.last_sequence - keep
+    ArtifactEvent.objects.filter(session_id=stream.session_id, sequence__lte=floor).delete()
+    stream.trimmed_through = floor
+
+
+def forget_session(session: Session) -> None:
+    """Drop a purged session's events, and tell its waiters so they answer 404."""
+    ArtifactEvent.objects.filter(session=session).delete()
+    transaction.on_commit(partial(announce, session.session_id, 0, purged=True), robust=True)
+
+
+def announce(session_id: str, sequence: int, purged: bool = False) -> None:
+    """Tell every process waiting on this session that it has events up to `sequence`."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    message: dict[str, object] = {
+        "type": NOTIFICATION_TYPE,
+        "session_id": session_id,
+        "sequence": sequence,
+    }
+    if purged:
+        message["purged"] = True
+    async_to_sync(layer.group_send)(events_group(session_id), message)

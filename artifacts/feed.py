@@ -1,0 +1,350 @@
+"""
+The event feed: cursor pages over a session's artifact events, and waiting
+for the next one.
+
+A cursor is a sequence number. A page holds the matching events with
+`sequence > after`, in order, and `next_cursor`, which advances past events
+the filters dropped. Because sequences commit in order (see
+`artifacts.events`), a reader that passes `after=next_cursor` each time sees
+every matching event exactly once, whichever process serves it.
+
+Every transport (long-poll, Server-Sent Events, WebSocket) reads through
+`read_page`, so they share the cursor rules: a cursor beyond the last
+sequence is `CursorAhead`, one below what retention kept is `CursorExpired`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.db.models import Q, QuerySet
+
+from attachments.exceptions import SessionNotFound
+from attachments.models import Session
+from attachments.sessions import validate_session_id
+
+from .conf import conf
+from .exceptions import CursorAhead, CursorExpired, InvalidParameter
+from .models import ArtifactEvent, EventStream
+from .wakeups import hub
+
+MAX_FILTER_ITEMS = 50
+_DIGITS = re.compile(r"^[0-9]{1,18}$")
+_MIME_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
+_MIME = re.compile(rf"^({_MIME_TOKEN})/({_MIME_TOKEN}|\*)?$")
+_EXT = re.compile(r"^[a-z0-9_+~-]+(\.[a-z0-9_+~-]+)*$")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which events a reader wants; the cursor still advances past the others."""
+
+    mimes: tuple[str, ...] = ()
+    mime_prefixes: tuple[str, ...] = ()
+    exts: tuple[str, ...] = ()
+    # Multi-part extensions ("tar.gz") are matched on the end of the name.
+    compound_exts: tuple[str, ...] = ()
+    max_size: int | None = None
+
+    def apply(self, events: QuerySet[ArtifactEvent]) -> QuerySet[ArtifactEvent]:
+        if self.mimes or self.mime_prefixes:
+            by_mime = Q(mime__in=self.mimes) if self.mimes else Q(pk__in=[])
+            for prefix in self.mime_prefixes:
+                by_mime |= Q(mime__startswith=prefix)
+            events = events.filter(by_mime)
+        if self.exts or self.compound_exts:
+            by_ext = Q(ext__in=self.exts) if self.exts else Q(pk__in=[])
+            for compound in self.compound_exts:
+                by_ext |= Q(name__iendswith="." + compound)
+            events = events.filter(by_ext)
+        if self.max_size is not None:
+            events = events.filter(size__lte=self.max_size)
+        return events
+
+
+@dataclass(frozen=True)
+class FeedQuery:
+    """
+    A reader's position and filters. `after=None` starts at the oldest event
+    still kept (pages) or at the current end (streams).
+    """
+
+    after: int | None = None
+    limit: int = 200
+    wait_seconds: float = 0.0
+    filters: Filters = field(default_factory=Filters)
+
+
+@dataclass(frozen=True)
+class Page:
+    events: list[dict[str, Any]]
+    next_cursor: int
+    has_more: bool
+    last_sequence: int
+    timed_out: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "events": self.events,
+            "next_cursor": self.next_cursor,
+            "has_more": self.has_more,
+            "timed_out": self.timed_out,
+        }
+
+
+def _items(value: object, parameter: str) -> list[str]:
+    if isinstance(value, str):
+        raw = value.split(",")
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        raw = [part for v in value for part in v.split(",")]
+    else:
+        raise InvalidParameter(parameter, f"{parameter} must be a comma-separated list.")
+    items = [item.strip().lower() for item in raw if item.strip()]
+    if len(items) > MAX_FILTER_ITEMS:
+        raise InvalidParameter(parameter, f"{parameter} takes at most {MAX_FILTER_ITEMS} items.")
+    return items
+
+
+def _count(
+    value: object, parameter: str, detail: str, minimum: int = 0, maximum: int | None = None
+) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DIGITS.match(value.strip()):
+        number = int(value.strip())
+    else:
+        raise InvalidParameter(parameter, detail)
+    if number < minimum or (maximum is not None and number > maximum):
+        raise InvalidParameter(parameter, detail)
+    return number
+
+
+def parse_filters(params: Mapping[str, object]) -> Filters:
+    mimes: list[str] = []
+    prefixes: list[str] = []
+    for item in _items(params.get("include_mime", ""), "include_mime"):
+        match = _MIME.match(item)
+        if match is None:
+            raise InvalidParameter(
+                "include_mime",
+                "include_mime must list MIME types such as image/png, or prefixes such as image/.",
+            )
+        if match.group(2) in (None, "*"):
+            prefixes.append(match.group(1) + "/")
+        else:
+            mimes.append(item)
+    exts: list[str] = []
+    compound: list[str] = []
+    for item in _items(params.get("include_ext", ""), "include_ext"):
+        item = item.lstrip(".")
+        if len(item) > 32 or not _EXT.match(item):
+            raise InvalidParameter(
+                "include_ext", "include_ext must list file extensions such as png or .csv."
+            )
+        (compound if "." in item else exts).append(item)
+    max_size = params.get("max_size")
+    return Filters(
+        mimes=tuple(mimes),
+        mime_prefixes=tuple(prefixes),
+        exts=tuple(exts),
+        compound_exts=tuple(compound),
+        max_size=None
+        if max_size is None
+        else _count(max_size, "max_size", "max_size must be a whole number of bytes."),
+    )
+
+
+def parse_query(params: Mapping[str, object], *, waiting: bool = True) -> FeedQuery:
+    """
+    Read a feed query from request parameters (one value each). Raises
+    `InvalidParameter` naming the first bad one. `wait_seconds` is only read
+    when `waiting` (the long-poll).
+    """
+    after = params.get("after")
+    max_page = conf.MAX_PAGE_SIZE
+    limit = params.get("limit")
+    wait: float = 0.0
+    if waiting and params.get("wait_seconds") is not None:
+        wait = _seconds(params["wait_seconds"], "wait_seconds", conf.MAX_WAIT_SECONDS)
+    return FeedQuery(
+        after=None
+        if after is None
+        else _count(after, "after", "after must be a sequence number (a whole number, 0 or more)."),
+        limit=max_page
+        if limit is None
+        else _count(
+            limit, "limit", f"limit must be a whole number from 1 to {max_page}.", 1, max_page
+        ),
+        wait_seconds=wait,
+        filters=parse_filters(params),
+    )
+
+
+def _seconds(value: object, parameter: str, maximum: float) -> float:
+    detail = f"{parameter} must be a number of seconds from 0 to {maximum:g}."
+    try:
+        seconds = (
+            float(value)
+            if isinstance(value, str | int | float) and not isinstance(value, bool)
+            else None
+        )
+    except ValueError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= maximum:
+        raise InvalidParameter(parameter, detail)
+    return seconds
+
+
+@dataclass(frozen=True)
+class _StreamState:
+    pk: int
+    last_sequence: int
+    trimmed_through: int
+
+
+def _stream_state(session_id: str) -> _StreamState:
+    validate_session_id(session_id)
+    row = (
+        Session.objects.live()
+        .filter(session_id=session_id)
+        .values_list("pk", "event_stream__last_sequence", "event_stream__trimmed_through")
+        .first()
+    )
+    if row is None:
+        raise SessionNotFound()
+    pk, last, trimmed = row
+    return _StreamState(pk, last or 0, trimmed or 0)
+
+
+def _check_cursor(state: _StreamState, after: int) -> None:
+    if after > state.last_sequence:
+        raise CursorAhead(after, state.last_sequence, state.last_sequence)
+    if after < state.trimmed_through:
+        raise CursorExpired(after, state.trimmed_through, state.last_sequence)
+
+
+def _trimmed_through(pk: int) -> int:
+    trimmed = EventStream.objects.filter(pk=pk).values_list("trimmed_through", flat=True).first()
+    return trimmed or 0
+
+
+def read_page(session_id: str, query: FeedQuery) -> Page:
+    """
+    One page of matching events after the cursor, without waiting. Raises
+    `InvalidSessionId`, `SessionNotFound`, `CursorAhead` or `CursorExpired`.
+    """
+    state = _stream_state(session_id)
+    after = state.trimmed_through if query.after is None else query.after
+    _check_cursor(state, after)
+    # Reading the head first is what makes the page safe: every sequence up
+    # to it has committed. The scan bound caps the work of one page when the
+    # filters drop almost everything.
+    upper = min(state.last_sequence, after + conf.MAX_SCAN_EVENTS)
+    events = query.filters.apply(
+        ArtifactEvent.objects.filter(session_id=state.pk, sequence__gt=after, sequence__lte=upper)
+    ).order_by("sequence")
+    rows = list(events[: query.limit + 1])
+    if state.trimmed_through or conf.EVENT_RETENTION is not None:
+        # Retention may have dropped events after `after` while we read.
+        trimmed = _trimmed_through(state.pk)
+        if trimmed > after:
+            raise CursorExpired(after, trimmed, state.last_sequence)
+    if len(rows) > query.limit:
+        rows = rows[: query.limit]
+        return Page(
+            events=[row.to_payload() for row in rows],
+            next_cursor=rows[-1].sequence,
+            has_more=True,
+            last_sequence=state.last_sequence,
+        )
+    return Page(
+        events=[row.to_payload() for row in rows],
+        next_cursor=upper,
+        has_more=upper < state.last_sequence,
+        last_sequence=state.last_sequence,
+    )
+
+
+def start_cursor(session_id: str, after: int | None) -> int:
+    """
+    Where a stream subscriber starts: its own cursor once checked, or the
+    session's last sequence (live events only) if it gave none.
+    """
+    state = _stream_state(session_id)
+    if after is None:
+        return state.last_sequence
+    _check_cursor(state, after)
+    return after
+
+
+def last_event_cursor(session: Session) -> int:
+    """The session's last sequence: a cursor from which a reader sees only new events."""
+    last = (
+        EventStream.objects.filter(session=session).values_list("last_sequence", flat=True).first()
+    )
+    return last or 0
+
+
+# Feed reads are brief and run on the event loop's shared thread pool, so a
+# waiting reader holds no thread of its own.
+aread_page = database_sync_to_async(read_page, thread_sensitive=False)
+astart_cursor = database_sync_to_async(start_cursor, thread_sensitive=False)
+
+
+async def poll(session_id: str, query: FeedQuery) -> Page:
+    """
+    The next page after the cursor. With `wait_seconds`, a page with nothing
+    to return waits for a matching event (woken by the process's hub, see
+    `artifacts.wakeups`) and returns at the deadline with `timed_out`.
+    """
+    validate_session_id(session_id)
+    page = await aread_page(session_id, query)
+    if page.events or page.has_more or query.wait_seconds <= 0:
+        return page
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + query.wait_seconds
+    async with hub().watch(session_id) as watch:
+        while True:
+            # Subscribed, then read: a commit after this read wakes us.
+            signal = watch.signal()
+            query = replace(query, after=page.next_cursor)
+            page = await aread_page(session_id, query)
+            if page.events or page.has_more:
+                return page
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return replace(page, timed_out=True)
+            try:
+                await asyncio.wait_for(signal.wait(), remaining)
+            except TimeoutError:
+                return replace(page, timed_out=True)
+
+
+async def follow(
+    session_id: str, query: FeedQuery, idle_seconds: float | None = None
+) -> AsyncIterator[Page | None]:
+    """
+    Every page after `query.after` (which must be a checked cursor, see
+    `start_cursor`), then each new one as it commits, forever. Pages may be
+    empty when only the cursor moved. Yields None after `idle_seconds`
+    without news. Use it inside `contextlib.aclosing`.
+    """
+    async with hub().watch(session_id) as watch:
+        while True:
+            signal = watch.signal()
+            page = await aread_page(session_id, query)
+            if page.events or page.next_cursor != query.after:
+                yield page
+            query = replace(query, after=page.next_cursor)
+            if page.has_more:
+                continue
+            try:
+                await asyncio.wait_for(signal.wait(), idle_seconds)
+            except TimeoutError:
+                yield None

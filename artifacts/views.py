@@ -1,0 +1,74 @@
+"""
+The event feed's HTTP endpoints as Django views.
+
+`respond_page` and `respond_stream` hold the whole of each endpoint; the
+views here adapt them to Django, and `artifacts.asgi.EventFeedMiddleware`
+adapts them to bare ASGI so that, in the reference deployment, a waiting
+request holds no thread. (Django's ASGI handler keeps a thread for every
+request in flight, async views included, for its sync signal receivers and
+middleware.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from rest_framework import exceptions
+
+from attachments.exceptions import ApiError, error_payload
+
+from . import sse
+from .feed import parse_query, poll
+
+PAGE_HEADERS = {"Cache-Control": "no-store"}
+
+
+async def respond_page(session_id: str, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of `GET .../artifact-events`."""
+    try:
+        page = await poll(session_id, parse_query(params))
+    except ApiError as exc:
+        return exc.status_code, error_payload(exc)
+    return 200, page.to_json()
+
+
+async def respond_stream(
+    session_id: str, params: Mapping[str, str], last_event_id: str | None
+) -> tuple[int, dict[str, Any] | AsyncIterator[bytes]]:
+    """Status, and a JSON error body or the body of `GET .../artifact-events/stream`."""
+    try:
+        return 200, await sse.open_stream(session_id, sse.parse_stream_query(params, last_event_id))
+    except ApiError as exc:
+        return exc.status_code, error_payload(exc)
+
+
+def _method_not_allowed(request: HttpRequest) -> HttpResponse:
+    exc = exceptions.MethodNotAllowed(request.method or "")
+    response = JsonResponse(error_payload(exc), status=exc.status_code)
+    response["Allow"] = "GET"
+    return response
+
+
+async def artifact_events(request: HttpRequest, session_id: str) -> HttpResponse:
+    """
+    A page of the session's artifact events after `after`, waiting up to
+    `wait_seconds` for one; see DESIGN.md "Artifact events".
+    """
+    if request.method != "GET":
+        return _method_not_allowed(request)
+    status, body = await respond_page(session_id, request.GET.dict())
+    return JsonResponse(body, status=status, headers=PAGE_HEADERS)
+
+
+async def artifact_event_stream(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The session's artifact events as Server-Sent Events, resumable with `Last-Event-ID`."""
+    if request.method != "GET":
+        return _method_not_allowed(request)
+    status, body = await respond_stream(
+        session_id, request.GET.dict(), request.headers.get("Last-Event-ID")
+    )
+    if isinstance(body, dict):
+        return JsonResponse(body, status=status, headers=PAGE_HEADERS)
+    return StreamingHttpResponse(body, content_type=sse.CONTENT_TYPE, headers=sse.HEADERS)
