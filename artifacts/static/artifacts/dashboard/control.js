@@ -25,6 +25,9 @@ export class RunChannel {
     this.pollTimer = null;
     this.watchedRun = null;
     this.pendingInput = null;
+    // Counts run_status messages: a REST answer requested before the latest
+    // one may describe an older state, and must not overwrite it.
+    this.pushed = 0;
   }
 
   start() {
@@ -62,14 +65,17 @@ export class RunChannel {
       return;
     }
     const data = payload.data || {};
+    // This socket also pushes artifact_created; the feed has its own
+    // subscription, so those are ignored here. Sending "unsubscribe" would
+    // spare them, but under channels-redis stopping the socket's follower
+    // can lose the run messages that follow.
     if (payload.type === "connection") {
-      // The artifact feed has its own subscription; this socket needs none.
-      socket.send(JSON.stringify({ type: "unsubscribe" }));
       this.live = true;
       this.retryMs = FIRST_RETRY_MS;
       this.onMode("live");
       this.refresh();
     } else if (payload.type === "run_status") {
+      this.pushed += 1;
       this.onRun(data);
     } else if (payload.type === "node_log") {
       this.onLog(data);
@@ -109,9 +115,10 @@ export class RunChannel {
   }
 
   async fetchRun(runId) {
+    const pushed = this.pushed;
     try {
       const run = await api(`workflow/runs/${encodeURIComponent(runId)}`);
-      this.onRun(run);
+      if (pushed === this.pushed) this.onRun(run);
       return run;
     } catch {
       return null;
@@ -120,10 +127,11 @@ export class RunChannel {
 
   /** The session's latest run, e.g. after a reconnect or a page load. */
   async refresh() {
+    const pushed = this.pushed;
     try {
       const page = await api(`workflow/runs?session_id=${encodeURIComponent(this.sessionId)}`);
-      const runs = Array.isArray(page) ? page : page.runs || [];
-      if (runs.length) this.onRun(runs[0]);
+      const runs = page.runs || [];
+      if (runs.length && pushed === this.pushed) this.onRun(runs[0]);
     } catch {
       // The dashboard still works without the run list (e.g. no workflows app).
     }

@@ -96,6 +96,7 @@ export class RunPanel {
     }
     const button = $("#start-run");
     button.disabled = true;
+    const pushed = this.channel.pushed;
     try {
       const started = await api("workflow/execute", {
         method: "POST",
@@ -106,8 +107,9 @@ export class RunPanel {
           attachments: this.selectedAttachments(),
         },
       });
-      $("#logs").replaceChildren();
-      this.showRun({ run_id: started.run_id, status: "pending", nodes: [] }, { force: true });
+      if (pushed === this.channel.pushed) {
+        this.showRun({ run_id: started.run_id, status: "pending", nodes: [] }, { force: true });
+      }
       this.channel.watch(started.run_id);
       this.channel.fetchRun(started.run_id);
     } catch (error) {
@@ -130,6 +132,7 @@ export class RunPanel {
     if (!force && this.run && run.run_id !== this.run.run_id && !FINAL_STATUSES.has(this.run.status)) return;
     // A late message about an earlier state of this run must not roll it back.
     if (this.run && run.run_id === this.run.run_id && FINAL_STATUSES.has(this.run.status) && !FINAL_STATUSES.has(run.status)) return;
+    if (!this.run || this.run.run_id !== run.run_id) $("#logs").replaceChildren();
     this.run = run;
     const final = FINAL_STATUSES.has(run.status);
     show($("#run"), true);
