@@ -9,6 +9,7 @@ Screenshots of each step are kept under test-output/dashboard/.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -17,6 +18,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.servers import ROOT
@@ -81,6 +83,17 @@ def page(browser, request):
     assert page.errors == [], page.errors
 
 
+@contextlib.contextmanager
+def serving(server, page, **env: str) -> Iterator:
+    """A Uvicorn process for the page; the page leaves before it stops."""
+    with server("uvicorn", **env) as s:
+        try:
+            yield s
+        finally:
+            # Its sockets and long-polls would hold up the graceful shutdown.
+            page.goto("about:blank")
+
+
 def shot(page, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
@@ -105,6 +118,20 @@ def feed_sequences(page) -> list[int]:
     return [int(s) for s in page.eval_on_selector_all("#feed .event", "rows => rows.map(r => r.dataset.sequence)")]
 
 
+def wait_for_run(page, base_url: str, status: str) -> None:
+    """Wait for the page to show the run in `status`; on timeout, say what the server says."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector(f"#run-status[data-state={status}]")
+    except PlaywrightTimeout:
+        run_id = page.inner_text("#run-id")
+        server_side = httpx.get(f"{base_url}/api/workflow/runs/{run_id}").text
+        raise AssertionError(
+            f"The page shows {page.inner_text('#run-status')!r} for {run_id}; the server: {server_side}"
+        ) from None
+
+
 def wait_for_feed_row(page, name: str) -> None:
     page.locator("#feed .event .event-name", has_text=re.compile(f"^{re.escape(name)}$")).wait_for()
 
@@ -112,7 +139,7 @@ def wait_for_feed_row(page, name: str) -> None:
 def test_upload_run_and_download_all(server, page, tmp_path):
     csv_path = tmp_path / "cities.csv"
     csv_path.write_text(CSV)
-    with server("uvicorn") as s:
+    with serving(server, page) as s:
         session_id = open_new_session(page, s.url)
         shot(page, "01-new-session")
 
@@ -127,7 +154,7 @@ def test_upload_run_and_download_all(server, page, tmp_path):
         page.select_option("#workflow", "csv_summary")
         page.fill("#prompt", "Summarise the cities")
         page.click("#start-run")
-        page.wait_for_selector("#run-status[data-state=completed]")
+        wait_for_run(page, s.url, "completed")
         wait_for_feed_row(page, "result.json")
         wait_for_feed_row(page, "chart.png")
         page.locator("#logs", has_text="3 rows, 3 columns").wait_for()
@@ -168,7 +195,7 @@ def test_upload_run_and_download_all(server, page, tmp_path):
 
 
 def test_drag_and_drop_several_files_with_a_refusal(server, page):
-    with server("uvicorn", MAC_MAX_UPLOAD_BYTES="2000") as s:
+    with serving(server, page, MAC_MAX_UPLOAD_BYTES="2000") as s:
         # The page checks /api/limits before sending; hide the limit so that
         # the server's own 413 and its sentence reach the page.
         page.route("**/api/limits", lambda route: route.fulfill(json={"max_upload_bytes": None}))
@@ -225,7 +252,7 @@ def test_feed_falls_back_to_long_polling_and_resumes_without_gaps(server, page, 
     names = ["first.txt", "second.txt", "third.txt"]
     for name in names:
         (tmp_path / name).write_text(name)
-    with server("uvicorn") as s:
+    with serving(server, page) as s:
         open_new_session(page, s.url)
         page.set_input_files("#file-input", str(tmp_path / "first.txt"))
         wait_for_feed_row(page, "first.txt")
@@ -252,12 +279,12 @@ def test_feed_falls_back_to_long_polling_and_resumes_without_gaps(server, page, 
 def test_human_input_over_the_control_socket(server, page, tmp_path):
     csv_path = tmp_path / "cities.csv"
     csv_path.write_text(CSV)
-    with server("uvicorn") as s:
+    with serving(server, page) as s:
         open_new_session(page, s.url)
         page.select_option("#workflow", "review_csv")
         page.fill("#prompt", "Summarise what I attach")
         page.click("#start-run")
-        page.wait_for_selector("#run-status[data-state=waiting_for_input]")
+        wait_for_run(page, s.url, "waiting_for_input")
         page.locator("#input-prompt", has_text="Attach the CSV file").wait_for()
 
         page.set_input_files("#file-input", str(csv_path))
@@ -269,7 +296,7 @@ def test_human_input_over_the_control_socket(server, page, tmp_path):
         shot(page, "08-human-input")
         page.click("#input-form button[type=submit]")
 
-        page.wait_for_selector("#run-status[data-state=completed]")
+        wait_for_run(page, s.url, "completed")
         assert page.is_hidden("#input-form")
         wait_for_feed_row(page, "result.json")
         page.wait_for_selector("#download-all:visible")
