@@ -25,6 +25,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.urls import Resolver404, resolve
 
+from .cancellation import cancel_and_wait
 from .sse import CONTENT_TYPE, HEADERS
 from .views import PAGE_HEADERS, respond_page, respond_stream
 
@@ -83,11 +84,8 @@ class EventFeedMiddleware:
         try:
             await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (listener, responder):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await cancel_and_wait(listener)
+            await cancel_and_wait(responder)
         if not responder.cancelled():
             responder.result()
 

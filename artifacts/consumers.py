@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from contextlib import aclosing
@@ -16,6 +15,7 @@ from django.apps import apps
 from attachments.exceptions import ApiError, SessionNotFound, error_payload
 from attachments.sessions import create_session, get_live_session
 
+from .cancellation import cancel_and_wait
 from .feed import FeedQuery, astart_cursor, follow, parse_query
 from .groups import session_group
 
@@ -33,7 +33,8 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
     `{"type": "artifact_created", "data": {"session_id", "events", "next_cursor"}}`.
 
     The subscription starts at connect, from `?after=N` (backlog, then live)
-    or from the current end, with the feed's filters from the query string.
+    or from the session's last event when the socket sent `connection`,
+    with the feed's filters from the query string.
     `{"type": "subscribe", "after": N, ...filters}` restarts it (answered by
     `subscribed`); `{"type": "unsubscribe"}` stops it. One reader follows the
     cursor from backlog into live events, so nothing is lost or repeated
@@ -82,38 +83,46 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
             except ApiError as exc:
                 await self.send_api_error(exc)
                 return
-            await self.start_following(query, acknowledge=True)
+            await self.stop_following()
+            await self.start_following(await self.start_cursor(query), acknowledge=True)
         elif kind == "unsubscribe":
             await self.stop_following()
             await self.send_json({"type": "unsubscribed", "data": {"session_id": self.session_id}})
         else:
             await self.send_error("unknown_type", f"Unknown message type: {kind[:64]!r}.")
 
-    async def start_following(self, query: FeedQuery, acknowledge: bool = False) -> None:
-        """(Re)start pushing events after `query.after` (None: from now on)."""
-        await self.stop_following()
+    async def start_cursor(self, query: FeedQuery) -> FeedQuery | ApiError:
+        """
+        The query with its start cursor checked, or fixed at the session's
+        last event if it had none; or the error to report instead.
+        """
         assert self.session_id is not None
         try:
-            cursor = await astart_cursor(self.session_id, query.after)
-        except SessionNotFound as exc:
-            await self.send_api_error(exc)
-            await self.close(code=CLOSE_CODES[404])
-            return
+            return replace(query, after=await astart_cursor(self.session_id, query.after))
         except ApiError as exc:
-            await self.send_api_error(exc)
-            return
-        if acknowledge:
-            await self.send_json(
-                {"type": "subscribed", "data": {"session_id": self.session_id, "after": cursor}}
-            )
-        self._follower = asyncio.create_task(self._push(replace(query, after=cursor)))
+            return exc
+
+    async def start_following(self, start: FeedQuery | ApiError, acknowledge: bool = False) -> None:
+        """Push events after `start.after` from now on, or report why not."""
+        if isinstance(start, SessionNotFound):
+            await self.send_api_error(start)
+            await self.close(code=CLOSE_CODES[404])
+        elif isinstance(start, ApiError):
+            await self.send_api_error(start)
+        else:
+            if acknowledge:
+                await self.send_json(
+                    {
+                        "type": "subscribed",
+                        "data": {"session_id": self.session_id, "after": start.after},
+                    }
+                )
+            self._follower = asyncio.create_task(self._push(start))
 
     async def stop_following(self) -> None:
         follower, self._follower = self._follower, None
-        if follower is not None and not follower.done():
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+        if follower is not None:
+            await cancel_and_wait(follower)
 
     async def _push(self, query: FeedQuery) -> None:
         assert self.session_id is not None
@@ -162,19 +171,21 @@ class SessionConsumer(ArtifactSocket):
         params = self.connect_query()
         requested = params.get("session_id")
         try:
-            self.session_id = await self._attach(requested)
             query = parse_query(
                 {k: v for k, v in params.items() if k not in _NOT_FEED_PARAMS}, waiting=False
             )
+            self.session_id = await self._attach(requested)
         except ApiError as exc:
             await self.refuse(exc)
             return
+        # Fixed before `connection` is sent: the client sees everything after it.
+        start = await self.start_cursor(query)
         await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
         await self.accept()
         await self.send_json(
             {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
         )
-        await self.start_following(query)
+        await self.start_following(start)
 
     async def disconnect(self, code: int) -> None:
         await super().disconnect(code)
@@ -239,16 +250,17 @@ class ArtifactsConsumer(ArtifactSocket):
     async def connect(self) -> None:
         requested = self.scope["url_route"]["kwargs"]["session_id"]
         try:
-            self.session_id = await self._live_session_id(requested)
             query = parse_query(self.connect_query(), waiting=False)
+            self.session_id = await self._live_session_id(requested)
         except ApiError as exc:
             await self.refuse(exc)
             return
+        start = await self.start_cursor(query)
         await self.accept()
         await self.send_json(
             {"type": "connection", "data": {"session_id": self.session_id, "status": "connected"}}
         )
-        await self.start_following(query)
+        await self.start_following(start)
 
     @database_sync_to_async
     def _live_session_id(self, requested: str) -> str:

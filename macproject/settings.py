@@ -130,10 +130,14 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py 8 reads with a 5 s socket timeout by default, the same
-            # as channels-redis's blocking pop: an idle consumer's receive
-            # then fails with TimeoutError and its socket is closed (1011).
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+            "CONFIG": {
+                # redis-py 8 gives sockets a 5 s timeout by default, which cuts
+                # channels-redis's 5 s blocking receive short and crashes every
+                # idle consumer (django/channels_redis#422). Any timeout also
+                # wraps each write in asyncio.wait_for, which on Python 3.11 can
+                # swallow a task's cancellation. No timeout, as before redis-py 8.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            },
         }
     }
 else:

@@ -1,0 +1,215 @@
+"""
+GET /api/sessions/{id}/artifact-events, through both of its entry points:
+the Django view (any deployment) and `EventFeedMiddleware` (the reference
+ASGI application, where a waiting request holds no thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import AsyncClient
+
+from attachments.sessions import purge_session
+
+from .builders import add_attachment, asgi_client, new_session, sequences
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EVENTS = "/api/sessions/{}/artifact-events"
+
+
+@pytest.fixture(params=["asgi", "django"])
+def get(request):
+    """GET a URL through one entry point: (status, JSON body, headers)."""
+
+    async def via_asgi(url: str, **headers: str):
+        async with asgi_client() as client:
+            response = await client.get(url, headers=headers)
+        return response.status_code, response.json(), response.headers
+
+    async def via_django(url: str, **headers: str):
+        response = await AsyncClient().get(url, headers=headers)
+        return response.status_code, response.json(), response.headers
+
+    return via_asgi if request.param == "asgi" else via_django
+
+
+@pytest.fixture
+def settings_for_waits(settings):
+    # Long enough that only a notification can wake a waiter within the test.
+    settings.ARTIFACTS_RECHECK_SECONDS = 30
+    return settings
+
+
+async def create(session_id: str, *names: str):
+    session = await database_sync_to_async(new_session)(session_id)
+    for name in names:
+        await database_sync_to_async(add_attachment)(session, name)
+    return session
+
+
+async def test_a_page_of_events(get):
+    await create("p1", "a.txt", "b.png")
+    status, body, headers = await get(EVENTS.format("p1") + "?after=1")
+    assert status == 200
+    assert set(body) == {"events", "next_cursor", "has_more", "timed_out"}
+    assert [e["name"] for e in body["events"]] == ["b.png"]
+    assert (body["next_cursor"], body["has_more"], body["timed_out"]) == (2, False, False)
+    assert headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("after=x", "after"),
+        ("wait_seconds=120", "wait_seconds"),
+        ("limit=0", "limit"),
+        ("max_size=big", "max_size"),
+        ("include_mime=image", "include_mime"),
+        ("include_ext=a%20b", "include_ext"),
+    ],
+)
+async def test_bad_parameters_are_400_naming_the_parameter(get, query, parameter):
+    await create("p2")
+    status, body, _ = await get(EVENTS.format("p2") + "?" + query)
+    assert status == 400
+    assert body["code"] == "invalid_parameter"
+    assert body["parameter"] == parameter
+    assert parameter in body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("session_id", "status", "code"),
+    [("bad.id", 400, "invalid_session_id"), ("nobody", 404, "session_not_found")],
+)
+async def test_unknown_sessions(get, session_id, status, code):
+    got_status, body, _ = await get(EVENTS.format(session_id))
+    assert (got_status, body["code"]) == (status, code)
+
+
+async def test_a_cursor_ahead_is_410_with_the_cursor_to_resume_from(get):
+    await create("p3", "a.txt")
+    status, body, _ = await get(EVENTS.format("p3") + "?after=5&wait_seconds=10")
+    assert status == 410
+    assert (body["code"], body["resume_after"], body["last_sequence"]) == ("cursor_ahead", 1, 1)
+    assert body["detail"]
+
+
+async def test_an_expired_cursor_is_410_with_the_oldest_cursor_kept(get, settings):
+    settings.ARTIFACTS_EVENT_RETENTION = 2
+    await create("p4", "a", "b", "c", "d")
+    status, body, _ = await get(EVENTS.format("p4") + "?after=1")
+    assert status == 410
+    assert (body["code"], body["resume_after"]) == ("cursor_expired", 2)
+    status, body, _ = await get(EVENTS.format("p4") + f"?after={body['resume_after']}")
+    assert sequences(body["events"]) == [3, 4]
+
+
+async def test_a_waiting_poll_returns_when_an_event_commits(get, settings_for_waits):
+    session = await create("w1", "old.txt")
+
+    async def write_later():
+        await asyncio.sleep(0.3)
+        await database_sync_to_async(add_attachment)(session, "new.txt")
+        return time.monotonic()
+
+    writer = asyncio.create_task(write_later())
+    status, body, _ = await get(EVENTS.format("w1") + "?after=1&wait_seconds=20")
+    returned = time.monotonic()
+    committed = await writer
+    assert status == 200
+    assert [e["name"] for e in body["events"]] == ["new.txt"]
+    assert (body["next_cursor"], body["timed_out"]) == (2, False)
+    assert returned - committed < 5, "woken by the notification, long before the re-check"
+
+
+async def test_a_waiting_poll_skips_events_its_filters_drop(get, settings_for_waits):
+    session = await create("w2")
+
+    async def write_later():
+        await asyncio.sleep(0.2)
+        await database_sync_to_async(add_attachment)(session, "skip.txt")
+        await asyncio.sleep(0.2)
+        await database_sync_to_async(add_attachment)(session, "want.png", mime="image/png")
+
+    writer = asyncio.create_task(write_later())
+    status, body, _ = await get(
+        EVENTS.format("w2") + "?after=0&wait_seconds=20&include_mime=image/"
+    )
+    await writer
+    assert [e["name"] for e in body["events"]] == ["want.png"]
+    assert body["next_cursor"] == 2
+
+
+async def test_a_poll_with_nothing_new_times_out_at_its_deadline(get):
+    await create("w3", "a.txt")
+    started = time.monotonic()
+    status, body, _ = await get(EVENTS.format("w3") + "?after=1&wait_seconds=0.4")
+    elapsed = time.monotonic() - started
+    assert status == 200
+    assert body == {"events": [], "next_cursor": 1, "has_more": False, "timed_out": True}
+    assert 0.4 <= elapsed < 5
+
+
+async def test_without_wait_seconds_an_empty_page_returns_at_once(get):
+    await create("w4")
+    status, body, _ = await get(EVENTS.format("w4"))
+    assert body == {"events": [], "next_cursor": 0, "has_more": False, "timed_out": False}
+
+
+async def test_purging_the_session_ends_a_wait_with_404(get, settings):
+    settings.ARTIFACTS_RECHECK_SECONDS = 0.1
+    session = await create("w5")
+
+    async def purge_later():
+        await asyncio.sleep(0.3)
+        await database_sync_to_async(purge_session)(session)
+
+    purger = asyncio.create_task(purge_later())
+    status, body, _ = await get(EVENTS.format("w5") + "?wait_seconds=20")
+    await purger
+    assert (status, body["code"]) == (404, "session_not_found")
+
+
+async def test_waiting_polls_hold_no_thread(settings):
+    """Through the reference ASGI app, N waiting requests do not mean N threads."""
+    settings.ARTIFACTS_RECHECK_SECONDS = 30
+    session = await create("idle")
+    waiters = 60
+    before = threading.active_count()
+    async with asgi_client() as client:
+        polls = [
+            asyncio.create_task(client.get(EVENTS.format("idle") + "?wait_seconds=20"))
+            for _ in range(waiters)
+        ]
+        await asyncio.sleep(0.5)
+        during = threading.active_count()
+        await database_sync_to_async(add_attachment)(session, "wake.txt")
+        responses = await asyncio.wait_for(asyncio.gather(*polls), 15)
+    assert [sequences(r.json()["events"]) for r in responses] == [[1]] * waiters
+    # Only the event loop's bounded pool of short database reads, at most.
+    assert during - before < waiters // 2
+
+
+async def test_other_methods_are_405_in_json():
+    await create("m1")
+    response = await AsyncClient().post(EVENTS.format("m1"))
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+    async with asgi_client() as client:
+        response = await client.post(EVENTS.format("m1"))
+    assert (response.status_code, response.json()["code"]) == (405, "method_not_allowed")
+
+
+async def test_session_detail_carries_the_last_event_cursor():
+    await create("d1", "a", "b")
+    async with asgi_client() as client:
+        body = (await client.get("/api/sessions/d1")).json()
+        assert body["last_event_cursor"] == 2
+        created = (await client.post("/api/sessions", json={})).json()
+    assert created["last_event_cursor"] == 0

@@ -1,0 +1,120 @@
+"""
+The per-process wake-up hub: notifications wake waiters at once; lost
+notifications delay them by at most the re-check interval and lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import aclosing
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from artifacts.feed import FeedQuery, follow, poll
+from artifacts.groups import events_group
+from artifacts.wakeups import hub
+
+from .builders import DROPPING_LAYER, DroppingChannelLayer, add_attachment, new_session, sequences
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def add_later(session, delay: float, *names: str) -> float:
+    await asyncio.sleep(delay)
+    for name in names:
+        await database_sync_to_async(add_attachment)(session, name)
+    return time.monotonic()
+
+
+async def test_a_lost_notification_delays_a_waiter_by_at_most_the_recheck_interval(settings):
+    settings.CHANNEL_LAYERS = DROPPING_LAYER
+    settings.ARTIFACTS_RECHECK_SECONDS = 0.3
+    session = await database_sync_to_async(new_session)("lossy")
+    dropped_before = DroppingChannelLayer.dropped
+    writer = asyncio.create_task(add_later(session, 0.2, "a.txt"))
+    page = await poll("lossy", FeedQuery(after=0, wait_seconds=20))
+    returned = time.monotonic()
+    committed = await writer
+    assert DroppingChannelLayer.dropped > dropped_before, "the notification was lost"
+    assert sequences(page.events) == [1]
+    assert not page.timed_out
+    # One re-check interval, plus scheduling slack; far below the 20 s deadline.
+    assert returned - committed < 0.3 + 1.5
+
+
+async def test_a_stream_loses_nothing_when_every_notification_is_lost(settings):
+    settings.CHANNEL_LAYERS = DROPPING_LAYER
+    settings.ARTIFACTS_RECHECK_SECONDS = 0.1
+    session = await database_sync_to_async(new_session)("lossy-stream")
+    received: list[int] = []
+
+    async def subscriber():
+        async with aclosing(follow("lossy-stream", FeedQuery(after=0, limit=3))) as pages:
+            async for page in pages:
+                received.extend(sequences(page.events))
+                if len(received) >= 20:
+                    return
+
+    task = asyncio.create_task(subscriber())
+    for burst in range(4):
+        await add_later(session, 0.05, *(f"{burst}-{i}" for i in range(5)))
+    await asyncio.wait_for(task, 15)
+    assert received == list(range(1, 21))
+
+
+async def test_a_notification_wakes_a_waiter_long_before_the_recheck(settings):
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    session = await database_sync_to_async(new_session)("prompt")
+    writer = asyncio.create_task(add_later(session, 0.2, "a.txt"))
+    page = await poll("prompt", FeedQuery(after=0, wait_seconds=30))
+    returned = time.monotonic()
+    assert sequences(page.events) == [1]
+    assert returned - await writer < 5
+
+
+async def test_waiters_on_one_session_share_one_subscription_and_leave_nothing_behind(settings):
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    session = await database_sync_to_async(new_session)("shared")
+    waiters = [
+        asyncio.create_task(poll("shared", FeedQuery(after=0, wait_seconds=30))) for _ in range(20)
+    ]
+    await asyncio.sleep(0.3)
+    current = hub()
+    assert list(current.watches) == ["shared"]
+    assert current.watches["shared"].users == 20
+    await add_later(session, 0, "a.txt")
+    pages = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+    assert [sequences(p.events) for p in pages] == [[1]] * 20
+    await asyncio.sleep(0)
+    assert current.watches == {}
+    assert current._receiver is None and current._rechecker is None
+
+
+async def test_a_cancelled_waiter_leaves_the_group(settings):
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    await database_sync_to_async(new_session)("cancelled")
+    waiter = asyncio.create_task(poll("cancelled", FeedQuery(after=0, wait_seconds=30)))
+    await asyncio.sleep(0.3)
+    current = hub()
+    channel = current.channel
+    assert channel is not None
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.1)
+    assert current.watches == {}
+    # A message to the group no longer reaches the hub's channel.
+    layer = get_channel_layer()
+    await layer.group_send(events_group("cancelled"), {"type": "artifact.events", "sequence": 1})
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.3)
+
+
+async def test_notifications_for_other_sessions_or_types_are_ignored():
+    current = hub()
+    current.notify({"type": "artifact.events", "session_id": "nobody", "sequence": 3})
+    current.notify({"type": "something.else"})
+    assert current.watches == {}
