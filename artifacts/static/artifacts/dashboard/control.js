@@ -66,9 +66,10 @@ export class RunChannel {
     }
     const data = payload.data || {};
     // This socket also pushes artifact_created; the feed has its own
-    // subscription, so those are ignored here. Sending "unsubscribe" would
-    // spare them, but under channels-redis stopping the socket's follower
-    // can lose the run messages that follow.
+    // subscription, so those are ignored here. It does not send
+    // "unsubscribe": with a Redis socket timeout set, stopping the socket's
+    // follower has been seen to lose the run messages that follow, and the
+    // duplicates are cheap.
     if (payload.type === "connection") {
       this.live = true;
       this.retryMs = FIRST_RETRY_MS;
