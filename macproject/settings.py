@@ -39,7 +39,6 @@ Environment:
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
-    MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
 """

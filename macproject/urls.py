@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import TemplateView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from artifacts.dashboard import dashboard
+
 urlpatterns = [
-    path("", TemplateView.as_view(template_name="index.html"), name="index"),
+    path("", dashboard, name="dashboard"),
     path("admin/", admin.site.urls),
     path("api/", include("attachments.urls")),
     path("api/", include("workflows.urls")),

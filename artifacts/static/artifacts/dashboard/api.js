@@ -1,0 +1,158 @@
+// Every request the dashboard makes goes through this module, so that
+// credentials are added in one place: a session token kept in
+// sessionStorage, sent as a Bearer header where headers can be set (fetch,
+// XHR) and as ?token= where they cannot (WebSocket, <img>, downloads).
+
+const TOKEN_KEY = "mac.dashboard.token";
+const body = document.body;
+const API_ROOT = body.dataset.apiRoot || "/api/";
+const WS_ROOT = body.dataset.wsRoot || "/ws";
+
+export class ApiError extends Error {
+  constructor(status, payload) {
+    super(errorSentence(status, payload));
+    this.status = status;
+    this.code = payload && typeof payload.code === "string" ? payload.code : "";
+    this.payload = payload || {};
+  }
+}
+
+export function getToken() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+export function setToken(token) {
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** Take a `?token=` the page was opened with, and drop it from the address bar. */
+export function adoptTokenFromLocation() {
+  const url = new URL(location.href);
+  const token = url.searchParams.get("token");
+  if (!token) return;
+  setToken(token);
+  url.searchParams.delete("token");
+  history.replaceState(null, "", url);
+}
+
+export function apiPath(path) {
+  return API_ROOT + path.replace(/^\//, "");
+}
+
+/** A same-origin URL carrying the token, for places that cannot send headers. */
+export function withToken(url) {
+  const absolute = new URL(url, location.origin);
+  const token = getToken();
+  if (token) absolute.searchParams.set("token", token);
+  return absolute.pathname + absolute.search;
+}
+
+export function wsUrl(path, params = {}) {
+  const url = new URL(WS_ROOT + path, location.origin);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, value);
+  }
+  const token = getToken();
+  if (token) url.searchParams.set("token", token);
+  return url.toString();
+}
+
+export function openSocket(path, params) {
+  return new WebSocket(wsUrl(path, params));
+}
+
+export function authHeaders(method = "GET") {
+  const headers = {};
+  const token = getToken();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (!["GET", "HEAD", "OPTIONS"].includes(method)) {
+    // Only matters when the browser also holds a Django login (the admin).
+    const csrf = document.querySelector('meta[name="csrf-token"]');
+    if (csrf && csrf.content) headers["X-CSRFToken"] = csrf.content;
+  }
+  return headers;
+}
+
+/** fetch() an API path; resolves to parsed JSON (or null), rejects with ApiError. */
+export async function api(path, { method = "GET", json, signal, headers = {} } = {}) {
+  const init = { method, signal, headers: { Accept: "application/json", ...authHeaders(method), ...headers } };
+  if (json !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  }
+  const response = await fetch(apiPath(path), init);
+  const payload = await readJson(response);
+  if (!response.ok) throw new ApiError(response.status, payload);
+  return payload;
+}
+
+/** fetch() an API path for its text; the text and whether it was cut short. */
+export async function apiText(path, maxBytes) {
+  const headers = { ...authHeaders(), Range: `bytes=0-${maxBytes - 1}` };
+  const response = await fetch(apiPath(path), { headers });
+  if (!response.ok) throw new ApiError(response.status, await readJson(response));
+  const text = await response.text();
+  const range = response.headers.get("Content-Range") || "";
+  const total = Number(range.split("/")[1]);
+  return { text, truncated: response.status === 206 && total > maxBytes };
+}
+
+/**
+ * POST one file as multipart/form-data with XMLHttpRequest, which (unlike
+ * fetch) reports upload progress. Returns { promise, abort }.
+ */
+export function uploadFile(path, file, onProgress) {
+  const xhr = new XMLHttpRequest();
+  const promise = new Promise((resolve, reject) => {
+    xhr.open("POST", apiPath(path));
+    xhr.responseType = "text";
+    for (const [name, value] of Object.entries(authHeaders("POST"))) xhr.setRequestHeader(name, value);
+    xhr.setRequestHeader("Accept", "application/json");
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    };
+    xhr.onload = () => {
+      const payload = parseJson(xhr.responseText);
+      if (xhr.status >= 200 && xhr.status < 300) resolve(payload);
+      else reject(new ApiError(xhr.status, payload));
+    };
+    xhr.onerror = () => reject(new ApiError(0, { detail: "The connection failed during the upload." }));
+    xhr.onabort = () => reject(new ApiError(0, { detail: "The upload was cancelled.", code: "aborted" }));
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
+  return { promise, abort: () => xhr.abort() };
+}
+
+async function readJson(response) {
+  if (response.status === 204) return null;
+  return parseJson(await response.text());
+}
+
+function parseJson(text) {
+  if (!text) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+const STATUS_SENTENCES = {
+  0: "The server could not be reached.",
+  401: "This session needs a token.",
+  403: "This token does not give access to the session.",
+  404: "Not found.",
+  413: "The file is larger than the server accepts.",
+  415: "The server does not accept this kind of request.",
+  422: "The server refused the file.",
+  503: "The server is busy; try again shortly.",
+};
+
+function errorSentence(status, payload) {
+  if (payload && typeof payload.detail === "string" && payload.detail) return payload.detail;
+  return STATUS_SENTENCES[status] || `The server answered ${status}.`;
+}
