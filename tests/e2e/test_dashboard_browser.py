@@ -61,7 +61,9 @@ def browser(transactional_db) -> Iterator:
         _unavailable("Playwright is not installed (pip install -e '.[test]')")
     executable = _chromium_path()
     if executable is None:
-        _unavailable("Chromium is not installed (Debian: chromium); scripts/test installs it as root")
+        _unavailable(
+            "Chromium is not installed (Debian: chromium); scripts/test installs it as root"
+        )
     with sync_playwright() as playwright:
         try:
             chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
@@ -115,7 +117,8 @@ def feed_names(page) -> list[str]:
 
 
 def feed_sequences(page) -> list[int]:
-    return [int(s) for s in page.eval_on_selector_all("#feed .event", "rows => rows.map(r => r.dataset.sequence)")]
+    script = "rows => rows.map(r => r.dataset.sequence)"
+    return [int(s) for s in page.eval_on_selector_all("#feed .event", script)]
 
 
 def wait_for_run(page, base_url: str, status: str) -> None:
@@ -128,7 +131,8 @@ def wait_for_run(page, base_url: str, status: str) -> None:
         run_id = page.inner_text("#run-id")
         server_side = httpx.get(f"{base_url}/api/workflow/runs/{run_id}").text
         raise AssertionError(
-            f"The page shows {page.inner_text('#run-status')!r} for {run_id}; the server: {server_side}"
+            f"The page shows {page.inner_text('#run-status')!r} for {run_id}; "
+            f"the server: {server_side}"
         ) from None
 
 
@@ -231,7 +235,8 @@ def test_drag_and_drop_several_files_with_a_refusal(server, page):
         assert page.evaluate("window.pwned") is None
         page.locator("#feed .event", has_text="<img").get_by_role("button").click()
         page.locator("#preview-body a", has_text="Download").wait_for()
-        assert page.locator("#preview-body pre, #preview-body img, #preview-body iframe").count() == 0
+        rendered = page.locator("#preview-body pre, #preview-body img, #preview-body iframe")
+        assert rendered.count() == 0
 
         page.locator("#feed .event", has_text="notes.txt").get_by_role("button").click()
         page.locator("#preview-body pre.viewer", has_text="hello").wait_for()
