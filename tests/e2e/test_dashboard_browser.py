@@ -23,7 +23,12 @@ import pytest
 
 from tests.servers import ROOT
 
-pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+# Under the product's default policy: the page must carry the session's token.
+pytestmark = [
+    pytest.mark.access_policy("token"),
+    pytest.mark.server,
+    pytest.mark.django_db(transaction=True),
+]
 
 CSV = "city,population,area\nParis,2148000,105.4\nLyon,516000,47.9\nNice,342000,71.9\n"
 SCREENSHOTS = ROOT / "test-output" / "dashboard"
