@@ -1,13 +1,13 @@
 """
 A recursive inotify watcher for a workspace, read without polling.
 
-Linux only (through ctypes; no extra dependency). The kernel queues an event
-inside the system call that changed the file, so after a node's process has
-exited, `drain()` — a non-blocking read of the queue — has seen everything
-that process did: that is the barrier `WorkspaceArtifactHook` relies on
-after each node. Elsewhere, or when the kernel refuses (no inotify, watch
-limit reached), `InotifyWatcher.start()` raises `WatcherUnavailable` and the
-hook falls back to comparing stat signatures.
+Linux only (asyncinotify). The kernel queues an event inside the system call
+that changed the file, so after a node's process has exited, `drain()` — a
+non-blocking read of the queue — has seen everything that process did: that
+is the barrier `WorkspaceArtifactHook` relies on after each node. Elsewhere,
+or when the kernel refuses (no inotify, watch limit reached),
+`InotifyWatcher.start()` raises `WatcherUnavailable` and the hook falls back
+to comparing stat signatures.
 
 Symlinked directories are never followed: a link pointing outside the
 workspace is not watched, and files behind it are never reported.
@@ -15,63 +15,33 @@ workspace is not watched, and files behind it are never reported.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import contextlib
 import errno
 import os
-import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-IN_MODIFY = 0x00000002
-IN_ATTRIB = 0x00000004
-IN_CLOSE_WRITE = 0x00000008
-IN_MOVED_FROM = 0x00000040
-IN_MOVED_TO = 0x00000080
-IN_CREATE = 0x00000100
-IN_DELETE = 0x00000200
-IN_DELETE_SELF = 0x00000400
-IN_MOVE_SELF = 0x00000800
-IN_Q_OVERFLOW = 0x00004000
-IN_IGNORED = 0x00008000
-IN_ONLYDIR = 0x01000000
-IN_DONT_FOLLOW = 0x02000000
-IN_EXCL_UNLINK = 0x04000000
-IN_ISDIR = 0x40000000
-IN_NONBLOCK = os.O_NONBLOCK
-IN_CLOEXEC = os.O_CLOEXEC
+from asyncinotify import InitFlags, Inotify, Mask, Watch
 
 WATCH_MASK = (
-    IN_MODIFY
-    | IN_ATTRIB
-    | IN_CLOSE_WRITE
-    | IN_MOVED_FROM
-    | IN_MOVED_TO
-    | IN_CREATE
-    | IN_DELETE
-    | IN_DELETE_SELF
-    | IN_MOVE_SELF
-    | IN_ONLYDIR
-    | IN_DONT_FOLLOW
-    | IN_EXCL_UNLINK
+    Mask.MODIFY
+    | Mask.ATTRIB
+    | Mask.CLOSE_WRITE
+    | Mask.MOVED_FROM
+    | Mask.MOVED_TO
+    | Mask.CREATE
+    | Mask.DELETE
+    | Mask.DELETE_SELF
+    | Mask.MOVE_SELF
+    | Mask.ONLYDIR
+    | Mask.DONT_FOLLOW
+    | Mask.EXCL_UNLINK
 )
-_EVENT = struct.Struct("iIII")
 
 
 class WatcherUnavailable(OSError):
     """inotify cannot watch this workspace; compare stat signatures instead."""
-
-
-def _libc() -> ctypes.CDLL:
-    if not sys.platform.startswith("linux"):
-        raise WatcherUnavailable("inotify is Linux only.")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if not hasattr(libc, "inotify_init1"):
-        raise WatcherUnavailable("This C library has no inotify.")
-    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-    libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
-    return libc
 
 
 class InotifyWatcher:
@@ -89,17 +59,23 @@ class InotifyWatcher:
         self.skip_dir = skip_dir
         self.pending: set[str] = set()
         self.overflowed = False
-        self.fd = -1
-        self._dirs: dict[int, str] = {}
-        self._libc: ctypes.CDLL | None = None
+        self._inotify: Inotify | None = None
+        self._dirs: dict[int, tuple[str, Watch]] = {}
+
+    @property
+    def fd(self) -> int:
+        """The queue's file descriptor (to wait for it to be readable), or -1 once closed."""
+        return self._inotify.fd if self._inotify is not None else -1
 
     def start(self) -> None:
         """Open the inotify queue and watch the tree; raises `WatcherUnavailable`."""
-        self._libc = _libc()
-        fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            raise WatcherUnavailable(ctypes.get_errno(), "inotify_init1 failed")
-        self.fd = fd
+        if not sys.platform.startswith("linux"):
+            raise WatcherUnavailable("inotify is Linux only.")
+        try:
+            # A zero sync timeout makes sync_get() a non-blocking read.
+            self._inotify = Inotify(InitFlags.CLOEXEC, sync_timeout=0)
+        except OSError as exc:
+            raise WatcherUnavailable(exc.errno, f"inotify: {exc.strerror}") from exc
         try:
             self._watch_tree("", report=False)
         except BaseException:
@@ -107,9 +83,9 @@ class InotifyWatcher:
             raise
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
         self._dirs.clear()
 
     def take(self) -> tuple[set[str], bool]:
@@ -121,73 +97,64 @@ class InotifyWatcher:
 
     def drain(self) -> None:
         """Read every queued event without blocking."""
-        while self.fd >= 0:
-            try:
-                data = os.read(self.fd, 1 << 16)
-            except BlockingIOError:
+        while self._inotify is not None:
+            event = self._inotify.sync_get()
+            if event is None:
                 return
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                raise
-            if not data:
-                return
-            self._parse(data)
+            self._handle(event.mask, event.watch, event.name)
 
-    def _parse(self, data: bytes) -> None:
-        offset = 0
-        while offset + _EVENT.size <= len(data):
-            wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
-            offset += _EVENT.size
-            raw = data[offset : offset + length].rstrip(b"\0")
-            offset += length
-            if mask & IN_Q_OVERFLOW:
-                self.overflowed = True
-                continue
-            directory = self._dirs.get(wd)
-            if directory is None:
-                continue
-            if mask & IN_IGNORED:
-                del self._dirs[wd]
-                continue
-            if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
-                # The directory itself went; its files were (or will be)
-                # reported by its parent's watch.
-                continue
-            name = os.fsdecode(raw)
-            relative = f"{directory}/{name}" if directory else name
-            if mask & IN_ISDIR:
-                self._directory_changed(relative, mask)
-            else:
-                self.pending.add(relative)
+    def _handle(self, mask: Mask, watch: Watch | None, name: Path | None) -> None:
+        if Mask.Q_OVERFLOW in mask:
+            self.overflowed = True
+            return
+        known = self._dirs.get(watch.wd) if watch is not None else None
+        if known is None or watch is None:
+            return
+        if Mask.IGNORED in mask:
+            del self._dirs[watch.wd]
+            return
+        if mask & (Mask.DELETE_SELF | Mask.MOVE_SELF) or name is None:
+            # The directory itself went; its files were (or will be)
+            # reported by its parent's watch.
+            return
+        directory = known[0]
+        relative = f"{directory}/{name}" if directory else str(name)
+        if Mask.ISDIR in mask:
+            self._directory_changed(relative, mask)
+        else:
+            self.pending.add(relative)
 
-    def _directory_changed(self, relative: str, mask: int) -> None:
-        if mask & (IN_CREATE | IN_MOVED_TO):
+    def _directory_changed(self, relative: str, mask: Mask) -> None:
+        if mask & (Mask.CREATE | Mask.MOVED_TO):
             self._watch_tree(relative, report=True)
-        elif mask & (IN_DELETE | IN_MOVED_FROM):
+        elif mask & (Mask.DELETE | Mask.MOVED_FROM):
             # Whatever was known under it is gone (or elsewhere now): the
             # caller expands the directory into the files it knew there.
             self.pending.add(relative)
             prefix = relative + "/"
-            for wd, path in list(self._dirs.items()):
+            for wd, (path, watch) in list(self._dirs.items()):
                 if path == relative or path.startswith(prefix):
-                    assert self._libc is not None
-                    self._libc.inotify_rm_watch(self.fd, wd)
+                    assert self._inotify is not None
+                    # Already gone when the kernel dropped it first.
+                    with contextlib.suppress(OSError):
+                        self._inotify.rm_watch(watch)
                     del self._dirs[wd]
 
     def _watch_tree(self, relative: str, report: bool) -> None:
         """Watch a directory and those below it; with `report`, its files count as changed."""
         if self.skip_dir(relative):
             return
-        assert self._libc is not None
+        assert self._inotify is not None
         path = self.root / relative if relative else self.root
-        wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), WATCH_MASK)
-        if wd < 0:
-            code = ctypes.get_errno()
-            if code in (errno.ENOENT, errno.ENOTDIR):
+        try:
+            watch = self._inotify.add_watch(path, WATCH_MASK)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
                 return  # gone again, or replaced by a file or a link
-            raise WatcherUnavailable(code, f"inotify_add_watch {path}: {os.strerror(code)}")
-        self._dirs[wd] = relative
+            raise WatcherUnavailable(
+                exc.errno, f"inotify_add_watch {path}: {exc.strerror}"
+            ) from exc
+        self._dirs[watch.wd] = (relative, watch)
         try:
             entries = list(os.scandir(path))
         except (FileNotFoundError, NotADirectoryError):
