@@ -19,6 +19,8 @@ class ArtifactsConfig(AppConfig):
         from . import signals  # noqa: F401 (connects the receivers)
         from .checks import check_settings
         from .feed import last_event_cursor
+        from .lookup import register as register_art_ids
 
         checks.register(check_settings, checks.Tags.compatibility)
+        register_art_ids()
         SessionSerializer.contributed_fields["last_event_cursor"] = last_event_cursor
