@@ -14,17 +14,14 @@ class ArtifactsConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from attachments.archive import register_change_feed
-        from attachments.lookup import register_resolver
         from attachments.serializers import SessionSerializer
 
         from . import signals  # noqa: F401 (connects the receivers)
         from .checks import check_settings
         from .feed import last_event_cursor
-        from .lookup import paths_changed_since, resolve_event_artifact
+        from .lookup import register as register_downloads
 
         checks.register(check_settings, checks.Tags.compatibility)
-        SessionSerializer.contributed_fields["last_event_cursor"] = last_event_cursor
         # The downloads answer `art_` ids and the zip's `after=` from the event log.
-        register_resolver("art_", resolve_event_artifact)
-        register_change_feed(paths_changed_since)
+        register_downloads()
+        SessionSerializer.contributed_fields["last_event_cursor"] = last_event_cursor

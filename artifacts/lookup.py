@@ -1,43 +1,46 @@
 """
-What the attachments app's downloads need from the event log: `art_` ids
-resolved to the file an event describes, and the paths changed since a
-cursor (the session zip's `after=`). Registered in `ArtifactsConfig.ready()`.
+What the attachments app's downloads need from the event log, registered in
+`ArtifactsConfig.ready()`:
+
+- `art_` ids for `attachments.lookup.resolve_artifact()`: an event's id names
+  the attachment that event announced, in the same session. What is served is
+  that attachment as it is now (its recorded path, size and sha256), so the
+  ETag always matches the bytes sent; the event's own fields (`change_type`,
+  `sequence`, `timestamp`) are added to the metadata. An event of another
+  session, or whose attachment is gone or purged, is not found.
+- the session zip's `after=`: the paths changed since a cursor.
 """
 
 from __future__ import annotations
 
-from attachments.lookup import ResolvedArtifact
+import dataclasses
+
+from attachments.archive import register_change_feed
+from attachments.lookup import ResolvedArtifact, register_resolver, resolve_attachment
 from attachments.models import Session
 
 from .feed import start_cursor
-from .models import ArtifactEvent
+from .models import ARTIFACT_PREFIX, ArtifactEvent
 
 
-def resolve_event_artifact(session: Session, artifact_id: str) -> ResolvedArtifact | None:
-    """
-    The file an `art_` event names, as the event recorded it. An event of a
-    deleted file resolves to nothing: there is no file to serve.
-    """
-    event = ArtifactEvent.objects.filter(session=session, artifact_id=artifact_id).first()
-    if event is None or event.change_type == ArtifactEvent.ChangeType.DELETED:
-        return None
-    return ResolvedArtifact(
-        artifact_id=artifact_id,
-        session=session,
-        path=event.path,
-        name=event.name,
-        mime=event.mime,
-        size=event.size,
-        sha256=event.sha256,
-        attachment_id=event.attachment_id or None,
-        details={
-            "kind": event.kind,
-            "node_id": event.node_id or None,
-            "change_type": event.change_type,
-            "sequence": event.sequence,
-            "timestamp": event.created_at.timestamp(),
-        },
+def resolve_event(session: Session, artifact_id: str) -> ResolvedArtifact | None:
+    event = (
+        ArtifactEvent.objects.filter(session=session, artifact_id=artifact_id)
+        .only("attachment_id", "change_type", "sequence", "created_at")
+        .first()
     )
+    if event is None or not event.attachment_id:
+        return None
+    attachment = resolve_attachment(session, event.attachment_id)
+    if attachment is None:
+        return None
+    details = {
+        **attachment.details,
+        "change_type": event.change_type,
+        "sequence": event.sequence,
+        "timestamp": event.created_at.timestamp(),
+    }
+    return dataclasses.replace(attachment, artifact_id=artifact_id, details=details)
 
 
 def paths_changed_since(session: Session, cursor: int) -> set[str]:
@@ -59,3 +62,8 @@ def paths_changed_since(session: Session, cursor: int) -> set[str]:
         else:
             changed.add(path)
     return changed
+
+
+def register() -> None:
+    register_resolver(ARTIFACT_PREFIX, resolve_event)
+    register_change_feed(paths_changed_since)
