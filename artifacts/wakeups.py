@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -34,6 +34,8 @@ from .events import NOTIFICATION_TYPE
 from .groups import events_group
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # channels-redis forgets group members after a day by default; long-lived
 # subscriptions re-join well before that.
@@ -50,10 +52,27 @@ class SessionWatch:
         self.subscribed = False
         self.lock = asyncio.Lock()
         self._signal = asyncio.Event()
+        self._reads: dict[Hashable, asyncio.Task[Any]] = {}
 
     def signal(self) -> asyncio.Event:
         """The event the next change sets. Take it *before* reading the database."""
         return self._signal
+
+    def shared(
+        self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
+    ) -> asyncio.Future[T]:
+        """
+        The result of `read()`, shared with every caller that asks for the same
+        key before the next wake-up: when a commit wakes a hundred subscribers
+        at the same cursor, they make one query, not a hundred. Sharing stops
+        at each wake-up, so a caller never joins a read that started before
+        the change it was woken for. Await it through `asyncio.shield`.
+        """
+        task = self._reads.get(key)
+        if task is None:
+            task = self._reads[key] = asyncio.ensure_future(read())
+            task.add_done_callback(_forget(self._reads, key))
+        return task
 
     def advance(self, head: int) -> None:
         """Record that events up to `head` have committed, waking waiters if that is news."""
@@ -63,7 +82,21 @@ class SessionWatch:
 
     def wake(self) -> None:
         signal, self._signal = self._signal, asyncio.Event()
+        self._reads = {}
         signal.set()
+
+
+def _forget(
+    reads: dict[Hashable, asyncio.Task[Any]], key: Hashable
+) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        if reads.get(key) is task:
+            del reads[key]
+        if not task.cancelled():
+            # Seen here, so a read whose callers all left logs no warning.
+            task.exception()
+
+    return done
 
 
 def _session_heads(session_ids: list[str]) -> dict[str, int]:
@@ -89,6 +122,11 @@ class EventHub:
         self._channel_lock = asyncio.Lock()
         self._receiver: asyncio.Task[None] | None = None
         self._rechecker: asyncio.Task[None] | None = None
+
+    def is_watching(self, session_id: str) -> bool:
+        """Whether this process already follows the session (joining it is then cheap)."""
+        watch = self.watches.get(session_id)
+        return watch is not None and watch.subscribed
 
     @contextlib.asynccontextmanager
     async def watch(self, session_id: str) -> AsyncIterator[SessionWatch]:
