@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
@@ -342,7 +342,7 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
 
 async def follow(
     session_id: str, query: FeedQuery, idle_seconds: float | None = None
-) -> AsyncIterator[Page | None]:
+) -> AsyncGenerator[Page | None, None]:
     """
     Every page after `query.after` (which must be a checked cursor, see
     `start_cursor`), then each new one as it commits, forever. Pages may be

@@ -11,7 +11,7 @@ middleware.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -37,7 +37,7 @@ async def respond_page(session_id: str, params: Mapping[str, str]) -> tuple[int,
 
 async def respond_stream(
     session_id: str, params: Mapping[str, str], last_event_id: str | None
-) -> tuple[int, dict[str, Any] | AsyncIterator[bytes]]:
+) -> tuple[int, dict[str, Any] | AsyncGenerator[bytes, None]]:
     """Status, and a JSON error body or the body of `GET .../artifact-events/stream`."""
     try:
         return 200, await sse.open_stream(session_id, sse.parse_stream_query(params, last_event_id))

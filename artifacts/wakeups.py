@@ -40,6 +40,9 @@ T = TypeVar("T")
 # channels-redis forgets group members after a day by default; long-lived
 # subscriptions re-join well before that.
 MEMBERSHIP_REFRESH_SECONDS = 3600.0
+# Group joins and leaves in flight at once: a thousand waiters arriving
+# together must not take a thousand connections from the layer's pool.
+MEMBERSHIP_CONCURRENCY = 16
 
 
 class SessionWatch:
@@ -120,6 +123,7 @@ class EventHub:
         self.layer: BaseChannelLayer | None = None
         self.channel: str | None = None
         self._channel_lock = asyncio.Lock()
+        self._membership = asyncio.Semaphore(MEMBERSHIP_CONCURRENCY)
         self._receiver: asyncio.Task[None] | None = None
         self._rechecker: asyncio.Task[None] | None = None
 
@@ -164,7 +168,8 @@ class EventHub:
         if layer is not None:
             try:
                 channel = await self._channel(layer)
-                await layer.group_add(events_group(watch.session_id), channel)
+                async with self._membership:
+                    await layer.group_add(events_group(watch.session_id), channel)
             except Exception:
                 logger.exception("Could not join the events group; relying on re-checks.")
         # Known heads come from the database after joining, so nothing that
@@ -189,7 +194,8 @@ class EventHub:
                 return
             if watch.subscribed and self.layer is not None and self.channel is not None:
                 try:
-                    await self.layer.group_discard(events_group(watch.session_id), self.channel)
+                    async with self._membership:
+                        await self.layer.group_discard(events_group(watch.session_id), self.channel)
                 except Exception:
                     logger.exception("Could not leave the events group.")
             watch.subscribed = False
@@ -260,7 +266,8 @@ class EventHub:
         for watch in list(self.watches.values()):
             if watch.subscribed:
                 with contextlib.suppress(Exception):
-                    await self.layer.group_add(events_group(watch.session_id), self.channel)
+                    async with self._membership:
+                        await self.layer.group_add(events_group(watch.session_id), self.channel)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventHub] = weakref.WeakKeyDictionary()

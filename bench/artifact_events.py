@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -176,7 +177,7 @@ async def idle_long_polls(url: str, server: Process, count: int, wait: float, ru
     for start in range(0, count, 100):
         await asyncio.gather(*(c.connect() for c in connections[start : start + 100]))
 
-    async def one(connection: RawHTTP, session_id: str) -> tuple[bool, float]:
+    async def one(connection: RawHTTP, session_id: str) -> tuple[bool, float, str]:
         sent = await connection.send(
             PAGE_URL.format(session_id) + f"?after=0&wait_seconds={wait:g}"
         )
@@ -189,24 +190,27 @@ async def idle_long_polls(url: str, server: Process, count: int, wait: float, ru
             and body.get("events") == []
             and body.get("next_cursor") == 0
         )
-        return correct, elapsed
+        return correct, elapsed, f"{status} {json.dumps(body)[:120]}"
 
     polls = [
         asyncio.create_task(one(c, sessions[i % len(sessions)])) for i, c in enumerate(connections)
     ]
-    await asyncio.sleep(min(5.0, wait / 3))
+    # Idle means after the burst of first reads has drained: the second half.
+    await asyncio.sleep(wait * 0.5)
     cpu_before, window_start = server.cpu_seconds, time.monotonic()
-    await asyncio.sleep(wait / 3)
+    await asyncio.sleep(wait * 0.4)
     cpu_during = (server.cpu_seconds - cpu_before) / (time.monotonic() - window_start)
     rss_during, threads_during = server.rss_mib, server.threads
     results = await asyncio.gather(*polls, return_exceptions=True)
     done = [r for r in results if isinstance(r, tuple)]
-    durations = [elapsed for _, elapsed in done]
-    on_time = [ok and wait <= elapsed < wait + 2 for ok, elapsed in done]
+    durations = [elapsed for _, elapsed, _ in done]
+    on_time = [ok and wait <= elapsed < wait + 2 for ok, elapsed, _ in done]
+    wrong = Counter(answer for ok, _, answer in done if not ok)
     return {
         "requested": count,
         "correct_at_deadline": sum(on_time),
         "errors": len(results) - len(done),
+        "wrong_answers": dict(wrong.most_common(3)),
         "return_after_s": (min(durations), max(durations)) if durations else None,
         "rss_mib": (round(baseline_rss, 1), round(rss_during, 1)),
         "threads": (baseline_threads, threads_during),
