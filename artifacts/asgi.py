@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -143,7 +143,7 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-async def _send_stream(send: Send, stream: AsyncIterator[bytes]) -> None:
+async def _send_stream(send: Send, stream: AsyncGenerator[bytes, None]) -> None:
     headers = [
         (b"content-type", CONTENT_TYPE.encode()),
         *((name.lower().encode(), value.encode()) for name, value in HEADERS.items()),

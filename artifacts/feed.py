@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -32,7 +33,7 @@ from attachments.sessions import validate_session_id
 from .conf import conf
 from .exceptions import CursorAhead, CursorExpired, InvalidParameter
 from .models import ArtifactEvent, EventStream
-from .wakeups import hub
+from .wakeups import SessionWatch, hub
 
 MAX_FILTER_ITEMS = 50
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
@@ -297,6 +298,14 @@ aread_page = database_sync_to_async(read_page, thread_sensitive=False)
 astart_cursor = database_sync_to_async(start_cursor, thread_sensitive=False)
 
 
+async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
+    """`read_page`, shared with the session's other local readers of the same page."""
+    query = replace(query, wait_seconds=0.0)
+    return await asyncio.shield(
+        watch.shared((session_id, query), partial(aread_page, session_id, query))
+    )
+
+
 async def poll(session_id: str, query: FeedQuery) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
@@ -304,17 +313,22 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
     `artifacts.wakeups`) and returns at the deadline with `timed_out`.
     """
     validate_session_id(session_id)
-    page = await aread_page(session_id, query)
-    if page.events or page.has_more or query.wait_seconds <= 0:
-        return page
     loop = asyncio.get_running_loop()
     deadline = loop.time() + query.wait_seconds
-    async with hub().watch(session_id) as watch:
+    current = hub()
+    if query.wait_seconds <= 0 or not current.is_watching(session_id):
+        # Often there is something to return at once: answer without joining
+        # the session's group.
+        page = await aread_page(session_id, query)
+        if page.events or page.has_more or query.wait_seconds <= 0:
+            return page
+        query = replace(query, after=page.next_cursor)
+    async with current.watch(session_id) as watch:
         while True:
             # Subscribed, then read: a commit after this read wakes us.
             signal = watch.signal()
+            page = await _read_watched(watch, session_id, query)
             query = replace(query, after=page.next_cursor)
-            page = await aread_page(session_id, query)
             if page.events or page.has_more:
                 return page
             remaining = deadline - loop.time()
@@ -328,7 +342,7 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
 
 async def follow(
     session_id: str, query: FeedQuery, idle_seconds: float | None = None
-) -> AsyncIterator[Page | None]:
+) -> AsyncGenerator[Page | None, None]:
     """
     Every page after `query.after` (which must be a checked cursor, see
     `start_cursor`), then each new one as it commits, forever. Pages may be
@@ -338,7 +352,7 @@ async def follow(
     async with hub().watch(session_id) as watch:
         while True:
             signal = watch.signal()
-            page = await aread_page(session_id, query)
+            page = await _read_watched(watch, session_id, query)
             if page.events or page.next_cursor != query.after:
                 yield page
             query = replace(query, after=page.next_cursor)

@@ -8,7 +8,7 @@ the event's sequence, so a browser's `EventSource` resumes with
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -38,7 +38,7 @@ def parse_stream_query(params: Mapping[str, object], last_event_id: str | None) 
     return query
 
 
-async def open_stream(session_id: str, query: FeedQuery) -> AsyncIterator[bytes]:
+async def open_stream(session_id: str, query: FeedQuery) -> AsyncGenerator[bytes, None]:
     """
     Check the session and cursor (raising `ApiError` before anything is sent,
     so the caller answers with a JSON error), then return the stream's body.
@@ -47,7 +47,7 @@ async def open_stream(session_id: str, query: FeedQuery) -> AsyncIterator[bytes]
     return _body(session_id, replace(query, after=cursor))
 
 
-async def _body(session_id: str, query: FeedQuery) -> AsyncIterator[bytes]:
+async def _body(session_id: str, query: FeedQuery) -> AsyncGenerator[bytes, None]:
     yield f": artifact events of {session_id} after {query.after}\n\n".encode()
     pages = follow(session_id, query, idle_seconds=conf.SSE_KEEPALIVE_SECONDS)
     try:

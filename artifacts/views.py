@@ -11,7 +11,7 @@ middleware.)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -48,7 +48,7 @@ async def respond_page(
 
 async def respond_stream(
     session_id: str, params: Mapping[str, str], last_event_id: str | None, authorize: Authorize
-) -> tuple[int, dict[str, Any] | AsyncIterator[bytes]]:
+) -> tuple[int, dict[str, Any] | AsyncGenerator[bytes, None]]:
     """Status, and a JSON error body or the body of `GET .../artifact-events/stream`."""
     try:
         await authorize()

@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -35,9 +35,14 @@ from .groups import events_group
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # channels-redis forgets group members after a day by default; long-lived
 # subscriptions re-join well before that.
 MEMBERSHIP_REFRESH_SECONDS = 3600.0
+# Group joins and leaves in flight at once: a thousand waiters arriving
+# together must not take a thousand connections from the layer's pool.
+MEMBERSHIP_CONCURRENCY = 16
 
 
 class SessionWatch:
@@ -50,10 +55,27 @@ class SessionWatch:
         self.subscribed = False
         self.lock = asyncio.Lock()
         self._signal = asyncio.Event()
+        self._reads: dict[Hashable, asyncio.Task[Any]] = {}
 
     def signal(self) -> asyncio.Event:
         """The event the next change sets. Take it *before* reading the database."""
         return self._signal
+
+    def shared(
+        self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
+    ) -> asyncio.Future[T]:
+        """
+        The result of `read()`, shared with every caller that asks for the same
+        key before the next wake-up: when a commit wakes a hundred subscribers
+        at the same cursor, they make one query, not a hundred. Sharing stops
+        at each wake-up, so a caller never joins a read that started before
+        the change it was woken for. Await it through `asyncio.shield`.
+        """
+        task = self._reads.get(key)
+        if task is None:
+            task = self._reads[key] = asyncio.ensure_future(read())
+            task.add_done_callback(_forget(self._reads, key))
+        return task
 
     def advance(self, head: int) -> None:
         """Record that events up to `head` have committed, waking waiters if that is news."""
@@ -63,7 +85,21 @@ class SessionWatch:
 
     def wake(self) -> None:
         signal, self._signal = self._signal, asyncio.Event()
+        self._reads = {}
         signal.set()
+
+
+def _forget(
+    reads: dict[Hashable, asyncio.Task[Any]], key: Hashable
+) -> Callable[[asyncio.Task[Any]], None]:
+    def done(task: asyncio.Task[Any]) -> None:
+        if reads.get(key) is task:
+            del reads[key]
+        if not task.cancelled():
+            # Seen here, so a read whose callers all left logs no warning.
+            task.exception()
+
+    return done
 
 
 def _session_heads(session_ids: list[str]) -> dict[str, int]:
@@ -87,8 +123,14 @@ class EventHub:
         self.layer: BaseChannelLayer | None = None
         self.channel: str | None = None
         self._channel_lock = asyncio.Lock()
+        self._membership = asyncio.Semaphore(MEMBERSHIP_CONCURRENCY)
         self._receiver: asyncio.Task[None] | None = None
         self._rechecker: asyncio.Task[None] | None = None
+
+    def is_watching(self, session_id: str) -> bool:
+        """Whether this process already follows the session (joining it is then cheap)."""
+        watch = self.watches.get(session_id)
+        return watch is not None and watch.subscribed
 
     @contextlib.asynccontextmanager
     async def watch(self, session_id: str) -> AsyncIterator[SessionWatch]:
@@ -126,7 +168,8 @@ class EventHub:
         if layer is not None:
             try:
                 channel = await self._channel(layer)
-                await layer.group_add(events_group(watch.session_id), channel)
+                async with self._membership:
+                    await layer.group_add(events_group(watch.session_id), channel)
             except Exception:
                 logger.exception("Could not join the events group; relying on re-checks.")
         # Known heads come from the database after joining, so nothing that
@@ -151,7 +194,8 @@ class EventHub:
                 return
             if watch.subscribed and self.layer is not None and self.channel is not None:
                 try:
-                    await self.layer.group_discard(events_group(watch.session_id), self.channel)
+                    async with self._membership:
+                        await self.layer.group_discard(events_group(watch.session_id), self.channel)
                 except Exception:
                     logger.exception("Could not leave the events group.")
             watch.subscribed = False
@@ -222,7 +266,8 @@ class EventHub:
         for watch in list(self.watches.values()):
             if watch.subscribed:
                 with contextlib.suppress(Exception):
-                    await self.layer.group_add(events_group(watch.session_id), self.channel)
+                    async with self._membership:
+                        await self.layer.group_add(events_group(watch.session_id), self.channel)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventHub] = weakref.WeakKeyDictionary()

@@ -175,7 +175,10 @@ if REDIS_URL:
                 # idle consumer (django/channels_redis#422). Any timeout also
                 # wraps each write in asyncio.wait_for, which on Python 3.11 can
                 # swallow a task's cancellation. No timeout, as before redis-py 8.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                # It also caps a pool at 100 connections and fails the 101st
+                # concurrent command instead of waiting (a burst of sockets
+                # connecting at once); the cap was unbounded before.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 1000}],
             },
         }
     }

@@ -118,3 +118,27 @@ async def test_notifications_for_other_sessions_or_types_are_ignored():
     current.notify({"type": "artifact.events", "session_id": "nobody", "sequence": 3})
     current.notify({"type": "something.else"})
     assert current.watches == {}
+
+
+async def test_waiters_woken_together_at_one_cursor_share_one_read(settings, monkeypatch):
+    from artifacts import feed
+
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    session = await database_sync_to_async(new_session)("fan-out")
+    reads: list[tuple[str, int | None]] = []
+    real = feed.aread_page
+
+    async def counting(session_id, query):
+        reads.append((session_id, query.after))
+        return await real(session_id, query)
+
+    monkeypatch.setattr(feed, "aread_page", counting)
+    waiters = [
+        asyncio.create_task(poll("fan-out", FeedQuery(after=0, wait_seconds=30))) for _ in range(30)
+    ]
+    await asyncio.sleep(0.5)
+    reads.clear()
+    await add_later(session, 0, "a.txt")
+    pages = await asyncio.wait_for(asyncio.gather(*waiters), 10)
+    assert [sequences(p.events) for p in pages] == [[1]] * 30
+    assert reads == [("fan-out", 0)]
