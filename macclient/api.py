@@ -88,7 +88,9 @@ class Client:
         except (json.JSONDecodeError, UnicodeDecodeError):
             body = None
         if isinstance(body, dict) and "detail" in body:
-            raise ApiError(response.status_code, str(body.get("code", "error")), str(body["detail"]), body)
+            raise ApiError(
+                response.status_code, str(body.get("code", "error")), str(body["detail"]), body
+            )
         raise ApiError(response.status_code, "http_error", response.reason_phrase or "error", body)
 
     def _json(self, method: str, url: str, **kwargs: Any) -> Any:
@@ -98,7 +100,9 @@ class Client:
     # Sessions
 
     def create_session(self, session_id: str | None = None) -> dict[str, Any]:
-        return self._json("POST", "/api/sessions", json={"session_id": session_id} if session_id else {})
+        return self._json(
+            "POST", "/api/sessions", json={"session_id": session_id} if session_id else {}
+        )
 
     def get_session(self, session_id: str) -> dict[str, Any]:
         return self._json("GET", f"/api/sessions/{session_id}")
@@ -111,7 +115,9 @@ class Client:
 
     # Attachments
 
-    def upload(self, session_id: str, path: Path, progress: Progress | None = None) -> dict[str, Any]:
+    def upload(
+        self, session_id: str, path: Path, progress: Progress | None = None
+    ) -> dict[str, Any]:
         with open(path, "rb") as stream:
             files = {"file": (path.name, _ProgressReader(stream, progress))}
             return self._json("POST", f"/api/uploads/{session_id}", files=files, timeout=None)
@@ -174,7 +180,9 @@ class Client:
             try:
                 page = self.events(session_id, cursor, wait_seconds, filters)
             except ApiError as exc:
-                resume = (exc.body or {}).get("resume_after") if isinstance(exc.body, dict) else None
+                resume = (
+                    (exc.body or {}).get("resume_after") if isinstance(exc.body, dict) else None
+                )
                 if exc.status == 410 and isinstance(resume, int):
                     cursor = resume
                     continue
@@ -185,11 +193,19 @@ class Client:
     # Downloads
 
     def _download(
-        self, url: str, destination: Path, params: dict[str, str], progress: Callable[[int, int | None], None] | None
+        self,
+        url: str,
+        destination: Path,
+        params: dict[str, str],
+        progress: Callable[[int, int | None], None] | None,
     ) -> Path:
         with self.http.stream("GET", url, params=params, timeout=None) as response:
             self._check(response)
-            total = int(response.headers["content-length"]) if "content-length" in response.headers else None
+            total = (
+                int(response.headers["content-length"])
+                if "content-length" in response.headers
+                else None
+            )
             partial = destination.with_name(destination.name + ".part")
             try:
                 with open(partial, "wb") as out:
@@ -206,7 +222,11 @@ class Client:
         return self._json("GET", f"/api/sessions/{session_id}/artifacts/{artifact_id}")
 
     def fetch_artifact(
-        self, session_id: str, artifact_id: str, destination: Path, progress: Callable[[int, int | None], None] | None = None
+        self,
+        session_id: str,
+        artifact_id: str,
+        destination: Path,
+        progress: Callable[[int, int | None], None] | None = None,
     ) -> Path:
         return self._download(
             f"/api/sessions/{session_id}/artifacts/{artifact_id}",

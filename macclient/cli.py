@@ -101,17 +101,19 @@ def cmd_execute(client: Client, args: argparse.Namespace) -> int:
             err.print(f"[red]--var takes KEY=VALUE, not {pair!r}[/red]")
             return EXIT_USAGE
         variables[key] = value
-    _print_json(
-        client.execute(args.workflow, args.prompt, args.session_id, args.attach, variables)
-    )
+    _print_json(client.execute(args.workflow, args.prompt, args.session_id, args.attach, variables))
     return 0
 
 
 def cmd_events(client: Client, args: argparse.Namespace) -> int:
     filters = _filters(args)
     if args.follow:
+        seen = 0
         for event in client.follow(args.session_id, args.after, filters):
             out.print(json.dumps(event), soft_wrap=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
         return 0
     _print_json(client.events(args.session_id, args.after, 0, filters, args.limit))
     return 0
@@ -135,7 +137,10 @@ def cmd_fetch(client: Client, args: argparse.Namespace) -> int:
         destination = Path(Path(str(meta.get("name") or args.artifact_id)).name or args.artifact_id)
     with _progress() as progress:
         client.fetch_artifact(
-            args.session_id, args.artifact_id, destination, _download_progress(progress, destination.name)
+            args.session_id,
+            args.artifact_id,
+            destination,
+            _download_progress(progress, destination.name),
         )
     err.print(f"Saved {destination}")
     return 0
@@ -145,7 +150,11 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
     destination = Path(args.output or f"session_{args.session_id}.zip")
     with _progress() as progress:
         client.download_zip(
-            args.session_id, destination, _filters(args), args.after, _download_progress(progress, destination.name)
+            args.session_id,
+            destination,
+            _filters(args),
+            args.after,
+            _download_progress(progress, destination.name),
         )
     err.print(f"Saved {destination}")
     return 0
@@ -153,13 +162,17 @@ def cmd_download(client: Client, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="macctl", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--server", help="Base URL (env MAC_SERVER, default http://127.0.0.1:8000).")
+    parser.add_argument(
+        "--server", help="Base URL (env MAC_SERVER, default http://127.0.0.1:8000)."
+    )
     parser.add_argument("--token", help="Access token (env MAC_TOKEN).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     session = commands.add_parser("session", help="Create, show or purge a session.")
     session.add_argument("action", choices=["create", "show", "delete"])
-    session.add_argument("session_id", nargs="?", help="Required for show and delete; optional for create.")
+    session.add_argument(
+        "session_id", nargs="?", help="Required for show and delete; optional for create."
+    )
     session.set_defaults(handler=cmd_session)
 
     upload = commands.add_parser("upload", help="Upload files into a session, with progress bars.")
@@ -188,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     events = commands.add_parser("events", help="A page of events, or follow them with --follow.")
     events.add_argument("session_id")
     events.add_argument("--follow", action="store_true", help="Keep listening (long-polls).")
+    events.add_argument(
+        "--count", type=int, help="With --follow, stop after this many events (for scripts)."
+    )
     events.add_argument("--limit", type=int)
     add_filters(events)
     events.set_defaults(handler=cmd_events)

@@ -7,20 +7,34 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.attachments.builders import PNG_1x1
 from tests.servers import ROOT, free_port
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 
-def macctl(server_url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MAC_SERVER": server_url, "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+def macctl(
+    server_url: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "MAC_SERVER": server_url,
+        "COLUMNS": "200",
+        "PYTHONPATH": str(ROOT),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "macclient.cli", *args],
-        capture_output=True, text=True, env=env, cwd=cwd or ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=60,
     )
 
 
@@ -43,7 +57,9 @@ def test_create_upload_and_list(live, tmp_path: Path):
     uploaded = macctl(live.url, "upload", "cli-demo", *map(str, files))
     assert uploaded.returncode == 0, uploaded.stderr
     results = json.loads(uploaded.stdout)
-    assert [r["sha256"] for r in results] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    assert [r["sha256"] for r in results] == [
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in files
+    ]
     assert "b.bin" in uploaded.stderr  # the progress bars go to stderr
 
     listed = json.loads(macctl(live.url, "list", "cli-demo").stdout)
@@ -72,3 +88,58 @@ def test_an_unreachable_server_exits_3():
 def test_bad_arguments_exit_2():
     result = macctl("http://127.0.0.1:1", "session", "show")
     assert result.returncode == 2
+
+
+@pytest.mark.access_policy("token")
+def test_the_whole_walk_with_a_token(live, tmp_path: Path):
+    """Under the default policy: create, upload, follow events, fetch one artifact, download the zip."""
+    created = json.loads(macctl(live.url, "session", "create").stdout)
+    sid, token = created["session_id"], created["token"]
+    # Without the token the session answers like an unknown one.
+    assert macctl(live.url, "list", sid).returncode == 1
+    with_token = ("--token", token)
+    data = tmp_path / "data.csv"
+    data.write_bytes(b"a,b\n1,2\n")
+    image = tmp_path / "dot.png"
+    image.write_bytes(PNG_1x1)
+    uploaded = macctl(live.url, *with_token, "upload", sid, str(data), str(image))
+    assert uploaded.returncode == 0, uploaded.stderr
+    csv_id = json.loads(uploaded.stdout)[0]["attachment_id"]
+
+    followed = macctl(
+        live.url,
+        *with_token,
+        "events",
+        sid,
+        "--follow",
+        "--after",
+        "0",
+        "--include-ext",
+        "csv",
+        "--count",
+        "1",
+    )
+    assert followed.returncode == 0, followed.stderr
+    events = [json.loads(line) for line in followed.stdout.splitlines() if line.strip()]
+    assert [(e["name"], e["change_type"]) for e in events] == [("data.csv", "created")]
+
+    fetched = macctl(live.url, *with_token, "fetch", sid, csv_id, "-o", str(tmp_path / "copy.csv"))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "copy.csv").read_bytes() == data.read_bytes()
+
+    zip_path = tmp_path / "session.zip"
+    downloaded = macctl(live.url, *with_token, "download", sid, "-o", str(zip_path))
+    assert downloaded.returncode == 0, downloaded.stderr
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert any(n.endswith("/data.csv") for n in names) and any(
+        n.endswith("/dot.png") for n in names
+    )
+
+
+@pytest.mark.access_policy("token")
+def test_the_token_from_the_environment(live):
+    created = json.loads(macctl(live.url, "session", "create").stdout)
+    assert macctl(live.url, "list", created["session_id"]).returncode == 1
+    result = macctl(live.url, "list", created["session_id"], env={"MAC_TOKEN": created["token"]})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
