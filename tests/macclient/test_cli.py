@@ -92,7 +92,7 @@ def test_bad_arguments_exit_2():
 
 @pytest.mark.access_policy("token")
 def test_the_whole_walk_with_a_token(live, tmp_path: Path):
-    """Under the default policy: create, upload, follow events, fetch one artifact, download the zip."""
+    """Under the default policy: create, upload, follow events, fetch a file, download the zip."""
     created = json.loads(macctl(live.url, "session", "create").stdout)
     sid, token = created["session_id"], created["token"]
     # Without the token the session answers like an unknown one.
