@@ -23,9 +23,9 @@ from urllib.parse import parse_qsl
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
-from django.urls import Resolver404, resolve
 
 from attachments.access import authorize_scope
+from attachments.asgi import resolve_http
 
 from .cancellation import cancel_and_wait
 from .sse import CONTENT_TYPE, HEADERS
@@ -45,17 +45,8 @@ STREAM_VIEW = "artifacts:event-stream"
 
 def feed_route(scope: Scope) -> tuple[str, str] | None:
     """(view name, session id) if this is a GET for one of the feed views, else None."""
-    if scope["type"] != "http" or scope["method"] != "GET":
-        return None
-    path = scope["path"]
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    try:
-        match = resolve(path)
-    except Resolver404:
-        return None
-    if match.view_name not in (PAGE_VIEW, STREAM_VIEW):
+    match = resolve_http(scope, "GET")
+    if match is None or match.view_name not in (PAGE_VIEW, STREAM_VIEW):
         return None
     return match.view_name, str(match.kwargs.get("session_id", ""))
 

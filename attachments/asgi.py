@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, ResolverMatch, resolve
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -59,19 +59,28 @@ class ClientDisconnected(Exception):
     pass
 
 
-def upload_session_id(scope: Scope) -> str | None:
-    """The session id if this request is an upload POST to the attachments app, else None."""
-    if scope["type"] != "http" or scope["method"] != "POST":
+def resolve_http(scope: Scope, method: str) -> ResolverMatch | None:
+    """
+    The URL route of an HTTP request with this method, resolved as Django
+    will resolve it (under the scope's root path), or None. For ASGI
+    middlewares that serve some of Django's routes themselves.
+    """
+    if scope["type"] != "http" or scope["method"] != method:
         return None
     path = scope["path"]
     root = scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root) :]
     try:
-        match = resolve(path)
+        return resolve(path)
     except Resolver404:
         return None
-    if match.view_name != UPLOAD_VIEW_NAME:
+
+
+def upload_session_id(scope: Scope) -> str | None:
+    """The session id if this request is an upload POST to the attachments app, else None."""
+    match = resolve_http(scope, "POST")
+    if match is None or match.view_name != UPLOAD_VIEW_NAME:
         return None
     return str(match.kwargs.get("session_id", ""))
 
