@@ -65,7 +65,9 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         await self.stop_following()
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
         if text_data is None:
             await self.send_error("invalid_message", "Messages are JSON text frames.")
             return

@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 
@@ -81,7 +87,7 @@ async def artifact_events(request: HttpRequest, session_id: str) -> HttpResponse
 
 
 @csrf_exempt
-async def artifact_event_stream(request: HttpRequest, session_id: str) -> HttpResponse:
+async def artifact_event_stream(request: HttpRequest, session_id: str) -> HttpResponseBase:
     """The session's artifact events as Server-Sent Events, resumable with `Last-Event-ID`."""
     if request.method != "GET":
         return _method_not_allowed(request)

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -476,6 +477,7 @@ def main() -> None:
                 print(explain(ids[len(ids) // 2], per_session // 2))
     finally:
         cleanup(run)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
