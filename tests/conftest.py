@@ -83,3 +83,17 @@ def server(transactional_db, warehouse: Path, tmp_path: Path, access_policy: str
         return run_server(kind, warehouse, tmp_path / "server-logs", **env)
 
     return start
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer():
+    """
+    A new channel layer for every test. A process keeps one layer, made for
+    its one event loop; tests run many loops, and channels-redis's per-channel
+    receive locks would otherwise outlive the loop of a test that was
+    cancelled while receiving, and refuse the next test's receive.
+    """
+    yield
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
