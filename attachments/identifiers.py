@@ -20,7 +20,12 @@ def new_attachment_id() -> str:
 
 
 def new_session_id() -> str:
-    return secrets.token_urlsafe(16)
+    # Never a leading "-": an id that reads as an option trips command lines
+    # (`macctl list -abc...`, `rm`, `grep`).
+    while True:
+        session_id = secrets.token_urlsafe(16)
+        if not session_id.startswith("-"):
+            return session_id
 
 
 def new_session_token() -> str:

@@ -146,3 +146,11 @@ class TestOpenInside:
     def test_missing_file(self, tmp_path: Path):
         with pytest.raises(FileNotFoundError):
             paths.open_inside(tmp_path, tmp_path / "gone.txt")
+
+
+def test_generated_session_ids_are_valid_and_never_read_as_options():
+    from attachments.identifiers import new_session_id
+
+    ids = [new_session_id() for _ in range(2000)]
+    assert all(paths.is_valid_session_id(i) and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
