@@ -217,6 +217,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "attachments.schema.describe_identifiers",
         "workflows.schema.one_of_workflow_or_alias",
+        "artifacts.schema.describe_event_feed",
     ],
 }
 

@@ -1,0 +1,150 @@
+"""
+The event feed in the OpenAPI schema. Its two endpoints are plain async
+views (and an ASGI middleware), which drf-spectacular does not see, so this
+postprocessing hook describes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .conf import conf
+
+_FILTERS = [
+    ("after", {"type": "integer", "minimum": 0}, "Cursor, exclusive: events after this sequence."),
+    ("include_mime", {"type": "string"}, "Comma list; 'image/' matches a prefix."),
+    ("include_ext", {"type": "string"}, "Comma list of extensions, with or without dot."),
+    ("max_size", {"type": "integer", "minimum": 0}, "Largest file size in bytes."),
+    ("limit", {"type": "integer", "minimum": 1}, "Events per page."),
+]
+
+
+def _parameters(waiting: bool) -> list[dict[str, Any]]:
+    parameters = [
+        {
+            "name": "session_id",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_-]{1,64}$"},
+        }
+    ]
+    filters = list(_FILTERS)
+    if waiting:
+        filters.append(
+            (
+                "wait_seconds",
+                {"type": "number", "minimum": 0, "maximum": conf.MAX_WAIT_SECONDS},
+                "Wait this long for a matching event when there is none yet.",
+            )
+        )
+    for name, schema, description in filters:
+        if name == "limit":
+            schema = {**schema, "maximum": conf.MAX_PAGE_SIZE}
+        parameters.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": description,
+            }
+        )
+    return parameters
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+EVENT = {
+    "type": "object",
+    "properties": {
+        "artifact_id": {"type": "string"},
+        "attachment_id": {"type": "string", "nullable": True},
+        "node_id": {"type": "string", "nullable": True},
+        "path": {"type": "string"},
+        "name": {"type": "string"},
+        "size": {"type": "integer"},
+        "mime": {"type": "string"},
+        "kind": {"type": "string"},
+        "hash": {"type": "string"},
+        "timestamp": {"type": "number"},
+        "change_type": {"type": "string", "enum": ["created", "updated", "deleted"]},
+        "sequence": {"type": "integer"},
+    },
+    "required": ["artifact_id", "path", "name", "size", "mime", "hash", "change_type", "sequence"],
+}
+
+
+def describe_event_feed(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: add the long-poll and SSE endpoints."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault(
+        "Error",
+        {
+            "type": "object",
+            "properties": {"detail": {"type": "string"}, "code": {"type": "string"}},
+            "required": ["detail", "code"],
+        },
+    )
+    schemas["ArtifactEvent"] = EVENT
+    errors = {
+        "400": _error("A bad parameter (named in `parameter`) or session id."),
+        "404": _error("No such session, or one the caller may not reach."),
+        "405": _error("Only GET."),
+        "410": _error("cursor_ahead or cursor_expired, with `resume_after`."),
+    }
+    security = [{"sessionToken": []}]
+    paths = result.setdefault("paths", {})
+    paths["/api/sessions/{session_id}/artifact-events"] = {
+        "get": {
+            "operationId": "artifact_events_page",
+            "summary": "A page of the session's artifact events after a cursor (long-poll).",
+            "tags": ["artifact-events"],
+            "security": security,
+            "parameters": _parameters(waiting=True),
+            "responses": {
+                "200": {
+                    "description": "Events in sequence order.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "events": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/ArtifactEvent"},
+                                    },
+                                    "next_cursor": {"type": "integer"},
+                                    "has_more": {"type": "boolean"},
+                                    "timed_out": {"type": "boolean"},
+                                },
+                                "required": ["events", "next_cursor", "has_more", "timed_out"],
+                            }
+                        }
+                    },
+                },
+                **errors,
+            },
+        }
+    }
+    paths["/api/sessions/{session_id}/artifact-events/stream"] = {
+        "get": {
+            "operationId": "artifact_events_stream",
+            "summary": "The same events as Server-Sent Events; resume with Last-Event-ID.",
+            "tags": ["artifact-events"],
+            "security": security,
+            "parameters": _parameters(waiting=False),
+            "responses": {
+                "200": {
+                    "description": "One `id:` (the sequence) and `data:` (the event) per event.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **errors,
+            },
+        }
+    }
+    return result
