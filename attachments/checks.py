@@ -12,6 +12,13 @@ ACCESS_POLICIES = ("token", "open")
 MIN_JWT_SECRET_BYTES = 32
 
 
+def _is_whole_number(value: object, minimum: int, maximum: int | None = None) -> bool:
+    """An int (not a bool, which Python counts as one) within the bounds."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return value >= minimum and (maximum is None or value <= maximum)
+
+
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
     warehouse = getattr(settings, "ATTACHMENTS_WAREHOUSE_DIR", "WareHouse")
@@ -29,9 +36,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         "ATTACHMENTS_SESSION_MAX_FILES",
     ):
         limit = getattr(settings, name, None)
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
-        ):
+        if limit is not None and (not _is_whole_number(limit, 0)):
             errors.append(
                 Error(
                     f"{name} must be None or a non-negative integer.",
@@ -84,7 +89,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     inline_max = getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 0)
-    if isinstance(inline_max, bool) or not isinstance(inline_max, int) or inline_max < 0:
+    if not _is_whole_number(inline_max, 0):
         errors.append(
             Error(
                 "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES must be an integer of at least 0 (0: off).",
@@ -93,7 +98,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     level = getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6)
-    if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 9:
+    if not _is_whole_number(level, 1, 9):
         errors.append(
             Error(
                 "ATTACHMENTS_ZIP_COMPRESS_LEVEL must be an integer from 1 to 9.",
@@ -120,7 +125,7 @@ def _check_access() -> list[CheckMessage]:
     elif policy == "open":
         messages.append(
             Warning(
-                "ATTACHMENTS_ACCESS_POLICY is \"open\": anyone who knows a session id reaches "
+                'ATTACHMENTS_ACCESS_POLICY is "open": anyone who knows a session id reaches '
                 "its files.",
                 hint="Use it only behind a proxy that authorises every request; "
                 'otherwise set it to "token" (MAC_ACCESS_POLICY=token).',
@@ -128,8 +133,10 @@ def _check_access() -> list[CheckMessage]:
             )
         )
     secret = getattr(settings, "ATTACHMENTS_JWT_SECRET", None)
-    if secret is not None and secret != "" and (
-        not isinstance(secret, str | bytes) or len(secret) < MIN_JWT_SECRET_BYTES
+    if (
+        secret is not None
+        and secret != ""
+        and (not isinstance(secret, str | bytes) or len(secret) < MIN_JWT_SECRET_BYTES)
     ):
         messages.append(
             Error(
@@ -150,7 +157,7 @@ def _check_access() -> list[CheckMessage]:
                 )
             )
     max_age = getattr(settings, "ATTACHMENTS_SIGNED_LINK_MAX_AGE", 3600)
-    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1:
+    if not _is_whole_number(max_age, 1):
         messages.append(
             Error(
                 "ATTACHMENTS_SIGNED_LINK_MAX_AGE must be a number of seconds of at least 1.",
@@ -162,7 +169,7 @@ def _check_access() -> list[CheckMessage]:
     if rate is not None and rate != "" and not _is_rate(rate):
         messages.append(
             Error(
-                "ATTACHMENTS_SESSION_CREATE_RATE must be None or a rate like \"30/minute\".",
+                'ATTACHMENTS_SESSION_CREATE_RATE must be None or a rate like "30/minute".',
                 hint=f"Got {rate!r}; the period is second, minute, hour or day.",
                 id="attachments.E024",
             )
