@@ -63,6 +63,26 @@ export function openSocket(path, params) {
   return new WebSocket(wsUrl(path, params));
 }
 
+/**
+ * A socket whose messages arrive parsed: `onPayload(payload, socket)` for
+ * each JSON message (anything else is ignored), `onClose(socket)` when it
+ * closes. Throws, like `new WebSocket`, when it cannot even be opened.
+ */
+export function openJsonSocket(path, params, onPayload, onClose) {
+  const socket = openSocket(path, params);
+  socket.onmessage = (message) => {
+    let payload;
+    try {
+      payload = JSON.parse(message.data);
+    } catch {
+      return;
+    }
+    onPayload(payload, socket);
+  };
+  socket.onclose = () => onClose(socket);
+  return socket;
+}
+
 export function authHeaders(method = "GET") {
   const headers = {};
   const token = getToken();

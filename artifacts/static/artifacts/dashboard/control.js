@@ -2,7 +2,7 @@
 // human input. When it is down, runs are followed over REST instead, and
 // answers go to the REST twin of human_input.
 
-import { api, openSocket } from "./api.js";
+import { api, openJsonSocket } from "./api.js";
 
 const FIRST_RETRY_MS = 1000;
 const MAX_RETRY_MS = 30000;
@@ -43,27 +43,21 @@ export class RunChannel {
 
   connect() {
     if (this.stopped) return;
-    let socket;
     try {
-      socket = openSocket("", { session_id: this.sessionId });
+      this.socket = openJsonSocket(
+        "",
+        { session_id: this.sessionId },
+        (payload) => this.receive(payload),
+        (closed) => {
+          if (this.socket === closed) this.lost();
+        },
+      );
     } catch {
       this.lost();
-      return;
     }
-    this.socket = socket;
-    socket.onmessage = (message) => this.receive(socket, message);
-    socket.onclose = () => {
-      if (this.socket === socket) this.lost();
-    };
   }
 
-  receive(socket, message) {
-    let payload;
-    try {
-      payload = JSON.parse(message.data);
-    } catch {
-      return;
-    }
+  receive(payload) {
     const data = payload.data || {};
     // This socket also pushes artifact_created; the feed has its own
     // subscription, so those are ignored here. It does not send

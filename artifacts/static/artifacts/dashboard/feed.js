@@ -3,7 +3,7 @@
 // Both transports resume from the same cursor and every event is accepted
 // once, by sequence, so switching between them neither loses nor repeats.
 
-import { ApiError, api, openSocket } from "./api.js";
+import { ApiError, api, openJsonSocket } from "./api.js";
 
 const LONG_POLL_SECONDS = 25;
 const PAGE_LIMIT = 200;
@@ -65,27 +65,21 @@ export class ArtifactFeed {
 
   connectSocket() {
     if (this.stopped) return;
-    let socket;
     try {
-      socket = openSocket(`/sessions/${encodeURIComponent(this.sessionId)}/artifacts`, { after: this.cursor });
+      this.socket = openJsonSocket(
+        `/sessions/${encodeURIComponent(this.sessionId)}/artifacts`,
+        { after: this.cursor },
+        (payload, socket) => this.onSocketMessage(socket, payload),
+        (closed) => {
+          if (this.socket === closed) this.socketLost();
+        },
+      );
     } catch {
       this.socketLost();
-      return;
     }
-    this.socket = socket;
-    socket.onmessage = (message) => this.onSocketMessage(socket, message);
-    socket.onclose = () => {
-      if (this.socket === socket) this.socketLost();
-    };
   }
 
-  onSocketMessage(socket, message) {
-    let payload;
-    try {
-      payload = JSON.parse(message.data);
-    } catch {
-      return;
-    }
+  onSocketMessage(socket, payload) {
     const data = payload.data || {};
     if (payload.type === "connection") {
       this.retryMs = FIRST_RETRY_MS;
