@@ -22,6 +22,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from .mime import detect_mime, kind_for_mime
 from .paths import MANIFEST_NAME, attachments_dir
 
 MANIFEST_VERSION = 1
@@ -61,6 +62,38 @@ class AttachmentEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def for_new_file(
+        cls,
+        *,
+        attachment_id: str,
+        name: str,
+        path: str,
+        head: bytes,
+        size: int,
+        sha256: str,
+        source: str,
+        node_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> AttachmentEntry:
+        """The entry of a file recorded just now: MIME and kind from its first bytes and name."""
+        mime = detect_mime(head, name)
+        now = utc_now_iso()
+        return cls(
+            attachment_id=attachment_id,
+            name=name,
+            path=path,
+            mime=mime,
+            kind=kind_for_mime(mime),
+            size=size,
+            sha256=sha256,
+            source=source,
+            created_at=now,
+            updated_at=now,
+            node_id=node_id,
+            metadata=metadata or {},
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttachmentEntry:

@@ -20,8 +20,7 @@ from filelock import Timeout
 from . import paths
 from .conf import conf
 from .exceptions import SessionNotFound, StorageBusy
-from .manifest import LOCK_NAME, AttachmentEntry, Manifest, ManifestError, utc_now_iso
-from .mime import detect_mime, kind_for_mime
+from .manifest import LOCK_NAME, AttachmentEntry, Manifest, ManifestError
 from .models import Attachment, Session
 from .quotas import check_room_for
 from .receiving import ReceivedFile
@@ -67,19 +66,14 @@ def record_upload(
     except BaseException:
         received.discard()
         raise
-    mime = detect_mime(received.head, received.name)
-    now = utc_now_iso()
-    entry = AttachmentEntry(
+    entry = AttachmentEntry.for_new_file(
         attachment_id=received.attachment_id,
         name=received.name,
         path=_relative(session, received.path),
-        mime=mime,
-        kind=kind_for_mime(mime),
+        head=received.head,
         size=received.size,
         sha256=received.sha256,
         source=source,
-        created_at=now,
-        updated_at=now,
         metadata=metadata,
     )
     manifest = manifest_for(session)

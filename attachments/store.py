@@ -346,19 +346,14 @@ class AttachmentStore:
         node_id: str | None,
         metadata: dict[str, Any],
     ) -> AttachmentEntry:
-        mime = detect_mime(digest.head, name)
-        now = utc_now_iso()
-        return AttachmentEntry(
+        return AttachmentEntry.for_new_file(
             attachment_id=attachment_id,
             name=name,
             path=self.relative(path),
-            mime=mime,
-            kind=kind_for_mime(mime),
+            head=digest.head,
             size=digest.size,
             sha256=digest.sha256,
             source=source,
-            created_at=now,
-            updated_at=now,
             node_id=node_id,
             metadata=metadata,
         )
