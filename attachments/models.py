@@ -56,6 +56,11 @@ class Session(models.Model):
         verbose_name=_("owner"),
     )
 
+    # What the session's live attachments take, moved in the transactions
+    # that record or remove them (see attachments.quotas).
+    used_files = models.PositiveIntegerField(_("files used"), default=0, editable=False)
+    used_bytes = models.PositiveBigIntegerField(_("bytes used"), default=0, editable=False)
+
     objects = SessionQuerySet.as_manager()
 
     # The secret token, set only on the instance that `create_session()` returns.

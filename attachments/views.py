@@ -28,14 +28,14 @@ from .exceptions import InvalidParameter, JSONErrorsMixin
 from .lookup import resolve_artifact
 from .models import Session
 from .quotas import Usage, quota_fields, usage
-from .records import record_upload
-from .schema import SESSION_ERRORS, binary, errors, query as query_param
+from .schema import SESSION_ERRORS, binary, errors
+from .schema import query as query_param
 from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
 from .serving import data_uri, serve_archive, serve_artifact
 from .sessions import create_session, purge_session
 from .throttling import SessionCreateThrottle
-from .uploads import FILE_FIELD, receive_upload
+from .uploads import FILE_FIELD, accept_upload, receive_upload, streamed_upload
 
 
 class LimitsView(JSONErrorsMixin, APIView):
@@ -148,9 +148,9 @@ class SessionDetailView(SessionScopedMixin, APIView):
 class UploadView(SessionScopedMixin, APIView):
     """
     POST a file (multipart/form-data, field `file`) into the session; GET the
-    session's attachments. The body is never parsed by DRF: it is either
-    streamed to disk by `StreamingUploadMiddleware` or read by
-    `AttachmentUploadHandler`, straight into the attachments directory.
+    session's attachments. The body is never parsed by DRF: the upload
+    service (`attachments.uploads`) receives it, streamed by
+    `StreamingUploadMiddleware` or read here, straight into staging.
     """
 
     parser_classes: list[Any] = []
@@ -174,12 +174,17 @@ class UploadView(SessionScopedMixin, APIView):
                 "Upload", {"file": serializers.FileField(help_text="One file.")}
             )
         },
-        responses={201: AttachmentSerializer, **errors(400, 404, 413, 415, 422, 503)},
+        responses={201: AttachmentSerializer, **errors(400, 404, 413, 415, 422, 503, 507)},
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session = self.get_session()
+        streamed = streamed_upload(request._request)
+        if streamed is not None and streamed.error is not None:
+            raise streamed.error
+        # A streamed body's session was resolved and authorised before it was read.
+        session = streamed.session if streamed is not None else None
+        session = session or self.get_session()
         received = receive_upload(request._request, session)
-        attachment = record_upload(session, received)
+        attachment = accept_upload(session, received)
         return Response(AttachmentSerializer(attachment).data, status=status.HTTP_201_CREATED)
 
 

@@ -1,0 +1,200 @@
+"""
+Reconciliation: finding and putting right what a crash can leave behind.
+
+The write protocol (`attachments.committing`) leaves, at worst:
+
+- staging directories of uploads whose process died (nobody holds their
+  `flock` any more): removed;
+- temporary manifests of a save that never finished: removed;
+- files moved into `attachments/<id>/` by a batch that died before its
+  commit point (no row, no manifest entry): removed;
+- rows committed by a batch that died before the manifest was replaced:
+  their entries are written back to the manifest;
+- manifest entries without rows (written by workflow nodes, or a database
+  restored from older state): rows are created, with their events;
+- sessions marked purged whose directory could not be removed: removed.
+
+Everything for one session happens under its manifest lock, so uploads in
+flight in other workers are never mistaken for leftovers. It runs when a
+worker starts (`ATTACHMENTS_RECONCILE_AT_START`) and as
+`manage.py check_warehouse [--repair]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from django.db import close_old_connections
+
+from . import paths
+from .conf import conf
+from .manifest import TEMP_PREFIX, TEMP_SUFFIX, ManifestError
+from .models import Session
+from .records import manifest_for, sync_locked
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Report:
+    """What reconciliation found (and, with repair, put right)."""
+
+    staging_removed: list[str] = dataclasses.field(default_factory=list)
+    temp_manifests_removed: list[str] = dataclasses.field(default_factory=list)
+    orphan_files_removed: list[str] = dataclasses.field(default_factory=list)
+    entries_completed: int = 0
+    rows_created: int = 0
+    rows_removed: int = 0
+    purges_finished: list[str] = dataclasses.field(default_factory=list)
+    errors: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, other: Report) -> None:
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            setattr(self, field.name, mine + theirs)
+
+    @property
+    def changes(self) -> int:
+        return (
+            len(self.staging_removed)
+            + len(self.temp_manifests_removed)
+            + len(self.orphan_files_removed)
+            + self.entries_completed
+            + self.rows_created
+            + self.rows_removed
+            + len(self.purges_finished)
+        )
+
+    def lines(self) -> list[str]:
+        out = []
+        for label, items in (
+            ("interrupted upload removed from staging", self.staging_removed),
+            ("unfinished manifest save removed", self.temp_manifests_removed),
+            ("uncommitted file removed", self.orphan_files_removed),
+            ("purge finished", self.purges_finished),
+        ):
+            out.extend(f"{label}: {item}" for item in items)
+        if self.entries_completed:
+            out.append(f"manifest entries written back from rows: {self.entries_completed}")
+        if self.rows_created:
+            out.append(f"rows created from manifest entries: {self.rows_created}")
+        if self.rows_removed:
+            out.append(f"rows without a file removed: {self.rows_removed}")
+        out.extend(f"error: {error}" for error in self.errors)
+        return out
+
+
+def _staging_leftovers(session_path: Path, repair: bool) -> list[str]:
+    staging = paths.staging_dir(session_path)
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for child in sorted(staging.iterdir()):
+            if not child.is_dir() or child.is_symlink():
+                continue
+            fd = paths.lock_directory(child, blocking=False)
+            if fd is None:
+                continue  # an upload in progress in a live process
+            try:
+                found.append(child.relative_to(session_path).as_posix())
+                if repair:
+                    shutil.rmtree(child, ignore_errors=True)
+            finally:
+                os.close(fd)
+    return found
+
+
+def reconcile_session(session: Session, repair: bool = True) -> Report:
+    """Check (and with `repair`, fix) one live session's files, manifest and rows."""
+    report = Report()
+    manifest = manifest_for(session)
+    directory = manifest.directory
+    if not directory.is_dir():
+        return report
+    with manifest.lock():
+        report.staging_removed = _staging_leftovers(session.directory, repair)
+        for child in sorted(directory.iterdir()):
+            name = child.name
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                report.temp_manifests_removed.append(
+                    child.relative_to(session.directory).as_posix()
+                )
+                if repair:
+                    child.unlink(missing_ok=True)
+        try:
+            document = manifest.read()
+        except ManifestError as exc:
+            report.errors.append(str(exc))
+            return report
+        known = {entry.attachment_id for entry in document.attachments}
+        known.update(session.attachments.values_list("attachment_id", flat=True))
+        for child in sorted(directory.iterdir()):
+            if child.is_dir() and not child.is_symlink() and child.name.startswith("att_"):
+                if child.name not in known:
+                    report.orphan_files_removed.append(
+                        child.relative_to(session.directory).as_posix()
+                    )
+                    if repair:
+                        shutil.rmtree(child, ignore_errors=True)
+        if repair:
+            synced = sync_locked(session, manifest, document)
+            report.entries_completed = synced.completed
+            report.rows_created = synced.created
+            report.rows_removed = synced.removed
+    return report
+
+
+def reconcile_warehouse(repair: bool = True) -> Report:
+    """Reconcile every session in the warehouse, and finish purges left half done."""
+    report = Report()
+    warehouse = conf.WAREHOUSE_DIR
+    if not warehouse.is_dir():
+        return report
+    on_disk = {}
+    for directory in warehouse.glob("session_*"):
+        session_id = directory.name.removeprefix("session_")
+        if directory.is_dir() and paths.is_valid_session_id(session_id):
+            on_disk[session_id] = directory
+    for session in Session.objects.filter(session_id__in=list(on_disk)).order_by("session_id"):
+        if session.purged_at is not None:
+            report.purges_finished.append(session.session_id)
+            if repair:
+                shutil.rmtree(on_disk[session.session_id], ignore_errors=True)
+            continue
+        try:
+            report.add(reconcile_session(session, repair))
+        except Exception as exc:  # noqa: BLE001 (one broken session must not stop the rest)
+            logger.exception("Reconciling session %s failed", session.session_id)
+            report.errors.append(f"{session.session_id}: {exc}")
+    return report
+
+
+def complete_manifest(session: Session) -> None:
+    """Write back the entries of committed rows that the manifest lacks."""
+    manifest = manifest_for(session)
+    with manifest.locked() as document:
+        sync_locked(session, manifest, document)
+
+
+def reconcile_in_background() -> threading.Thread:
+    """Reconcile the warehouse on a thread of its own, logging what was done."""
+
+    def run() -> None:
+        close_old_connections()
+        try:
+            report = reconcile_warehouse(repair=True)
+            for line in report.lines():
+                logger.warning("Reconciliation at start: %s", line)
+        except Exception:  # noqa: BLE001 (the server runs on; the command can be run by hand)
+            logger.exception("Reconciliation at start failed")
+        finally:
+            close_old_connections()
+
+    thread = threading.Thread(target=run, name="attachments-reconcile", daemon=True)
+    thread.start()
+    return thread
