@@ -20,6 +20,8 @@ nothing is written.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,7 +29,7 @@ from channels.db import database_sync_to_async
 from django.urls import Resolver404, ResolverMatch, resolve
 
 from .access import authorize_scope
-from .exceptions import ApiError, classify_server_error
+from .exceptions import ApiError, classify_server_error, server_error_response
 from .receiving import LimitExceeded
 from .uploads import (
     STREAMED_UPLOAD_SCOPE_KEY,
@@ -41,6 +43,8 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger(__name__)
 
 UPLOAD_VIEW_NAME = "attachments:uploads"
 
@@ -166,3 +170,46 @@ def _empty_body_receive(receive: Receive) -> Receive:
                 return message
 
     return wrapped
+
+
+class JSONServerErrorMiddleware:
+    """
+    The outermost HTTP middleware: an exception that escapes everything
+    inside (the ASGI middlewares included) before a response has started is
+    answered in the project's JSON shape rather than the server's plain-text
+    500, as 507 for a full disk and 503 (with Retry-After) for an unreachable
+    database or channel layer.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            logger.exception(
+                "Unhandled error answering %s %s", scope.get("method"), scope.get("path")
+            )
+            status, payload, extra = server_error_response(exc)
+            body = json.dumps(payload).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import threading
 import weakref
 from datetime import datetime
@@ -178,46 +179,65 @@ def _commit_with_retry(session: Session, batch: list[PendingFile]) -> None:
 def _commit_locked(session: Session, batch: list[PendingFile]) -> None:
     if not batch:
         return
+    if not Session.objects.live().filter(pk=session.pk).exists():
+        # Purged while the files arrived: its directory went with it.
+        raise SessionNotFound()
     manifest = manifest_for(session)
-    with manifest.lock():
-        document = manifest.read()
-        published: list[PendingFile] = []
-        prepared: PreparedManifest | None = None
-        try:
-            for item in batch:
-                item.received.publish()
-                published.append(item)
-            with transaction.atomic():
-                accepted = _record_rows(session, batch)
-                for item, _attachment in accepted:
-                    document.append(item.entry)
-                if accepted:
-                    prepared = manifest.prepare(document)
-        except BaseException:
-            if prepared is not None:
-                manifest.discard(prepared)
-            for item in published:
-                if not item.done:
-                    item.received.discard()
-            raise
-        # The commit point has passed: from here on nothing is undone.
-        if prepared is not None:
+    try:
+        with manifest.lock():
+            _commit_under_lock(session, manifest, batch)
+    except SessionNotFound:
+        # A purge that ran meanwhile removed the directory; taking the lock
+        # made part of it again.
+        shutil.rmtree(session.directory, ignore_errors=True)
+        raise
+
+
+def _commit_under_lock(session: Session, manifest: Manifest, batch: list[PendingFile]) -> None:
+    document = manifest.read()
+    published: list[PendingFile] = []
+    prepared: PreparedManifest | None = None
+    try:
+        for item in batch:
             try:
-                manifest.install(prepared)
-            except OSError:
-                logger.exception(
-                    "Recorded %d upload(s), but the manifest could not be replaced", len(accepted)
-                )
-                _repair_manifest(session)
-        for item, attachment in accepted:
-            item.succeed(attachment)
+                item.received.publish()
+            except FileNotFoundError:
+                if not Session.objects.live().filter(pk=session.pk).exists():
+                    raise SessionNotFound() from None
+                raise
+            published.append(item)
+        with transaction.atomic():
+            accepted = _record_rows(session, batch)
+            for item, _attachment in accepted:
+                document.append(item.entry)
+            if accepted:
+                prepared = manifest.prepare(document)
+    except BaseException:
+        if prepared is not None:
+            manifest.discard(prepared)
+        for item in published:
+            if not item.done:
+                item.received.discard()
+        raise
+    # The commit point has passed: from here on nothing is undone.
+    if prepared is not None:
+        try:
+            manifest.install(prepared)
+        except OSError:
+            logger.exception(
+                "Recorded %d upload(s), but the manifest could not be replaced", len(accepted)
+            )
+            _repair_manifest(session, manifest)
+    for item, attachment in accepted:
+        item.succeed(attachment)
 
 
-def _repair_manifest(session: Session) -> None:
-    from .reconcile import complete_manifest
+def _repair_manifest(session: Session, manifest: Manifest) -> None:
+    """Write the committed rows' entries back, under the lock the caller holds."""
+    from .records import sync_locked
 
     try:
-        complete_manifest(session)
+        sync_locked(session, manifest, manifest.read())
     except Exception:  # noqa: BLE001 (reconciliation at the next start finishes it)
         logger.exception("Manifest of session %s left for reconciliation", session.session_id)
 

@@ -91,7 +91,9 @@ class ServiceUnavailable(ApiError):
     """A backing service (the database) is unreachable; the answer carries Retry-After."""
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "A service the server needs is unavailable; nothing was changed. Retry shortly."
+    default_detail = (
+        "A service the server needs is unavailable; nothing was changed. Retry shortly."
+    )
     default_code = "service_unavailable"
     retry_after = 2
 
@@ -110,12 +112,34 @@ def classify_server_error(exc: BaseException) -> ApiError | None:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorage()
     if isinstance(exc, (OperationalError, InterfaceError)):
-        return ServiceUnavailable("The database is unavailable; nothing was changed. Retry shortly.")
+        return ServiceUnavailable(
+            "The database is unavailable; nothing was changed. Retry shortly."
+        )
     if isinstance(exc, DatabaseError) and "connection" in str(exc).lower():
-        return ServiceUnavailable("The database is unavailable; nothing was changed. Retry shortly.")
+        return ServiceUnavailable(
+            "The database is unavailable; nothing was changed. Retry shortly."
+        )
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return ServiceUnavailable()
     return None
+
+
+def server_error_response(
+    exc: BaseException,
+) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """Status, JSON body and extra headers for an error the server could not handle."""
+    classified = classify_server_error(exc)
+    if classified is None:
+        return (
+            500,
+            {"detail": "The server failed to handle this request.", "code": "server_error"},
+            [],
+        )
+    headers = []
+    retry_after = getattr(classified, "retry_after", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return classified.status_code, error_payload(classified), headers
 
 
 class InvalidParameter(ApiError):

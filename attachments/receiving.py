@@ -184,6 +184,18 @@ class ReceivedFile:
         self.directory = final
         self.path = final / self.filename
 
+    def unpublish(self) -> None:
+        """Undo `publish()`: back to staging, before the commit point."""
+        if self.is_staged:
+            return
+        staged = self.directory.parent / paths.STAGING_DIRNAME / self.attachment_id
+        try:
+            os.rename(self.directory, staged)
+        except OSError:
+            return  # gone: nothing to move back
+        self.directory = staged
+        self.path = staged / self.filename
+
     def release(self) -> None:
         """Let go of the staging lock: the file is recorded, or gone."""
         if self.lock_fd >= 0:
