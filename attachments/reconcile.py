@@ -74,10 +74,10 @@ class Report:
     def lines(self) -> list[str]:
         out = []
         for label, items in (
-            ("interrupted upload removed from staging", self.staging_removed),
-            ("unfinished manifest save removed", self.temp_manifests_removed),
-            ("uncommitted file removed", self.orphan_files_removed),
-            ("purge finished", self.purges_finished),
+            ("interrupted upload in staging", self.staging_removed),
+            ("unfinished manifest save", self.temp_manifests_removed),
+            ("file never committed", self.orphan_files_removed),
+            ("purge left unfinished", self.purges_finished),
         ):
             out.extend(f"{label}: {item}" for item in items)
         if self.entries_completed:
