@@ -31,11 +31,12 @@ import threading
 from pathlib import Path
 
 from django.db import close_old_connections
+from django.utils import timezone
 
 from . import paths
 from .conf import conf
 from .manifest import TEMP_PREFIX, TEMP_SUFFIX, ManifestError
-from .models import Session
+from .models import ResumableUpload, Session
 from .records import manifest_for, sync_locked
 
 logger = logging.getLogger(__name__)
@@ -90,12 +91,12 @@ class Report:
         return out
 
 
-def _staging_leftovers(session_path: Path, repair: bool) -> list[str]:
+def _staging_leftovers(session_path: Path, repair: bool, resumable: set[str]) -> list[str]:
     staging = paths.staging_dir(session_path)
     found = []
     with contextlib.suppress(FileNotFoundError):
         for child in sorted(staging.iterdir()):
-            if not child.is_dir() or child.is_symlink():
+            if not child.is_dir() or child.is_symlink() or child.name in resumable:
                 continue
             fd = paths.lock_directory(child, blocking=False)
             if fd is None:
@@ -117,7 +118,13 @@ def reconcile_session(session: Session, repair: bool = True) -> Report:
     if not directory.is_dir():
         return report
     with manifest.lock():
-        report.staging_removed = _staging_leftovers(session.directory, repair)
+        # Resumable uploads wait in staging between their requests until they expire.
+        resumable = set(
+            ResumableUpload.objects.filter(
+                session=session, expires_at__gt=timezone.now()
+            ).values_list("attachment_id", flat=True)
+        )
+        report.staging_removed = _staging_leftovers(session.directory, repair, resumable)
         for child in sorted(directory.iterdir()):
             name = child.name
             if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
@@ -151,7 +158,11 @@ def reconcile_session(session: Session, repair: bool = True) -> Report:
 
 def reconcile_warehouse(repair: bool = True) -> Report:
     """Reconcile every session in the warehouse, and finish purges left half done."""
+    from .resumable import purge_expired
+
     report = Report()
+    if repair:
+        purge_expired()
     warehouse = conf.WAREHOUSE_DIR
     if not warehouse.is_dir():
         return report

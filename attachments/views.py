@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import urlencode
+from django.utils.http import http_date, urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -15,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import links, query
+from . import links, paths, query, resumable
 from .access import (
     DjangoUserAuthentication,
     authorize_request,
@@ -332,3 +333,137 @@ class SessionDownloadLinkView(SignedLinkMixin, APIView):
         session = self.get_session()
         target = links.LinkTarget(session.session_id)
         return self.link_response(request, target, "attachments:session-download", {})
+
+
+class ResumableUploadMixin(SessionScopedMixin):
+    """
+    The tus 1.0 endpoints (`attachments.resumable`). Every answer carries
+    Tus-Resumable; every request but OPTIONS must send it.
+    """
+
+    parser_classes: list[Any] = []
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        if request.method != "OPTIONS":
+            resumable.check_version(request.headers.get("Tus-Resumable"))
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        response["Tus-Resumable"] = resumable.TUS_VERSION
+        return response
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = Response(status=status.HTTP_204_NO_CONTENT)
+        response["Tus-Version"] = resumable.TUS_VERSION
+        response["Tus-Extension"] = resumable.EXTENSIONS
+        response["Tus-Checksum-Algorithm"] = ",".join(sorted(resumable.CHECKSUMS))
+        limit = resumable.remaining_bytes(self.get_session())
+        if limit is not None:
+            response["Tus-Max-Size"] = str(limit)
+        return response
+
+    def patch_body(self, request: Request, upload: Any, offset: int | None = None) -> int:
+        """Append the request's body to `upload` at `offset` (default: Upload-Offset)."""
+        if request.content_type != resumable.OFFSET_CONTENT_TYPE:
+            raise resumable.WrongContentType()
+        if offset is None:
+            offset = resumable.parse_length("Upload-Offset", request.headers.get("Upload-Offset"))
+        checksum = resumable.parse_checksum(request.headers.get("Upload-Checksum"))
+        writer = resumable.PatchWriter(upload, offset, checksum)
+        try:
+            new_offset = resumable.write_body(
+                writer, _request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES)
+            )
+            if writer.complete:
+                writer.finish_upload()
+        finally:
+            writer.release()
+        return new_offset
+
+    def upload_headers(self, upload: Any, response: HttpResponseBase) -> HttpResponseBase:
+        response["Upload-Offset"] = str(upload.offset)
+        response["Upload-Length"] = str(upload.length)
+        response["Upload-Expires"] = http_date(upload.expires_at.timestamp())
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+def _request_chunks(request: Any, size: int) -> Any:
+    while chunk := request.read(size):
+        yield chunk
+
+
+class ResumableUploadsView(ResumableUploadMixin, APIView):
+    """
+    tus 1.0: OPTIONS tells what the server supports and the largest upload
+    the session takes now (`Tus-Max-Size`); POST creates an upload
+    (`Upload-Length`, `Upload-Metadata` with `filename`), with its first bytes
+    in the body when sent as application/offset+octet-stream.
+    """
+
+    @extend_schema(
+        request=None,
+        responses={201: None, **errors(400, 404, 409, 412, 413, 415, 423, 460, 507)},
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = self.get_session()
+        if request.headers.get("Upload-Defer-Length"):
+            raise resumable.InvalidTusHeader(
+                "Upload-Defer-Length", "Send Upload-Length: deferred lengths are not supported."
+            )
+        length = resumable.parse_length("Upload-Length", request.headers.get("Upload-Length"))
+        metadata = resumable.parse_metadata(request.headers.get("Upload-Metadata"))
+        upload = resumable.create_upload(session, length, metadata)
+        response = Response(status=status.HTTP_201_CREATED)
+        response["Location"] = request.build_absolute_uri(
+            reverse("attachments:tus-upload", args=[session.session_id, upload.upload_id])
+        )
+        if request.content_type == resumable.OFFSET_CONTENT_TYPE or length == 0:
+            if length == 0:
+                writer = resumable.PatchWriter(upload, 0, None)
+                try:
+                    writer.close(True)
+                    writer.finish_upload()
+                finally:
+                    writer.release()
+            else:
+                self.patch_body(request, upload, offset=0)
+        return self.upload_headers(upload, response)
+
+
+class ResumableUploadView(ResumableUploadMixin, APIView):
+    """
+    tus 1.0: one upload. HEAD gives its offset, PATCH appends bytes at
+    `Upload-Offset` (the last byte records the attachment), DELETE removes it.
+    """
+
+    def get_upload(self) -> Any:
+        return resumable.find_upload(self.get_session(), self.kwargs["upload_id"])
+
+    @extend_schema(request=None, responses={200: None, **errors(404, 410, 412)})
+    def head(self, request: Request, session_id: str, upload_id: str) -> Response:
+        return self.upload_headers(self.get_upload(), Response(status=status.HTTP_200_OK))
+
+    @extend_schema(
+        request={resumable.OFFSET_CONTENT_TYPE: OpenApiTypes.BINARY},
+        responses={204: None, **errors(400, 404, 409, 410, 412, 413, 415, 422, 423, 460, 507)},
+    )
+    def patch(self, request: Request, session_id: str, upload_id: str) -> Response:
+        upload = self.get_upload()
+        self.patch_body(request, upload)
+        return self.upload_headers(upload, Response(status=status.HTTP_204_NO_CONTENT))
+
+    @extend_schema(request=None, responses={204: None, **errors(404, 410, 412, 423)})
+    def delete(self, request: Request, session_id: str, upload_id: str) -> Response:
+        upload = self.get_upload()
+        lock = paths.lock_directory(upload.directory, blocking=False)
+        if lock is None:
+            raise resumable.UploadLocked()
+        try:
+            resumable.terminate(upload)
+        finally:
+            os.close(lock)
+        return Response(status=status.HTTP_204_NO_CONTENT)
