@@ -28,7 +28,9 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.urls import Resolver404, ResolverMatch, resolve
 
+from . import resumable
 from .access import authorize_scope
+from .conf import conf
 from .exceptions import ApiError, classify_server_error, server_error_response
 from .receiving import LimitExceeded
 from .uploads import (
@@ -47,6 +49,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 logger = logging.getLogger(__name__)
 
 UPLOAD_VIEW_NAME = "attachments:uploads"
+RESUMABLE_VIEW_NAME = "attachments:tus-upload"
 
 
 class ClientDisconnected(Exception):
@@ -79,6 +82,14 @@ def upload_session_id(scope: Scope) -> str | None:
     return str(match.kwargs.get("session_id", ""))
 
 
+def resumable_patch_route(scope: Scope) -> tuple[str, str] | None:
+    """(session id, upload id) if this request is a tus PATCH, else None."""
+    match = resolve_http(scope, "PATCH")
+    if match is None or match.view_name != RESUMABLE_VIEW_NAME:
+        return None
+    return str(match.kwargs.get("session_id", "")), str(match.kwargs.get("upload_id", ""))
+
+
 class StreamingUploadMiddleware:
     """ASGI middleware that streams upload bodies to disk before Django sees the request."""
 
@@ -87,11 +98,16 @@ class StreamingUploadMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session_id = upload_session_id(scope)
-        if session_id is None:
+        patch_route = resumable_patch_route(scope) if session_id is None else None
+        if session_id is None and patch_route is None:
             await self.app(scope, receive, send)
             return
         try:
-            outcome = await self._receive(scope, receive, session_id)
+            if patch_route is not None:
+                outcome = await self._receive_patch(scope, receive, *patch_route)
+            else:
+                assert session_id is not None
+                outcome = await self._receive(scope, receive, session_id)
         except ClientDisconnected:
             return
         forwarded = dict(scope)
@@ -106,6 +122,36 @@ class StreamingUploadMiddleware:
             received = outcome.received
             if received is not None and not received.claimed:
                 await asyncio.to_thread(received.discard)
+
+    async def _receive_patch(
+        self, scope: Scope, receive: Receive, session_id: str, upload_id: str
+    ) -> StreamedUpload:
+        """A tus PATCH: the body goes to the upload's file as it arrives (attachments.resumable)."""
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope["headers"]
+        }
+        session = None
+        try:
+            session = await authorize_scope(scope, session_id)
+            writer = await database_sync_to_async(resumable.open_patch)(
+                session, upload_id, headers
+            )
+        except Exception as exc:
+            return StreamedUpload(session=session, error=_as_api_error(exc))
+        whole = False
+        try:
+            whole = await _receive_patch_body(writer, receive)
+        except Exception as exc:
+            await database_sync_to_async(resumable.finish_patch)(writer, False)
+            return StreamedUpload(session=session, error=_as_api_error(exc))
+        try:
+            upload = await database_sync_to_async(resumable.finish_patch)(writer, whole)
+        except Exception as exc:
+            return StreamedUpload(session=session, error=_as_api_error(exc))
+        if not whole:
+            raise ClientDisconnected()
+        return StreamedUpload(session=session, resumable=upload)
 
     async def _receive(self, scope: Scope, receive: Receive, session_id: str) -> StreamedUpload:
         headers = {name.lower(): value for name, value in scope["headers"]}
@@ -144,6 +190,30 @@ class StreamingUploadMiddleware:
             await receiver.abort()
             raise
         return StreamedUpload(session=session, received=received)
+
+
+async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
+    """Write a PATCH body as it arrives; whether all of it came (False: the client left)."""
+    pending: list[bytes] = []
+    pending_bytes = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        body = message.get("body", b"")
+        if body:
+            pending.append(body)
+            pending_bytes += len(body)
+        more = message.get("more_body", False)
+        if pending and (pending_bytes >= conf.UPLOAD_BUFFER_BYTES or not more):
+            chunk = b"".join(pending) if len(pending) > 1 else pending[0]
+            pending, pending_bytes = [], 0
+            await asyncio.to_thread(writer.write, chunk)
+        if not more:
+            return True
+    if pending:
+        await asyncio.to_thread(writer.write, b"".join(pending))
+    return False
 
 
 def _as_api_error(exc: Exception) -> ApiError:

@@ -35,7 +35,7 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -401,13 +401,26 @@ class PatchWriter:
         self._release()
 
 
-def write_body(writer: PatchWriter, chunks: Iterable[bytes]) -> int:
-    """Feed a whole PATCH body (the Django path) and close the writer; the new offset."""
-    whole = False
+def open_patch(session: Session, upload_id: str, headers: Mapping[str, str]) -> PatchWriter:
+    """
+    Check a PATCH's headers (case-insensitive mapping) and open its writer:
+    the one place both the ASGI fast path and the Django view do it.
+    """
+    check_version(headers.get("tus-resumable"))
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != OFFSET_CONTENT_TYPE:
+        raise WrongContentType()
+    offset = parse_length("Upload-Offset", headers.get("upload-offset"))
+    checksum = parse_checksum(headers.get("upload-checksum"))
+    return PatchWriter(find_upload(session, upload_id), offset, checksum)
+
+
+def finish_patch(writer: PatchWriter, whole_body: bool) -> ResumableUpload:
+    """Close a PATCH's writer and, if that was the last byte, record the attachment."""
     try:
-        for chunk in chunks:
-            writer.write(chunk)
-        whole = True
+        writer.close(whole_body)
+        if whole_body and writer.complete:
+            writer.finish_upload()
     finally:
-        offset = writer.close(whole)
-    return offset
+        writer.release()
+    return writer.upload

@@ -74,6 +74,7 @@ class StreamedUpload:
     session: Session | None = None
     received: ReceivedFile | None = None
     error: ApiError | None = None
+    resumable: Any = None  # a tus PATCH: the ResumableUpload its body went to
 
 
 def admit_upload(session: Session, content_type: bytes, content_length: int | None) -> Admission:

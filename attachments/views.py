@@ -365,23 +365,16 @@ class ResumableUploadMixin(SessionScopedMixin):
             response["Tus-Max-Size"] = str(limit)
         return response
 
-    def patch_body(self, request: Request, upload: Any, offset: int | None = None) -> int:
-        """Append the request's body to `upload` at `offset` (default: Upload-Offset)."""
-        if request.content_type != resumable.OFFSET_CONTENT_TYPE:
-            raise resumable.WrongContentType()
-        if offset is None:
-            offset = resumable.parse_length("Upload-Offset", request.headers.get("Upload-Offset"))
-        checksum = resumable.parse_checksum(request.headers.get("Upload-Checksum"))
-        writer = resumable.PatchWriter(upload, offset, checksum)
+    def patch_body(self, request: Request, writer: Any) -> Any:
+        """Append the request's body with `writer`; the upload, recorded if that was all of it."""
+        whole = False
         try:
-            new_offset = resumable.write_body(
-                writer, _request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES)
-            )
-            if writer.complete:
-                writer.finish_upload()
+            for chunk in _request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES):
+                writer.write(chunk)
+            whole = True
         finally:
-            writer.release()
-        return new_offset
+            upload = resumable.finish_patch(writer, whole)
+        return upload
 
     def upload_headers(self, upload: Any, response: HttpResponseBase) -> HttpResponseBase:
         response["Upload-Offset"] = str(upload.offset)
@@ -422,15 +415,8 @@ class ResumableUploadsView(ResumableUploadMixin, APIView):
             reverse("attachments:tus-upload", args=[session.session_id, upload.upload_id])
         )
         if request.content_type == resumable.OFFSET_CONTENT_TYPE or length == 0:
-            if length == 0:
-                writer = resumable.PatchWriter(upload, 0, None)
-                try:
-                    writer.close(True)
-                    writer.finish_upload()
-                finally:
-                    writer.release()
-            else:
-                self.patch_body(request, upload, offset=0)
+            checksum = resumable.parse_checksum(request.headers.get("Upload-Checksum"))
+            upload = self.patch_body(request, resumable.PatchWriter(upload, 0, checksum))
         return self.upload_headers(upload, response)
 
 
@@ -452,8 +438,15 @@ class ResumableUploadView(ResumableUploadMixin, APIView):
         responses={204: None, **errors(400, 404, 409, 410, 412, 413, 415, 422, 423, 460, 507)},
     )
     def patch(self, request: Request, session_id: str, upload_id: str) -> Response:
-        upload = self.get_upload()
-        self.patch_body(request, upload)
+        streamed = streamed_upload(request._request)
+        if streamed is not None:
+            # The ASGI fast path wrote the body already (attachments.asgi).
+            if streamed.error is not None:
+                raise streamed.error
+            upload = streamed.resumable
+        else:
+            writer = resumable.open_patch(self.get_session(), upload_id, request.headers)
+            upload = self.patch_body(request, writer)
         return self.upload_headers(upload, Response(status=status.HTTP_204_NO_CONTENT))
 
     @extend_schema(request=None, responses={204: None, **errors(404, 410, 412, 423)})

@@ -277,3 +277,16 @@ def test_the_access_policy_applies(client, session):
     authorised = create(client, session, 10, HTTP_AUTHORIZATION=f"Bearer {session.token}")
     assert authorised.status_code == 201
     assert paths.staging_dir(session.directory).exists()
+
+
+def test_the_purge_command_removes_expired_uploads(client, session):
+    import io
+
+    from django.core.management import call_command
+
+    create(client, session, 100, "stale.bin")
+    ResumableUpload.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    out = io.StringIO()
+    call_command("purge_sessions", "--older-than", "30d", stdout=out)
+    assert "1 expired resumable upload(s) purged" in out.getvalue()
+    assert not ResumableUpload.objects.exists()

@@ -77,3 +77,53 @@ def test_a_whole_upload_with_tuspy_in_one_go(server, tmp_path):
         attachment = listed(s.url, session_id, auth)["notes.md"]
         assert attachment["mime"] == "text/markdown"
         assert attachment["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+
+
+def test_an_interrupted_patch_keeps_every_byte_that_arrived(server):
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    with server() as s:
+        session_id, auth = create_session(s.url)
+        created = httpx.post(
+            f"{s.url}/api/uploads/{session_id}/tus/",
+            headers={**auth, "Tus-Resumable": "1.0.0", "Upload-Length": "600000"},
+            timeout=10,
+        )
+        location = created.headers["Location"]
+        sent = os.urandom(300_000)
+        target = urlsplit(location)
+        with socket.create_connection((target.hostname, target.port)) as sock:
+            sock.sendall(
+                (
+                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+                    "Content-Type: application/offset+octet-stream\r\n"
+                    "Upload-Offset: 0\r\nContent-Length: 600000\r\n\r\n"
+                ).encode()
+                + sent
+            )
+        head = {**auth, "Tus-Resumable": "1.0.0"}
+        deadline = time.monotonic() + 10
+        offset = 0
+        while time.monotonic() < deadline:
+            offset = int(httpx.head(location, headers=head, timeout=10).headers["Upload-Offset"])
+            if offset == len(sent):
+                break
+            time.sleep(0.05)
+        assert offset == len(sent)
+        rest = os.urandom(300_000)
+        finished = httpx.patch(
+            location,
+            content=rest,
+            headers={
+                **head,
+                "Content-Type": "application/offset+octet-stream",
+                "Upload-Offset": str(offset),
+            },
+            timeout=30,
+        )
+        assert finished.status_code == 204
+        attachment = next(iter(listed(s.url, session_id, auth).values()))
+        assert attachment["sha256"] == hashlib.sha256(sent + rest).hexdigest()
