@@ -13,6 +13,7 @@ Environment:
     MAC_SESSION_QUOTA_FILES  number of one session's attachments (default: no quota)
     MAC_DIRECT_IO            0 to write uploads through the page cache (e.g. on NFS); default 1
     MAC_RECONCILE_AT_START   0 to skip reconciling the warehouse when a worker starts; default 1
+    MAC_TUS_EXPIRY           seconds an unfinished resumable upload is kept after its last byte
     MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
     MAC_CLAMD_ADDRESS        unix:///run/clamav/clamd.ctl (default) or tcp://host:3310
@@ -51,6 +52,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as cors_default_headers
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -128,7 +130,28 @@ CORS_EXPOSE_HEADERS = [
     "ETag",
     "Repr-Digest",
     "Retry-After",
+    # tus (resumable uploads) clients in a browser read these.
+    "Location",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Expires",
 ]
+# What tus clients send beside the usual headers.
+CORS_ALLOW_HEADERS = [
+    *cors_default_headers,
+    "tus-resumable",
+    "upload-length",
+    "upload-offset",
+    "upload-metadata",
+    "upload-checksum",
+    "upload-defer-length",
+]
+CORS_ALLOW_METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"]
 
 ROOT_URLCONF = "macproject.urls"
 APPEND_SLASH = False
@@ -255,6 +278,8 @@ ATTACHMENTS_SESSION_MAX_BYTES = _env_int("MAC_SESSION_QUOTA_BYTES")
 ATTACHMENTS_SESSION_MAX_FILES = _env_int("MAC_SESSION_QUOTA_FILES")
 ATTACHMENTS_DIRECT_IO = _env_bool("MAC_DIRECT_IO", True)
 ATTACHMENTS_RECONCILE_AT_START = _env_bool("MAC_RECONCILE_AT_START", True)
+if (_tus_expiry := _env_int("MAC_TUS_EXPIRY")) is not None:
+    ATTACHMENTS_TUS_EXPIRY = _tus_expiry
 ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]
 ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")
 ATTACHMENTS_CLAMD_ADDRESS = os.environ.get("MAC_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl")
