@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 from django.db import close_old_connections
@@ -192,19 +193,35 @@ def complete_manifest(session: Session) -> None:
         sync_locked(session, manifest, document)
 
 
-def reconcile_in_background() -> threading.Thread:
-    """Reconcile the warehouse on a thread of its own, logging what was done."""
+def reconcile_in_background(attempts: int = 5) -> threading.Thread:
+    """
+    Reconcile the warehouse on a thread of its own, logging what was done. A
+    worker may start while the database is still coming up (a rolling
+    restart during its restart): failures are retried with a growing pause.
+    """
 
     def run() -> None:
-        close_old_connections()
-        try:
-            report = reconcile_warehouse(repair=True)
+        pause = 1.0
+        for attempt in range(1, attempts + 1):
+            close_old_connections()
+            try:
+                report = reconcile_warehouse(repair=True)
+            except Exception:  # noqa: BLE001 (the server runs on; the command can be run by hand)
+                if attempt == attempts:
+                    logger.exception(
+                        "Reconciliation at start failed; run manage.py check_warehouse --repair"
+                    )
+                    return
+                logger.warning("Reconciliation at start failed, retrying", exc_info=True)
+                time.sleep(pause)
+                pause *= 2
+                continue
+            finally:
+                close_old_connections()
             for line in report.lines():
                 logger.warning("Reconciliation at start: %s", line)
-        except Exception:  # noqa: BLE001 (the server runs on; the command can be run by hand)
-            logger.exception("Reconciliation at start failed")
-        finally:
-            close_old_connections()
+            logger.info("Reconciliation at start finished: %d change(s)", report.changes)
+            return
 
     thread = threading.Thread(target=run, name="attachments-reconcile", daemon=True)
     thread.start()

@@ -89,11 +89,9 @@ def test_a_worker_killed_mid_upload_loses_no_acknowledged_file_and_leaves_nothin
     assert len(acknowledged) >= 40
 
     with run_server("uvicorn", warehouse, logs, MAC_RECONCILE_AT_START="1") as second:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            entries, directories, leftovers = session_state(warehouse, session_id)
-            if not leftovers and set(directories) == set(entries):
-                break
+        deadline = time.monotonic() + 60
+        while "Reconciliation at start finished" not in second.log():
+            assert time.monotonic() < deadline, second.log()
             time.sleep(0.1)
         listed = httpx.get(f"{second.url}/api/uploads/{session_id}", headers=auth, timeout=10)
         assert listed.status_code == 200
