@@ -381,6 +381,9 @@ class ResumableUploadMixin(SessionScopedMixin):
         response["Upload-Length"] = str(upload.length)
         response["Upload-Expires"] = http_date(upload.expires_at.timestamp())
         response["Cache-Control"] = "no-store"
+        if upload.offset == upload.length:
+            # Not part of tus: where the finished upload can be found.
+            response["Attachment-Id"] = upload.attachment_id
         return response
 
 

@@ -140,6 +140,7 @@ CORS_EXPOSE_HEADERS = [
     "Upload-Offset",
     "Upload-Length",
     "Upload-Expires",
+    "Attachment-Id",
 ]
 # What tus clients send beside the usual headers.
 CORS_ALLOW_HEADERS = [
