@@ -37,6 +37,3 @@ def hash_token(token: str) -> str:
     """What is stored of a session token: its sha256, hex."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
-
-def is_attachment_id(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(ATTACHMENT_PREFIX) and bool(ID_RE.match(value))

@@ -16,7 +16,6 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from attachments.conf import conf as attachments_conf
 from attachments.models import Attachment, Session
 from attachments.paths import safe_join
 
@@ -254,6 +253,3 @@ def ensure_recovered() -> None:
             fail_interrupted_runs()
             _recovered = True
 
-
-def auto_clean_enabled() -> bool:
-    return attachments_conf.AUTO_CLEAN
