@@ -12,7 +12,9 @@ The write protocol (`attachments.committing`) leaves, at worst:
   their entries are written back to the manifest;
 - manifest entries without rows (written by workflow nodes, or a database
   restored from older state): rows are created, with their events;
-- sessions marked purged whose directory could not be removed: removed.
+- sessions marked purged whose directory could not be removed: removed;
+- whatever the apps built on this one register with `add_step()` (the
+  `workflows` app: runs a dead worker left in flight, marked failed).
 
 Everything for one session happens under its manifest lock, so uploads in
 flight in other workers are never mistaken for leftovers. It runs when a
@@ -29,6 +31,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from django.db import close_old_connections
@@ -54,6 +57,7 @@ class Report:
     rows_created: int = 0
     rows_removed: int = 0
     purges_finished: list[str] = dataclasses.field(default_factory=list)
+    other: list[str] = dataclasses.field(default_factory=list)  # from registered steps
     errors: list[str] = dataclasses.field(default_factory=list)
 
     def add(self, other: Report) -> None:
@@ -71,6 +75,7 @@ class Report:
             + self.rows_created
             + self.rows_removed
             + len(self.purges_finished)
+            + len(self.other)
         )
 
     def lines(self) -> list[str]:
@@ -88,6 +93,7 @@ class Report:
             out.append(f"rows created from manifest entries: {self.rows_created}")
         if self.rows_removed:
             out.append(f"rows without a file removed: {self.rows_removed}")
+        out.extend(self.other)
         out.extend(f"error: {error}" for error in self.errors)
         return out
 
@@ -157,6 +163,17 @@ def reconcile_session(session: Session, repair: bool = True) -> Report:
     return report
 
 
+# Reconciliation steps of the apps built on this one: (label, step), where
+# step(repair) returns what it found (and, with repair, put right).
+_steps: list[tuple[str, Callable[[bool], list[str]]]] = []
+
+
+def add_step(label: str, step: Callable[[bool], list[str]]) -> None:
+    """Have reconciliation run `step` too (once per label), reporting each item under `label`."""
+    if all(existing != label for existing, _step in _steps):
+        _steps.append((label, step))
+
+
 def reconcile_warehouse(repair: bool = True) -> Report:
     """Reconcile every session in the warehouse, and finish purges left half done."""
     from .resumable import purge_expired
@@ -183,6 +200,8 @@ def reconcile_warehouse(repair: bool = True) -> Report:
         except Exception as exc:  # noqa: BLE001 (one broken session must not stop the rest)
             logger.exception("Reconciling session %s failed", session.session_id)
             report.errors.append(f"{session.session_id}: {exc}")
+    for label, step in _steps:
+        report.other.extend(f"{label}: {item}" for item in step(repair))
     return report
 
 
