@@ -38,6 +38,7 @@ import logging
 import shutil
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -111,6 +112,10 @@ class _SessionQueue:
         self.committing = False
 
 
+# fsync of received files, several at once (a batch's files, and the
+# manifest's fsync on the committing thread meanwhile).
+_syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-fsync")
+
 _queues: weakref.WeakValueDictionary[int, _SessionQueue] = weakref.WeakValueDictionary()
 _queues_mutex = threading.Lock()
 
@@ -165,6 +170,10 @@ def commit_batch(session: Session, batch: list[PendingFile]) -> None:
 def _commit_with_retry(session: Session, batch: list[PendingFile]) -> None:
     try:
         _commit_locked(session, batch)
+    except _SyncFailed as exc:
+        for item, error in exc.errors.items():
+            item.fail(classify_server_error(error) or error)
+        _commit_locked(session, [item for item in batch if not item.done])
     except DatabaseError:
         # A connection the database dropped (restart, terminated backend)
         # fails once; a fresh one usually works. Inside an outer transaction
@@ -230,6 +239,14 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
             _repair_manifest(session, manifest)
     for item, attachment in accepted:
         item.succeed(attachment)
+
+
+class _SyncFailed(Exception):
+    """Some files of a batch could not be made durable; the rest is committed again without them."""
+
+    def __init__(self, errors: dict[PendingFile, BaseException]) -> None:
+        super().__init__(f"{len(errors)} file(s) could not be fsync'd")
+        self.errors = errors
 
 
 def _repair_manifest(session: Session, manifest: Manifest) -> None:

@@ -80,17 +80,21 @@ class _UploadFile:
                         self._direct = self._set_direct(True)
                     self._write_buffer()
 
-    def close(self, sync: bool) -> None:
-        """With `sync`, write what is left and fsync; otherwise just let go. Idempotent."""
+    def close(self, flush: bool, sync: bool = True) -> None:
+        """
+        With `flush`, write what is left (and with `sync`, fsync); otherwise
+        just let go. Idempotent.
+        """
         if self._fd < 0:
             return
         try:
-            if sync:
+            if flush:
                 if self._direct:
                     # The tail is seldom a whole number of blocks.
                     self._direct = self._set_direct(False)
                 self._write_buffer()
-                os.fsync(self._fd)
+                if sync:
+                    os.fsync(self._fd)
         finally:
             fd, self._fd = self._fd, -1
             os.close(fd)
@@ -147,7 +151,8 @@ def is_disk_full(exc: BaseException) -> bool:
 @dataclasses.dataclass
 class ReceivedFile:
     """
-    A file fully written and fsync'd under the session's staging directory,
+    A file fully written under the session's staging directory (fsync'd, or
+    to be by `sync()` before it is recorded),
     not yet recorded anywhere. Listings, zips, quotas and the workspace hook
     never see it there. While this process holds it, an exclusive `flock` on
     its staging directory tells reconciliation (`attachments.reconcile`) that
@@ -164,6 +169,18 @@ class ReceivedFile:
     head: bytes  # the first bytes, for MIME detection without a re-read
     claimed: bool = False
     lock_fd: int = -1
+    synced: bool = True  # False: written, but its fsync is left to `sync()`
+
+    def sync(self) -> None:
+        """Make the file's bytes durable (recording does it, beside the manifest's fsync)."""
+        if self.synced:
+            return
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.synced = True
 
     def final_directory(self) -> Path:
         """attachments/<attachment_id>, where the file lives once recorded."""
@@ -274,9 +291,14 @@ class UploadSink:
             raise
         self.size += size
 
-    def finish(self) -> ReceivedFile:
+    def finish(self, sync: bool = False) -> ReceivedFile:
+        """
+        The received file, all of it written. Its fsync is left to
+        `ReceivedFile.sync()` unless `sync`: recording runs it in parallel
+        with the other fsyncs of the commit.
+        """
         try:
-            self._file.close(sync=True)
+            self._file.close(flush=True, sync=sync)
         except OSError as exc:
             self.abort()
             if is_disk_full(exc):
@@ -292,13 +314,14 @@ class UploadSink:
             sha256=self._hash.hexdigest(),
             head=bytes(self._head),
             lock_fd=self._lock_fd,
+            synced=sync,
         )
         self._lock_fd = -1  # handed over
         return received
 
     def abort(self) -> None:
         with contextlib.suppress(OSError, AttributeError):
-            self._file.close(sync=False)
+            self._file.close(flush=False)
         self._remove()
 
     def _remove(self) -> None:
