@@ -61,21 +61,39 @@ def _error(description: str) -> dict[str, Any]:
 
 EVENT = {
     "type": "object",
+    "description": (
+        "One change to one artifact. The last six fields repeat others under the reference "
+        "platform's names, for its Web UI and clients."
+    ),
     "properties": {
         "artifact_id": {"type": "string"},
         "attachment_id": {"type": "string", "nullable": True},
         "node_id": {"type": "string", "nullable": True},
-        "path": {"type": "string"},
+        "path": {"type": "string", "description": "Relative to the session directory."},
         "name": {"type": "string"},
         "size": {"type": "integer"},
         "mime": {"type": "string"},
         "kind": {"type": "string"},
-        "hash": {"type": "string"},
-        "timestamp": {"type": "number"},
+        "hash": {"type": "string", "description": "sha256:<hex>"},
+        "timestamp": {"type": "number", "description": "Unix seconds."},
         "change_type": {"type": "string", "enum": ["created", "updated", "deleted"]},
         "sequence": {"type": "integer"},
+        "event_id": {"type": "string", "description": "= artifact_id"},
+        "file_name": {"type": "string", "description": "= name"},
+        "mime_type": {"type": "string", "description": "= mime"},
+        "sha256": {"type": "string", "description": "The bare hex digest."},
+        "relative_path": {
+            "type": "string",
+            "nullable": True,
+            "description": "= path, relative to code_workspace/.",
+        },
+        "created_at": {"type": "number", "description": "= timestamp"},
     },
-    "required": ["artifact_id", "path", "name", "size", "mime", "hash", "change_type", "sequence"],
+    "required": [
+        "artifact_id", "attachment_id", "node_id", "path", "name", "size", "mime", "kind",
+        "hash", "timestamp", "change_type", "sequence",
+        "event_id", "file_name", "mime_type", "sha256", "relative_path", "created_at",
+    ],
 }
 
 

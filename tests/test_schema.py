@@ -145,3 +145,14 @@ def test_fuzzing_finds_no_server_error_and_nothing_off_schema(live_api):
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collect them all
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures) + "\n\nServer log:\n" + live_api.log()[-6000:]
+
+
+@pytest.mark.django_db
+def test_the_event_schema_describes_exactly_what_every_transport_sends():
+    from artifacts.models import ArtifactEvent
+    from tests.artifacts.builders import add_attachment, new_session
+
+    add_attachment(new_session(), "chart.png", mime="image/png")
+    payload = ArtifactEvent.objects.get().to_payload()
+    event = generated_schema()["components"]["schemas"]["ArtifactEvent"]
+    assert set(event["properties"]) == set(payload) == set(event["required"])
