@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
+from django.core.files.uploadhandler import (
+    FileUploadHandler,
+    SkipFile,
+    StopFutureHandlers,
+    StopUpload,
+)
 
 from . import paths
 from .conf import conf
@@ -259,8 +264,10 @@ class AttachmentUploadHandler(FileUploadHandler):
         self._sink: UploadSink | None = None
 
     def new_file(self, field_name: str, file_name: str, *args: Any, **kwargs: Any) -> None:
-        super().new_file(field_name, file_name, *args, **kwargs)
-        self._sink = UploadSink(self.attachments_path, file_name, self.max_bytes)
+        if (name := paths.form_file_name(file_name)) is None:
+            raise SkipFile()  # nothing left once decoded: no file, as on the streaming path
+        super().new_file(field_name, name, *args, **kwargs)
+        self._sink = UploadSink(self.attachments_path, name, self.max_bytes)
         raise StopFutureHandlers()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
