@@ -109,6 +109,14 @@ def describe_event_feed(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]
         },
     )
     schemas["ArtifactEvent"] = EVENT
+    # `SessionSerializer.contributed_fields` adds it at run time (see apps.py).
+    for name in ("Session", "CreatedSession"):
+        if name in schemas:
+            schemas[name].setdefault("properties", {})["last_event_cursor"] = {
+                "type": "integer",
+                "readOnly": True,
+                "description": "The last event's sequence: a cursor to read only new events from.",
+            }
     errors = {
         "400": _error("A bad parameter (named in `parameter`) or session id."),
         "404": _error("No such session, or one the caller may not reach."),

@@ -400,3 +400,22 @@ def test_under_asgi_the_body_is_streamed_in_chunks(session):
     assert ranged.status_code == 206
     assert ranged.content == data[CHUNK_BYTES - 1 : CHUNK_BYTES + 2]
 
+
+class TestContent:
+    """`.../content`: the bytes as an operation of its own, for generated clients."""
+
+    def test_is_the_stream_with_the_same_headers(self, api, session, item):
+        url = f"/api/sessions/{session.session_id}/artifacts/{item.attachment_id}/content"
+        content = api.get(url)
+        streamed = stream(api, session, item.attachment_id)
+        assert body(content) == body(streamed) == CONTENT
+        for name in ("Content-Type", "Content-Length", "ETag", "Content-Disposition"):
+            assert content[name] == streamed[name]
+        ranged = api.get(url, headers={"Range": "bytes=0-9"})
+        assert (ranged.status_code, body(ranged)) == (206, CONTENT[:10])
+        assert api.get(url + "?download=true")["Content-Disposition"].startswith("attachment")
+        assert api.get(url, headers={"If-None-Match": content["ETag"]}).status_code == 304
+
+    def test_errors_are_those_of_the_artifact(self, api, session):
+        url = f"/api/sessions/{session.session_id}/artifacts/att_AAAAAAAAAAAAAAAA/content"
+        error(api.get(url), 404, "artifact_not_found")
