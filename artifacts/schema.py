@@ -166,7 +166,12 @@ def describe_event_feed(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]
             "parameters": _parameters(waiting=False),
             "responses": {
                 "200": {
-                    "description": "One `id:` (the sequence) and `data:` (the event) per event.",
+                    "description": (
+                        "One `id:` (the sequence) and `data:` (an ArtifactEvent) per event. "
+                        "An `id:`-only block moves the resume point past events the filters "
+                        "dropped; it is no event (clients that yield it, with empty data, "
+                        "skip it but keep its id)."
+                    ),
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **errors,
