@@ -13,11 +13,22 @@ The artifacts app's settings, each read live from Django settings so that
                                     them; the page then ends early with `has_more` (10000)
     ARTIFACTS_SSE_KEEPALIVE_SECONDS quiet time after which an event stream sends a
                                     keep-alive comment (15)
+    ARTIFACTS_FEED_MIDDLEWARE       the middleware (dotted paths) that the feed's ASGI fast
+                                    path runs for its response headers, where MIDDLEWARE
+                                    lists it and in MIDDLEWARE's order: only middleware
+                                    that sets headers without I/O (Django's Security and
+                                    XFrameOptions middleware, django-cors-headers')
 """
 
 from __future__ import annotations
 
 from django.conf import settings
+
+DEFAULT_FEED_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+)
 
 
 class Settings:
@@ -44,6 +55,10 @@ class Settings:
     @property
     def SSE_KEEPALIVE_SECONDS(self) -> float:
         return float(getattr(settings, "ARTIFACTS_SSE_KEEPALIVE_SECONDS", 15))
+
+    @property
+    def FEED_MIDDLEWARE(self) -> tuple[str, ...]:
+        return tuple(getattr(settings, "ARTIFACTS_FEED_MIDDLEWARE", DEFAULT_FEED_MIDDLEWARE))
 
 
 conf = Settings()

@@ -179,15 +179,26 @@ def sanitize_filename(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     return name or "file"
 
 
+# How browsers (the WHATWG multipart/form-data encoding), curl and urllib3
+# write the three characters a quoted header parameter cannot hold. A `%`
+# itself is sent as is, so a name that really contains "%22" arrives looking
+# like an escaped quote: that name is the one clients cannot send.
+_FORM_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+_FORM_ESCAPE_RE = re.compile("|".join(_FORM_ESCAPES))
+
+
 def client_file_name(name: str) -> str | None:
     """
-    The file name a multipart part claims, as Django's own parser reads it:
-    the last path component, printable characters only, and None for a name
-    that leaves nothing ("", ".", ".."), which counts as no file at all.
-    Both upload paths use these rules, so they agree on every name.
+    The file name a multipart part claims, from its raw `filename` parameter,
+    as Django's own parser reads it (HTML entities unescaped, the last path
+    component, printable characters only) and with the escapes that
+    browsers, curl and requests write decoded (`%22` is `"`; `%0D` and `%0A`,
+    CR and LF, are then dropped like any control character). None for a name
+    that leaves nothing ("", ".", ".."), which counts as no file.
     """
     name = html.unescape(name)
     name = re.split(r"[/\\]", name)[-1]
+    name = _FORM_ESCAPE_RE.sub(lambda match: _FORM_ESCAPES[match.group()], name)
     name = "".join(ch for ch in name if ch.isprintable())
     return None if name in {"", ".", ".."} else name
 

@@ -25,6 +25,11 @@ urlpatterns = [
         name="artifact",
     ),
     path(
+        "sessions/<str:session_id>/artifacts/<str:artifact_id>/content",
+        views.ArtifactContentView.as_view(),
+        name="artifact-content",
+    ),
+    path(
         "sessions/<str:session_id>/artifacts/<str:artifact_id>/link",
         views.ArtifactLinkView.as_view(),
         name="artifact-link",

@@ -32,7 +32,13 @@ from .quotas import Usage, quota_fields, usage
 from .schema import SESSION_ERRORS, binary, errors
 from .schema import query as query_param
 from .selection import FileFilters
-from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
+from .serializers import (
+    ArtifactMetaSerializer,
+    AttachmentSerializer,
+    CreatedSessionSerializer,
+    SessionCreateSerializer,
+    SessionSerializer,
+)
 from .serving import data_uri, serve_archive, serve_artifact
 from .sessions import create_session, purge_session
 from .throttling import SessionCreateThrottle
@@ -120,17 +126,14 @@ class SessionListView(AccessPolicyMixin, APIView):
     @extend_schema(
         auth=[],
         request=SessionCreateSerializer,
-        responses={201: SessionSerializer, **errors(400, 409, 429)},
+        responses={201: CreatedSessionSerializer, **errors(400, 409, 429)},
     )
     def post(self, request: Request) -> Response:
         owner = owner_for_new_session(credentials_from_request(request))
         body = SessionCreateSerializer(data=request.data if request.data else {})
         body.is_valid(raise_exception=True)
         session = create_session(body.validated_data.get("session_id"), owner=owner)
-        return Response(
-            {**SessionSerializer(session).data, "token": session.token},
-            status=status.HTTP_201_CREATED,
-        )
+        return Response(CreatedSessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
 class SessionDetailView(SessionScopedMixin, APIView):
@@ -213,9 +216,11 @@ class ArtifactView(FileResponseMixin, APIView):
             query_param("download", bool, "Send as an attachment rather than inline."),
         ],
         responses={
-            (200, "application/json"): OpenApiTypes.OBJECT,
-            (200, "application/octet-stream"): binary("The bytes (mode=stream)."),
-            (206, "application/octet-stream"): binary("One range of the bytes."),
+            # The metadata first: a generated client reads this operation as
+            # JSON. `.../content` is the same bytes as an operation of its own.
+            (200, "application/json"): ArtifactMetaSerializer,
+            (200, "*/*"): binary("mode=stream: the bytes, with the file's own Content-Type."),
+            (206, "*/*"): binary("One range of the bytes."),
             304: None,
             **errors(400, 404, 412, 416),
         },
@@ -230,6 +235,30 @@ class ArtifactView(FileResponseMixin, APIView):
         with artifact.open() as file:
             inline = data_uri(file, artifact.mime, conf.INLINE_DATA_URI_MAX_BYTES)
         return Response(artifact.metadata(data_uri=inline))
+
+
+class ArtifactContentView(FileResponseMixin, APIView):
+    """
+    The artifact's bytes: the same answer as `?mode=stream`, as an operation
+    of its own, so that a client generated from the schema gets bytes here
+    and typed metadata from the artifact itself. GET and HEAD.
+    """
+
+    @extend_schema(
+        operation_id="sessions_artifacts_content",
+        parameters=[query_param("download", bool, "Send as an attachment rather than inline.")],
+        responses={
+            (200, "*/*"): binary("The bytes, with the file's own Content-Type."),
+            (206, "*/*"): binary("One range of the bytes."),
+            304: None,
+            **errors(400, 404, 412, 416),
+        },
+    )
+    def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
+        session = self.get_session(links.LinkTarget(session_id, artifact_id))
+        download = query.boolean(request.query_params, "download", default=False)
+        artifact = resolve_artifact(session, artifact_id)
+        return serve_artifact(request._request, artifact, as_attachment=download)
 
 
 class SessionDownloadView(FileResponseMixin, APIView):

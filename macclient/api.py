@@ -206,8 +206,9 @@ class Client:
 
     # Workflows
 
-    def workflows(self) -> Any:
-        return self._json("GET", "/api/workflows")
+    def workflows(self) -> list[dict[str, Any]]:
+        """Each executable workflow: its name, file, description and nodes."""
+        return list(self._json("GET", "/api/workflows")["details"])
 
     def execute(
         self,

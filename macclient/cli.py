@@ -95,6 +95,16 @@ def cmd_list(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_workflows(client: Client, args: argparse.Namespace) -> int:
+    workflows = client.workflows()
+    if args.json:
+        _print_json(workflows)
+        return 0
+    for workflow in workflows:
+        out.print(f"[bold]{workflow['name']}[/bold]  {workflow['description']}", highlight=False)
+    return 0
+
+
 def cmd_execute(client: Client, args: argparse.Namespace) -> int:
     variables = {}
     for pair in args.var or []:
@@ -191,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="List a session's attachments.")
     listing.add_argument("session_id")
     listing.set_defaults(handler=cmd_list)
+
+    workflows = commands.add_parser("workflows", help="List the workflows that can be run.")
+    workflows.add_argument("--json", action="store_true", help="Print them as JSON, with nodes.")
+    workflows.set_defaults(handler=cmd_workflows)
 
     execute = commands.add_parser("execute", help="Start a workflow run.")
     execute.add_argument("workflow")

@@ -252,6 +252,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # A session's status appears in Session and CreatedSession: one enum, one name.
+    "ENUM_NAME_OVERRIDES": {"SessionStatusEnum": "attachments.models.Session.Status"},
     # The reference pages' assets come from the sidecar package: no CDN.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

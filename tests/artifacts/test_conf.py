@@ -14,6 +14,7 @@ NAMES = [
     "ARTIFACTS_MAX_PAGE_SIZE",
     "ARTIFACTS_MAX_SCAN_EVENTS",
     "ARTIFACTS_SSE_KEEPALIVE_SECONDS",
+    "ARTIFACTS_FEED_MIDDLEWARE",
 ]
 
 
@@ -28,6 +29,11 @@ def test_defaults_when_unset():
         assert conf.MAX_PAGE_SIZE == 200
         assert conf.MAX_SCAN_EVENTS == 10_000
         assert conf.SSE_KEEPALIVE_SECONDS == 15
+        assert conf.FEED_MIDDLEWARE == (
+            "django.middleware.security.SecurityMiddleware",
+            "corsheaders.middleware.CorsMiddleware",
+            "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        )
 
 
 def test_follows_override_settings():

@@ -66,6 +66,18 @@ def test_create_upload_and_list(live, tmp_path: Path):
     assert [a["name"] for a in listed] == ["a.csv", "b.bin"]
 
 
+def test_workflows_lists_each_with_its_description(live):
+    shown = macctl(live.url, "workflows")
+    assert shown.returncode == 0, shown.stderr
+    assert "csv_summary" in shown.stdout and "review_csv" in shown.stdout
+    listed = json.loads(macctl(live.url, "workflows", "--json").stdout)
+    assert [(w["name"], w["file"]) for w in listed] == [
+        ("csv_summary", "csv_summary.yaml"),
+        ("review_csv", "review_csv.yaml"),
+    ]
+    assert all(w["description"] and w["nodes"] for w in listed)
+
+
 def test_server_errors_exit_1_with_the_detail(live):
     result = macctl(live.url, "session", "show", "nosuchsession")
     assert result.returncode == 1
