@@ -33,7 +33,9 @@ PARALLEL_HASH_MIN_BYTES = 256 * 1024
 # sha256 and write() both release the GIL, so an upload is hashed on one of
 # these threads while the caller's thread writes it: a batch takes as long as
 # the slower of the two, not both together.
-_hashers = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="upload-sha256")
+hash_workers = ThreadPoolExecutor(
+    max_workers=os.cpu_count() or 2, thread_name_prefix="upload-sha256"
+)
 
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # O_DIRECT needs the memory, the file offset and the length of each write
@@ -274,7 +276,7 @@ class UploadSink:
             self._head += chunk[: SNIFF_BYTES - len(self._head)]
         try:
             if size >= PARALLEL_HASH_MIN_BYTES:
-                hashed = _hashers.submit(_hash_chunks, self._hash, chunks)
+                hashed = hash_workers.submit(_hash_chunks, self._hash, chunks)
                 try:
                     self._file.write(chunks)
                 finally:

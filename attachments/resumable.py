@@ -50,7 +50,7 @@ from .identifiers import new_attachment_id
 from .mime import SNIFF_BYTES
 from .models import Attachment, ResumableUpload, Session
 from .quotas import upload_allowance
-from .receiving import ReceivedFile, is_disk_full
+from .receiving import PARALLEL_HASH_MIN_BYTES, ReceivedFile, hash_workers, is_disk_full
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
@@ -306,6 +306,11 @@ class PatchWriter:
             raise InvalidTusHeader(
                 "Upload-Length", "The body goes past the upload's declared Upload-Length."
             )
+        # sha256 and write() both release the GIL: large chunks are hashed on
+        # another thread while this one writes (as multipart uploads are).
+        hashed = (
+            hash_workers.submit(self._hash, data) if len(data) >= PARALLEL_HASH_MIN_BYTES else None
+        )
         view = memoryview(data)
         try:
             while view:
@@ -314,10 +319,19 @@ class PatchWriter:
             if is_disk_full(exc):
                 raise InsufficientStorage() from exc
             raise
+        finally:
+            if hashed is not None:
+                hashed.exception()  # wait: the caller may reuse the buffer
+        if hashed is None:
+            self._hash(data)
+        else:
+            hashed.result()
+        self.written += len(data)
+
+    def _hash(self, data: bytes | memoryview) -> None:
         self.digest.update(data)
         if self.chunk_digest is not None:
             self.chunk_digest.update(data)
-        self.written += len(data)
 
     def close(self, whole_body: bool) -> int:
         """
