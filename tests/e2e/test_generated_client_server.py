@@ -26,12 +26,13 @@ pytestmark = [
 
 PACKAGE = "mac_generated_client"
 # openapi-python-client reads only JSON, octet-stream and text bodies; these
-# two map the schema's binary bodies onto bytes.
+# map the schema's binary bodies (the bytes, the zip, tus PATCH bodies) onto bytes.
 CONFIG = """\
 post_hooks: []
 content_type_overrides:
   "*/*": application/octet-stream
   application/zip: application/octet-stream
+  application/offset+octet-stream: application/octet-stream
 """
 
 
