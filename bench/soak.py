@@ -19,8 +19,8 @@ other, each in its own phase:
     pg-terminate   pg_terminate_backend on every connection to the soak's database, 3 times
     pg-restart     its PostgreSQL cluster restarted (only with its own cluster: --pg own)
     disk-full      the warehouse filesystem (a loop-mounted ext4) filled for 10 s
-    sigterm        a worker sent SIGTERM with streams open, as a rolling restart does;
-                   a replacement starts once it has exited
+    sigterm        a worker sent SIGTERM with streams open (one SSE client straight on
+                   its port), as a rolling restart does; a replacement starts once it exited
 
 After each fault a probe upload goes into every session, and the phase's
 recovery time runs from the end of the injection until every probe was
@@ -33,7 +33,9 @@ Then the reconciliation, which is what a user would check:
   of an upload that was answered with an error (a phantom), and no upload
   recorded twice;
 - every follower saw every event of its session exactly once, in order;
-- no 5xx other than a JSON one that the fault in progress explains.
+- no 5xx other than a JSON one that the fault in progress explains;
+- a worker sent SIGTERM ends an open SSE stream with a `retry:` hint and
+  exits before Uvicorn's own grace (the backstop) has to cut it.
 The table has one row per phase. `--json PATH` also writes it as JSON, for
 `tests/e2e/test_soak.py`. Everything is bounded: the run's duration, a
 request budget (`--max-requests`) and a deadline on every wait.
@@ -63,6 +65,7 @@ import time
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -402,7 +405,12 @@ class Load:
                             self.saw(key, message["data"]["events"])
                     reason = f"closed {socket.close_code}"
             except websockets.InvalidStatus as exc:
-                self.record("ws-connect", t0, exc.response.status_code, json=False)
+                try:
+                    body = json.loads(exc.response.body or b"")
+                    ok = isinstance(body, dict) and "detail" in body and "code" in body
+                except ValueError:
+                    ok = False
+                self.record("ws-connect", t0, exc.response.status_code, json=ok)
                 reason = f"refused {exc.response.status_code}"
             except (TimeoutError, OSError, websockets.WebSocketException) as exc:
                 reason = type(exc).__name__
@@ -547,6 +555,8 @@ class Phase:
     end: float = 0.0
     recovery: float | None = None
     notes: list[str] = field(default_factory=list)
+    # What the fault itself showed wrong: (column, detail).
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
 
 class Soak:
@@ -612,6 +622,16 @@ class Soak:
             elif kind == "idle":
                 self.idle.add(key)
 
+    def probe(self, session: str, name: str) -> int | None:
+        """Upload a small file; the session's last event cursor after its 201, or None."""
+        if self.main_upload(session, name, os.urandom(64))["status"] != 201:
+            return None
+        try:
+            response = self.http.get(f"/api/sessions/{session}", headers=self.auth(session))
+        except httpx.HTTPError:
+            return None
+        return int(response.json()["last_event_cursor"]) if response.status_code == 200 else None
+
     def wait_recovered(self, phase: Phase, since: float) -> None:
         """Probe every session until its upload is a 201 and every follower saw its event."""
         deadline = time.monotonic() + RECOVERY_DEADLINE
@@ -620,15 +640,15 @@ class Soak:
         attempt = 0
         while pending and time.monotonic() < deadline:
             attempt += 1
-            for session in list(pending):
-                entry = self.main_upload(
-                    session, f"probe-{phase.name}-{attempt}.txt", os.urandom(64)
-                )
-                if entry["status"] == 201:
-                    cursor = self.http.get(f"/api/sessions/{session}", headers=self.auth(session))
-                    if cursor.status_code == 200:
-                        targets[session] = cursor.json()["last_event_cursor"]
-                        pending.remove(session)
+            name = f"probe-{phase.name}-{attempt}.txt"
+            # All sessions at once, so the probe itself adds little to the time.
+            with ThreadPoolExecutor(len(pending)) as pool:
+                answers = pool.map(self.probe, pending, [name] * len(pending))
+                cursors = dict(zip(pending, answers, strict=True))
+            for session, cursor in cursors.items():
+                if cursor is not None:
+                    targets[session] = cursor
+                    pending.remove(session)
             if pending:
                 time.sleep(0.2)  # retrying a refused probe: a client's backoff
         while time.monotonic() < deadline:
@@ -802,18 +822,67 @@ class Soak:
             phase.notes.append(f"worker {index} not running")
             return
         grace = float(self.deployment.state.get("GRACE", 30))
+        # An SSE client open on that very worker (straight to its port: nginx
+        # would pick the worker), to see what a drain does to a stream.
+        port = int(self.deployment.state["WORKER_BASE_PORT"]) + index - 1
+        session = self.load_sessions[0]
+        opened, ended = threading.Event(), threading.Event()
+        stream_end: dict[str, Any] = {}
+
+        def sse_client() -> None:
+            try:
+                with httpx.stream(
+                    "GET",
+                    f"http://127.0.0.1:{port}/api/sessions/{session}/artifact-events/stream",
+                    params={"token": self.sessions[session], "after": 0},
+                    timeout=httpx.Timeout(10, read=None),
+                ) as response:
+                    for line in response.iter_lines():
+                        opened.set()
+                        if line.startswith("retry:"):
+                            stream_end["retry"] = line
+                stream_end["how"] = "ended"
+            except httpx.HTTPError as exc:
+                stream_end["how"] = type(exc).__name__
+            finally:
+                stream_end["at"] = time.monotonic()
+                ended.set()
+
+        threading.Thread(target=sse_client, daemon=True).start()
+        if not opened.wait(15):
+            phase.notes.append(f"no SSE stream could be opened on worker {index}")
         t0 = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         deadline = t0 + grace + 5
         while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
+        took = time.monotonic() - t0
         if process_alive(pid):
             os.kill(pid, signal.SIGKILL)
             phase.notes.append(
                 f"worker {index} still running {grace + 5:.0f} s after SIGTERM: killed"
             )
+            phase.failures.append(("undrained", f"worker {index} did not exit after SIGTERM"))
         else:
-            phase.notes.append(f"worker {index} exited {time.monotonic() - t0:.1f} s after SIGTERM")
+            phase.notes.append(f"worker {index} exited {took:.1f} s after SIGTERM")
+            if took >= grace - 1:
+                # Uvicorn's --timeout-graceful-shutdown cut it: the app did not drain.
+                phase.failures.append(
+                    ("undrained", f"worker {index} exited only at Uvicorn's {grace:.0f} s backstop")
+                )
+        if ended.wait(1):
+            phase.notes.append(
+                f"its SSE stream {stream_end['how']} {stream_end['at'] - t0:.1f} s after SIGTERM, "
+                + (
+                    f"with {stream_end['retry']!r}"
+                    if "retry" in stream_end
+                    else "with no retry: hint"
+                )
+            )
+        else:
+            phase.notes.append("its SSE stream did not end")
+        if "retry" not in stream_end:
+            phase.failures.append(("undrained", "the SSE stream ended without a retry: hint"))
         (self.deployment.directory / "run" / f"worker-{index}.pid").unlink(missing_ok=True)
         took = self.start_worker(index)
         phase.notes.append(f"replacement ready in {took:.1f} s")
@@ -974,6 +1043,10 @@ class Soak:
         uploads = [r for r in records if r["op"] == "upload"]
         by_name = {(u["session"], u["name"]): u for u in uploads}
 
+        for phase in self.phases:
+            for column, detail in phase.failures:
+                count(phase.name, column, detail)
+
         # Requests and their answers, in the phase where the answer came.
         for record in records:
             phase = self.phase_of(record["t1"])
@@ -1093,11 +1166,13 @@ class Soak:
                         f"event {event['sequence']} of {session} for {event['attachment_id']}, "
                         "which has no row",
                     )
+            served_leftovers: set[str] = set()  # each file once, however many zips served it
             for zipped in (
                 z for result in results for z in result["zips"] if z["session"] == session
             ):
                 for name in zipped["entries"]:
-                    if name not in named:
+                    if name not in named and name not in served_leftovers:
+                        served_leftovers.add(name)
                         count(
                             self.phase_of(zipped["t0"]),
                             "leftover",
@@ -1233,6 +1308,7 @@ COLUMNS = (
     "corrupt",  # a download or zip whose bytes are not what was uploaded
     "non-JSON 5xx",
     "unexplained 5xx",  # JSON, but not a status the fault in progress explains
+    "undrained",  # SIGTERM: the worker was not done before Uvicorn's backstop, no retry: hint
 )
 # The table's columns: (title, the counters it adds up as a/b).
 TABLE = (
@@ -1244,6 +1320,7 @@ TABLE = (
     ("corrupt", ("corrupt",)),
     ("5xx !json", ("non-JSON 5xx",)),
     ("5xx unexp", ("unexplained 5xx",)),
+    ("drain", ("undrained",)),
 )
 
 

@@ -106,3 +106,7 @@ def test_every_follower_saw_every_event_exactly_once_in_order(soak):
 def test_every_server_error_is_json_and_explained_by_the_fault(soak):
     columns = ("non-JSON 5xx", "unexplained 5xx")
     assert findings(soak, *columns) == {}, explain(soak, *columns)
+
+
+def test_a_worker_sent_sigterm_ends_its_streams_with_a_retry_hint_and_exits(soak):
+    assert findings(soak, "undrained") == {}, explain(soak, "undrained")
