@@ -1036,7 +1036,8 @@ class Soak:
 
         def count(phase: str, column: str, detail: str) -> None:
             rows_by_phase[phase][column] += 1
-            if len(issues[column]) < 20:
+            # The first few of each kind in each phase.
+            if sum(d.startswith(phase + ":") for d in issues[column]) < 5:
                 issues[column].append(f"{phase}: {detail}")
 
         records = [r for result in results for r in result["records"]] + self.main_records
@@ -1241,6 +1242,7 @@ class Soak:
             "client_cpu": busy,
             "clients": len(results),
             "uploads_201": sum(1 for u in uploads if u["status"] == 201),
+            "big_uploads_201": sum(1 for u in uploads if u["status"] == 201 and u.get("big")),
         }
 
 
@@ -1451,7 +1453,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(report))
     print()
     print(
-        f"{report['uploads_201']} uploads answered 201; recovery: from the end of the injection "
+        f"{report['uploads_201']} uploads answered 201 ({report['big_uploads_201']} of 100 MB); "
+        "recovery: from the end of the injection "
         "until every session's probe upload was answered 201 and every follower saw its event."
     )
     busiest = max(report["client_cpu"], default=0)
@@ -1463,7 +1466,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nFindings (the first of each kind):")
         for column, details in report["issues"].items():
             print(f"  {column}:")
-            for detail in details[:8]:
+            for detail in details:
                 print(f"    {detail}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

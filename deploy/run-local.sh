@@ -303,7 +303,8 @@ start() {
     write_state
     load_state
     trap 'status=$?; if [ "$status" != 0 ]; then log "start failed; stopping what was started"; stop_all; fi' EXIT
-    [ -x "$VENV/bin/python" ] || (source "$ROOT/scripts/_bootstrap.sh" && bootstrap)
+    # The checkout's .venv, made or brought up to date with pyproject.toml.
+    (source "$ROOT/scripts/_bootstrap.sh" && bootstrap) >&2
     command -v redis-server >/dev/null || die "redis-server is missing (Debian: apt-get install redis-server)"
     nginx_bin >/dev/null
     [ -f "$DIR/secret-key" ] || "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(50))' >"$DIR/secret-key"
