@@ -1432,8 +1432,8 @@ def main(argv: list[str] | None = None) -> int:
             env["MAC_LOCAL_WAREHOUSE_SIZE"] = f"{(args.big_uploads + 12) * 110 + 1024}M"
     deployment = Deployment(directory, env)
     print(f"starting {args.workers} workers behind nginx ...", file=sys.stderr, flush=True)
-    deployment.start()
     try:
+        deployment.start()
         soak = Soak(args, deployment)
         report = soak.run()
     finally:

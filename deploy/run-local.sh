@@ -208,8 +208,11 @@ worker_start() {
             >>"$DIR/log/worker-$i.log" 2>&1 </dev/null
     ) &
     echo $! >"$pidfile"
-    wait_for 60 "worker $i on port $port" \
-        bash -c "[ \"\$(ps -o stat= -p $(cat "$pidfile"))\" != Z ] && curl -fs -o /dev/null http://127.0.0.1:$port/api/limits"
+    if ! (wait_for 60 "worker $i on port $port" \
+        bash -c "state=\$(ps -o stat= -p $(cat "$pidfile")) && [ \"\$state\" != Z ] && curl -fs -o /dev/null http://127.0.0.1:$port/api/limits"); then
+        tail -n 20 "$DIR/log/worker-$i.log" >&2
+        exit 1
+    fi
 }
 
 worker_stop() {
