@@ -128,6 +128,8 @@ app_env() {
     export MAC_SERVE_STATIC=0
     export MAC_ALLOWED_HOSTS="${MAC_ALLOWED_HOSTS:-127.0.0.1,localhost}"
     export MAC_LOG_LEVEL="${MAC_LOG_LEVEL:-WARNING}"
+    # The production shape: every worker reconciles what a crash left when it starts.
+    export MAC_RECONCILE_AT_START=1
     export PYTHONUNBUFFERED=1
 }
 
