@@ -10,6 +10,9 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_RECONCILE_AT_START  reconcile the warehouse when a worker starts (True); see
                                   attachments.reconcile
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
+    ATTACHMENTS_BUFFERED_BODY_MAX_BYTES  largest request body accepted when the server reads
+                                  whole bodies into memory (Daphne); see attachments.buffering
+                                  (16 MiB)
     ATTACHMENTS_TUS_EXPIRY        seconds a resumable (tus) upload may stay unfinished after its
                                   last byte arrived before it is removed (86400)
     ATTACHMENTS_DIRECT_IO         write uploads larger than one buffer with O_DIRECT where the
@@ -75,6 +78,10 @@ class Settings:
     @property
     def AUTO_CLEAN(self) -> bool:
         return bool(getattr(settings, "ATTACHMENTS_AUTO_CLEAN", False))
+
+    @property
+    def BUFFERED_BODY_MAX_BYTES(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_BUFFERED_BODY_MAX_BYTES", 16 << 20))
 
     @property
     def TUS_EXPIRY(self) -> int:

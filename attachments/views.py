@@ -24,6 +24,7 @@ from .access import (
     owner_for_new_session,
 )
 from .archive import SessionArchive, changed_paths
+from .buffering import buffered_body_limit
 from .conf import conf
 from .exceptions import InvalidParameter, JSONErrorsMixin
 from .lookup import resolve_artifact
@@ -61,7 +62,19 @@ class LimitsView(JSONErrorsMixin, APIView):
             200: inline_serializer(
                 "Limits",
                 {
-                    "max_upload_bytes": serializers.IntegerField(allow_null=True),
+                    "max_upload_bytes": serializers.IntegerField(
+                        allow_null=True, help_text="Largest multipart upload (null: no limit)."
+                    ),
+                    "max_request_bytes": serializers.IntegerField(
+                        allow_null=True,
+                        help_text="Largest request body, where the server buffers bodies "
+                        "(Daphne); null where it streams them.",
+                    ),
+                    "resumable_max_upload_bytes": serializers.IntegerField(
+                        allow_null=True,
+                        help_text="Largest upload by the resumable (tus) endpoint, sent in "
+                        "chunks of at most max_request_bytes.",
+                    ),
                     "upload_field": serializers.CharField(),
                     "files_per_request": serializers.IntegerField(),
                     "quota_bytes": serializers.IntegerField(allow_null=True),
@@ -76,8 +89,14 @@ class LimitsView(JSONErrorsMixin, APIView):
         },
     )
     def get(self, request: Request) -> Response:
+        request_limit = buffered_body_limit()
+        multipart_limit = conf.MAX_UPLOAD_BYTES
+        if request_limit is not None:
+            multipart_limit = min(multipart_limit or request_limit, request_limit)
         limits: dict[str, Any] = {
-            "max_upload_bytes": conf.MAX_UPLOAD_BYTES,
+            "max_upload_bytes": multipart_limit,
+            "max_request_bytes": request_limit,
+            "resumable_max_upload_bytes": conf.MAX_UPLOAD_BYTES,
             "upload_field": FILE_FIELD,
             "files_per_request": 1,
         }

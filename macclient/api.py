@@ -162,6 +162,10 @@ class Client:
         from tusclient.exceptions import TusCommunicationError
         from tusclient.storage.filestorage import FileStorage
 
+        request_limit = self.limits().get("max_request_bytes")
+        if isinstance(request_limit, int):
+            # A server that buffers bodies (Daphne) takes chunks no larger than this.
+            chunk_size = max(1, min(chunk_size, request_limit - 65536))
         state_file = state_file or default_state_file()
         state_file.parent.mkdir(parents=True, exist_ok=True)
         storage = FileStorage(str(state_file))

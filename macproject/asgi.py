@@ -28,8 +28,13 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from artifacts.asgi import EventFeedMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
 from attachments.asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
+from attachments.buffering import guard_daphne  # noqa: E402
 from attachments.conf import conf as attachments_conf  # noqa: E402
 from attachments.reconcile import reconcile_in_background  # noqa: E402
+
+# Daphne reads (and Twisted parses) whole bodies before the application
+# sees them: refuse over-long ones before that (attachments.buffering).
+guard_daphne()
 
 if attachments_conf.RECONCILE_AT_START:
     # What a crash of this or another worker left (attachments.reconcile);

@@ -14,6 +14,7 @@ Environment:
     MAC_DIRECT_IO            0 to write uploads through the page cache (e.g. on NFS); default 1
     MAC_RECONCILE_AT_START   0 to skip reconciling the warehouse when a worker starts; default 1
     MAC_TUS_EXPIRY           seconds an unfinished resumable upload is kept after its last byte
+    MAC_BUFFERED_BODY_MAX_BYTES  largest request body under Daphne (which buffers bodies)
     MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
     MAC_CLAMD_ADDRESS        unix:///run/clamav/clamd.ctl (default) or tcp://host:3310
@@ -281,6 +282,8 @@ ATTACHMENTS_SESSION_MAX_BYTES = _env_int("MAC_SESSION_QUOTA_BYTES")
 ATTACHMENTS_SESSION_MAX_FILES = _env_int("MAC_SESSION_QUOTA_FILES")
 ATTACHMENTS_DIRECT_IO = _env_bool("MAC_DIRECT_IO", True)
 ATTACHMENTS_RECONCILE_AT_START = _env_bool("MAC_RECONCILE_AT_START", True)
+if (_buffered_max := _env_int("MAC_BUFFERED_BODY_MAX_BYTES")) is not None:
+    ATTACHMENTS_BUFFERED_BODY_MAX_BYTES = _buffered_max
 if (_tus_expiry := _env_int("MAC_TUS_EXPIRY")) is not None:
     ATTACHMENTS_TUS_EXPIRY = _tus_expiry
 ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]

@@ -265,7 +265,7 @@ function bindSessionForm() {
 async function loadLimits() {
   try {
     const limits = await api("limits");
-    uploads.setLimit(limits.max_upload_bytes);
+    uploads.setLimit(limits.max_upload_bytes, limits.resumable_max_upload_bytes, limits.max_request_bytes);
   } catch {
     // Without the limits, the server still answers 413 with its reason.
   }

@@ -154,13 +154,13 @@ export function uploadFile(path, file, onProgress) {
  * under a fingerprint of the session and the file. Resolves to the
  * attachment's metadata. Returns { promise, pause, resume }.
  */
-export function resumableUpload(sessionId, file, onProgress) {
+export function resumableUpload(sessionId, file, onProgress, chunkSize = RESUMABLE_CHUNK_BYTES) {
   let upload = null;
   const promise = new Promise((resolve, reject) => {
     let attachmentId = null;
     upload = new window.tus.Upload(file, {
       endpoint: new URL(apiPath(`uploads/${encodeURIComponent(sessionId)}/tus/`), location.origin).href,
-      chunkSize: RESUMABLE_CHUNK_BYTES,
+      chunkSize,
       retryDelays: [0, 1000, 3000, 5000, 10000],
       metadata: { filename: file.name, filetype: file.type || "" },
       storeFingerprintForResuming: true,

@@ -8,6 +8,7 @@ const PARALLEL_UPLOADS = 3;
 // Files from this size on go by tus: chunked, resumable after a dropped
 // connection or a reload, with a pause button.
 export const RESUMABLE_FROM_BYTES = 8 * 1024 * 1024;
+const RESUMABLE_CHUNK_BYTES = 8 * 1024 * 1024;
 
 export class Uploads {
   constructor({ dropzone, input, list, limitNote, onUploaded }) {
@@ -28,9 +29,18 @@ export class Uploads {
     this.list.replaceChildren();
   }
 
-  setLimit(maxBytes) {
+  setLimit(maxBytes, resumableMaxBytes, maxRequestBytes) {
+    // A server that buffers bodies (Daphne) takes chunks no larger than this.
+    this.chunkBytes = Number.isInteger(maxRequestBytes) ? Math.min(RESUMABLE_CHUNK_BYTES, maxRequestBytes - 65536) : RESUMABLE_CHUNK_BYTES;
     this.maxBytes = Number.isInteger(maxBytes) ? maxBytes : null;
-    this.limitNote.textContent = this.maxBytes === null ? "" : `Up to ${formatBytes(this.maxBytes)} per file.`;
+    // Large files go by tus, in chunks: only the upload limit applies to them.
+    this.resumableMaxBytes = Number.isInteger(resumableMaxBytes) ? resumableMaxBytes : null;
+    const shown = resumableFor(RESUMABLE_FROM_BYTES) ? this.resumableMaxBytes : this.maxBytes;
+    this.limitNote.textContent = shown === null ? "" : `Up to ${formatBytes(shown)} per file.`;
+  }
+
+  limitFor(file) {
+    return resumableFor(file.size) ? this.resumableMaxBytes : this.maxBytes;
   }
 
   bind() {
@@ -61,8 +71,9 @@ export class Uploads {
     for (const file of Array.from(files || [])) {
       const item = this.renderItem(file);
       this.list.prepend(item.element);
-      if (this.maxBytes !== null && file.size > this.maxBytes) {
-        this.fail(item, `${file.name} is ${formatBytes(file.size)}; the server accepts up to ${formatBytes(this.maxBytes)}.`);
+      const limit = this.limitFor(file);
+      if (limit !== null && file.size > limit) {
+        this.fail(item, `${file.name} is ${formatBytes(file.size)}; the server accepts up to ${formatBytes(limit)}.`);
         continue;
       }
       this.queue.push({ file, item, sessionId: this.sessionId });
@@ -88,9 +99,9 @@ export class Uploads {
       item.progress.value = loaded;
       item.status.textContent = `${Math.round((loaded / total) * 100)}%`;
     };
-    const resumable = file.size >= RESUMABLE_FROM_BYTES && window.tus && window.tus.isSupported;
+    const resumable = resumableFor(file.size);
     const upload = resumable
-      ? resumableUpload(sessionId, file, progress)
+      ? resumableUpload(sessionId, file, progress, this.chunkBytes || RESUMABLE_CHUNK_BYTES)
       : uploadFile(`uploads/${encodeURIComponent(sessionId)}`, file, progress);
     if (resumable) this.addPause(item, upload);
     try {
@@ -146,6 +157,10 @@ export class Uploads {
     );
     return { element, progress, status, error };
   }
+}
+
+function resumableFor(size) {
+  return size >= RESUMABLE_FROM_BYTES && Boolean(window.tus && window.tus.isSupported);
 }
 
 function hasFiles(event) {
