@@ -8,6 +8,12 @@ object as soon as its length is known (from Content-Length, or as a chunked
 body grows), with a JSON 413 and the connection closed, before Twisted keeps
 or parses it. `/api/limits` announces the smaller limit; large files go by
 tus (8 MiB chunks) or to a server that streams bodies (Uvicorn, Granian).
+
+Daphne also hands every response chunk to Twisted at once, with no
+back-pressure, so a slow client of a large download would have the whole
+file queued in memory. The application's `send()` of a body chunk now waits
+while Twisted's transport is full (Twisted pauses the request's producer), so
+a download holds about one buffer, whatever the client's speed.
 """
 
 from __future__ import annotations
@@ -89,6 +95,27 @@ def guard_daphne() -> None:
                 return
             super().handleContentChunk(data)
 
+        def wait_for_room(self) -> Any:
+            """An awaitable that completes once the transport takes more (a producer gate)."""
+            gate = getattr(self, "_gate", None)
+            if gate is None:
+                gate = self._gate = _Gate()
+                self.registerProducer(gate, True)
+            return gate.wait()
+
+        def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted's name)
+            # A paused download must not wait for a client that left.
+            gate = getattr(self, "_gate", None)
+            if gate is not None:
+                gate.resumeProducing()
+            super().connectionLost(reason)
+
+        def unregister_gate(self) -> None:
+            if getattr(self, "_gate", None) is not None:
+                self._gate.resumeProducing()
+                self.unregisterProducer()
+                self._gate = None
+
         def _refuse(self, limit: int) -> None:
             self._refused = True
             self.content = _Discard()
@@ -97,7 +124,46 @@ def guard_daphne() -> None:
             transport.loseConnection()
 
     http_protocol.WebRequest = BoundedWebRequest
+    _pace_replies()
     _installed = True
+
+
+def _pace_replies() -> None:
+    from daphne import server
+
+    handle_reply = server.Server.handle_reply
+
+    async def paced_handle_reply(self: Any, protocol: Any, message: dict[str, Any]) -> None:
+        paced = message.get("type") == "http.response.body" and hasattr(protocol, "wait_for_room")
+        if paced and not message.get("more_body", False):
+            protocol.unregister_gate()  # before the last write finishes the request
+        await handle_reply(self, protocol, message)
+        if paced and message.get("more_body", False):
+            await protocol.wait_for_room()
+
+    server.Server.handle_reply = paced_handle_reply
+
+
+class _Gate:
+    """A streaming producer for Twisted: paused while the transport's buffer is full."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self._open.clear()
+
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self._open.set()
+
+    def stopProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self._open.set()  # the client left: let the application find out by itself
+
+    async def wait(self) -> None:
+        await self._open.wait()
 
 
 class _Discard:

@@ -84,3 +84,43 @@ def test_a_streaming_server_has_no_request_limit(server):
     with server("uvicorn") as s:
         limits = httpx.get(f"{s.url}/api/limits").json()
         assert limits["max_request_bytes"] is None
+
+
+def test_a_slow_client_of_a_large_download_does_not_fill_daphnes_memory(server, tmp_path):
+    import time
+
+    size = 192 << 20
+    data = os.urandom(1 << 20) * 192
+    path = tmp_path / "large.bin"
+    path.write_bytes(data)
+    with server("daphne") as s:
+        session_id = httpx.post(f"{s.url}/api/sessions", json={}).json()["session_id"]
+        client = tus.TusClient(f"{s.url}/api/uploads/{session_id}/tus/")
+        client.uploader(str(path), chunk_size=8 << 20, metadata={"filename": "large.bin"}).upload()
+        (attachment,) = httpx.get(f"{s.url}/api/uploads/{session_id}").json()["attachments"]
+        before = peak_rss_mib(s.process.pid)
+        host, port = s.url.removeprefix("http://").split(":")
+        digest = hashlib.sha256()
+        with socket.create_connection((host, int(port))) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(
+                (
+                    f"GET /api/sessions/{session_id}/artifacts/{attachment['attachment_id']}"
+                    "?mode=stream HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                ).encode()
+            )
+            # A client that reads nothing for a while: without back-pressure the
+            # server would queue the whole file for it meanwhile.
+            time.sleep(3)
+            stalled = peak_rss_mib(s.process.pid) - before
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += sock.recv(65536)
+            body = received.split(b"\r\n\r\n", 1)[1]
+            digest.update(body)
+            total = len(body)
+            while chunk := sock.recv(1 << 20):
+                digest.update(chunk)
+                total += len(chunk)
+        assert total == size and digest.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert stalled < 64, f"Daphne grew {stalled:.0f} MiB for one stalled download"

@@ -93,7 +93,7 @@ def test_stream_with_ranges_and_the_session_zip(server, kind, warehouse, tmp_pat
 def test_a_client_that_leaves_mid_download_leaves_no_file_open(server, kind, warehouse):
     with server(kind) as s:
         session_id = create_session(s.url)
-        item = upload(s.url, session_id, "big.bin", os.urandom(16 * 1024 * 1024))
+        item = upload(s.url, session_id, "big.bin", os.urandom(12 * 1024 * 1024))
         url = f"{s.url}/api/sessions/{session_id}/artifacts/{item['attachment_id']}?mode=stream"
         for target in (url, f"{s.url}/api/sessions/{session_id}/download"):
             with httpx.stream("GET", target, timeout=30) as response:
