@@ -117,3 +117,18 @@ def upload_allowance(session: Session) -> Allowance:
         if limit is None or room < limit:
             limit, by_quota = room, True
     return Allowance(session, current, limit, by_quota)
+
+
+def quota_overrun(session: Session) -> str | None:
+    """
+    A sentence saying which quota the session's attachments exceed, or None.
+    For files that arrive without an upload to refuse (workflow outputs),
+    checked once they are recorded.
+    """
+    current = usage(session)
+    max_files, max_bytes = conf.SESSION_MAX_FILES, conf.SESSION_MAX_BYTES
+    if max_files is not None and current.files > max_files:
+        return f"the session holds {current.files} files; its quota is {max_files}"
+    if max_bytes is not None and current.bytes > max_bytes:
+        return f"the session holds {current.bytes} bytes; its quota is {max_bytes}"
+    return None

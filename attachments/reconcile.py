@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 from . import paths
@@ -236,7 +236,8 @@ def reconcile_in_background(attempts: int = 5) -> threading.Thread:
                 pause *= 2
                 continue
             finally:
-                close_old_connections()
+                # This thread's own connections: nobody else will close them.
+                connections.close_all()
             for line in report.lines():
                 logger.warning("Reconciliation at start: %s", line)
             logger.info("Reconciliation at start finished: %d change(s)", report.changes)

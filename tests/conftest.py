@@ -4,11 +4,15 @@ import os
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 
 # Reconciliation at start runs on a thread of its own, against whatever
 # database the process has: not in the test process, nor in the servers tests
 # start (they inherit this), except where a test asks for it.
 os.environ.setdefault("MAC_RECONCILE_AT_START", "0")
+# pytest-django may have loaded the settings before the line above ran; test
+# modules import macproject.asgi while they are collected.
+django_settings.ATTACHMENTS_RECONCILE_AT_START = False
 
 # .ci/run sets this for its PostgreSQL + Redis pass: there, a test marked
 # `services` that does not run is a failure, not a skip.

@@ -23,6 +23,7 @@ from artifacts.workspace import WorkspaceArtifactHook, WorkspaceChanges
 from attachments.conf import conf as attachments_conf
 from attachments.manifest import ManifestError
 from attachments.models import Attachment, Session
+from attachments.quotas import quota_overrun
 from attachments.records import purge_attachments, sync_session_from_manifest
 from attachments.store import AttachmentStore
 
@@ -113,6 +114,13 @@ class Runner:
                 return Status.CANCELLED, "Cancelled."
             if outcome.status != "completed":
                 return Status.FAILED, f"Node {spec.id!r} failed: {outcome.error}"
+            overrun = await database_sync_to_async(quota_overrun)(self.session)
+            if overrun is not None:
+                # What it wrote stays (it is recorded and listed); the run stops here.
+                return Status.FAILED, (
+                    f"Node {spec.id!r} wrote more than the session's quota allows: {overrun}. "
+                    "Its files are kept; delete some to run again."
+                )
         return Status.COMPLETED, ""
 
     async def _python(self, spec: NodeSpec, control: RunControl) -> NodeOutcome:

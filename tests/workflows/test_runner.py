@@ -429,3 +429,33 @@ async def test_a_stale_heartbeat_from_another_host_fails_the_run_when_it_is_read
         )
         assert (await run_status(client, started["run_id"]))["status"] == "failed"
         await finished(client, started["run_id"])
+
+
+async def test_outputs_over_the_session_quota_fail_the_run_and_are_kept(workflows_dir, settings):
+    settings.ATTACHMENTS_SESSION_MAX_FILES = 2
+    write_workflow(
+        workflows_dir,
+        "prolific",
+        """
+        nodes:
+          - id: write
+            type: python
+            code: |
+              for i in range(3):
+                  open(f"out{i}.txt", "w").write(f"output {i}")
+          - id: never
+            type: python
+            code: |
+              open("late.txt", "w").write("should not run")
+    """,
+    )
+    async with asgi_client() as client:
+        started = await execute(client, workflow="prolific")
+        run = await finished(client, started["run_id"])
+    assert run["status"] == "failed"
+    assert "quota" in run["error"] and "'write'" in run["error"]
+    names = sorted(
+        [a.name async for a in Attachment.objects.filter(session__session_id=started["session_id"])]
+    )
+    assert names == ["out0.txt", "out1.txt", "out2.txt"]  # kept, as the README says
+    assert [n["status"] for n in run["nodes"]] == ["completed", "skipped"]
