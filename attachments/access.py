@@ -247,6 +247,13 @@ async def authorize_scope(
     return await asession_for(await credentials_from_scope(scope), session_id, target)
 
 
+def authorize_scope_sync(
+    scope: dict[str, Any], session_id: object, target: links.LinkTarget | None = None
+) -> Session:
+    """`authorize_scope()` for a caller already on a database thread (one hop, one connection)."""
+    return session_for(_credentials_from_scope(scope), session_id, target)
+
+
 def authorize_request(
     request: HttpRequest | Any, session_id: object, target: links.LinkTarget | None = None
 ) -> Session:

@@ -29,12 +29,13 @@ from channels.db import database_sync_to_async
 from django.urls import Resolver404, ResolverMatch, resolve
 
 from . import resumable
-from .access import authorize_scope
+from .access import authorize_scope, authorize_scope_sync
 from .conf import conf
 from .exceptions import ApiError, classify_server_error, server_error_response
 from .receiving import LimitExceeded
 from .uploads import (
     STREAMED_UPLOAD_SCOPE_KEY,
+    Admission,
     MultipartReceiver,
     StreamedUpload,
     admit_upload,
@@ -159,14 +160,11 @@ class StreamingUploadMiddleware:
             declared: int | None = int(headers.get(b"content-length", b""))
         except ValueError:
             declared = None
-        session = None
-        try:
-            session = await authorize_scope(scope, session_id)
-            admission = await database_sync_to_async(admit_upload)(
-                session, headers.get(b"content-type", b""), declared
-            )
-        except Exception as exc:
-            return StreamedUpload(session=session, error=_as_api_error(exc))
+        session, admission, error = await database_sync_to_async(_authorize_and_admit)(
+            scope, session_id, headers.get(b"content-type", b""), declared
+        )
+        if admission is None:
+            return StreamedUpload(session=session, error=error)
 
         receiver = MultipartReceiver(admission)
         try:
@@ -214,6 +212,18 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
     if pending:
         await asyncio.to_thread(writer.write, b"".join(pending))
     return False
+
+
+def _authorize_and_admit(
+    scope: Scope, session_id: str, content_type: bytes, declared: int | None
+) -> tuple[Any, Admission | None, ApiError | None]:
+    """The session, authorised, and its upload admitted: one thread hop, one connection."""
+    session = None
+    try:
+        session = authorize_scope_sync(scope, session_id)
+        return session, admit_upload(session, content_type, declared), None
+    except Exception as exc:
+        return session, None, _as_api_error(exc)
 
 
 def _as_api_error(exc: Exception) -> ApiError:

@@ -107,8 +107,11 @@ def upload_allowance(session: Session) -> Allowance:
     The allowance for the next upload into `session`. Raises `QuotaExceeded`
     at once when the session has no room left for another file.
     """
-    current = usage(session)
     max_files, quota_bytes = conf.SESSION_MAX_FILES, conf.SESSION_MAX_BYTES
+    if max_files is None and quota_bytes is None:
+        # No quota: nothing to read (the usual case, and a query saved per upload).
+        return Allowance(session, Usage(0, 0), conf.MAX_UPLOAD_BYTES, False)
+    current = usage(session)
     if max_files is not None and current.files >= max_files:
         raise quota_error(current, "The session already holds as many files as its quota allows.")
     limit, by_quota = conf.MAX_UPLOAD_BYTES, False
