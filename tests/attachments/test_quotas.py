@@ -101,6 +101,8 @@ def test_limits_are_announced_before_sending(settings):
     general = api.get("/api/limits").json()
     assert general == {
         "max_upload_bytes": 5000,
+        "max_request_bytes": None,  # a server that streams bodies
+        "resumable_max_upload_bytes": 5000,
         "upload_field": "file",
         "files_per_request": 1,
         "quota_bytes": 1000,
