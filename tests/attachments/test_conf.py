@@ -21,6 +21,9 @@ SETTINGS = (
     "ATTACHMENTS_JWT_AUDIENCE",
     "ATTACHMENTS_SIGNED_LINK_MAX_AGE",
     "ATTACHMENTS_SESSION_CREATE_RATE",
+    "ATTACHMENTS_RECONCILE_AT_START",
+    "ATTACHMENTS_TUS_EXPIRY",
+    "ATTACHMENTS_BUFFERED_BODY_MAX_BYTES",
 )
 
 
@@ -33,6 +36,8 @@ def test_defaults_when_unset():
         assert conf.MAX_UPLOAD_BYTES is None
         assert conf.AUTO_CLEAN is False
         assert conf.RECONCILE_AT_START is True
+        assert conf.TUS_EXPIRY == 86400
+        assert conf.BUFFERED_BODY_MAX_BYTES == 16 << 20
         assert conf.UPLOAD_BUFFER_BYTES == 1 << 20
         assert conf.INLINE_DATA_URI_MAX_BYTES == 65536
         assert conf.ZIP_COMPRESS_LEVEL == 6

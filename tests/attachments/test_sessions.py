@@ -116,6 +116,8 @@ class TestLimits:
         settings.ATTACHMENTS_MAX_UPLOAD_BYTES = None
         assert api.get("/api/limits").json() == {
             "max_upload_bytes": None,
+            "max_request_bytes": None,
+            "resumable_max_upload_bytes": None,
             "upload_field": "file",
             "files_per_request": 1,
             "quota_bytes": None,
