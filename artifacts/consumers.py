@@ -9,7 +9,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.apps import apps
 
 from attachments.access import (
@@ -25,6 +28,7 @@ from attachments.sessions import create_session, get_live_session
 from .cancellation import cancel_and_wait
 from .feed import FeedQuery, astart_cursor, follow, parse_query
 from .groups import session_group
+from .wakeups import hub
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +51,70 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
     cursor from backlog into live events, so nothing is lost or repeated
     between the two. Cursor errors arrive as `error` messages carrying
     `resume_after`, and the socket stays open.
+
+    Artifact events reach the socket through the process's hub
+    (`artifacts.wakeups`), not through a channel of its own, so the socket
+    takes nothing from the channel layer unless `groups_of_its_own` says
+    it has groups to join (the control socket's run messages).
     """
 
     session_id: str | None = None
     _follower: asyncio.Task[None] | None = None
+    groups_of_its_own = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """
+        `AsyncConsumer.__call__`, except that the socket has a layer channel
+        only if it needs one, and a failing layer does not end it: the
+        socket waits for the layer to come back and joins its groups again
+        (`channels_receive`).
+        """
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = None
+        receivers = [receive]
+        if self.groups_of_its_own:
+            self.channel_layer = get_channel_layer(self.channel_layer_alias)
+            if self.channel_layer is not None:
+                # Local to this process for every layer Channels ships: no I/O.
+                self.channel_name = await self.channel_layer.new_channel()
+                receivers.append(self.channel_receive)
+        try:
+            await await_many_dispatch(receivers, self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def channel_receive(self) -> dict[str, Any]:
+        """The next message for this socket's channel; rides out layer outages."""
+        layer = self.channel_layer
+        assert layer is not None
+        current = hub()
+        while True:
+            await current.layer_available()
+            try:
+                return dict(await layer.receive(self.channel_name))
+            except Exception as exc:
+                current.layer_failed(layer, exc)
+                await current.layer_available()
+                # A restarted layer has forgotten our groups.
+                await self.join_groups()
+
+    def own_groups(self) -> list[str]:
+        """The groups this socket's channel belongs to."""
+        return []
+
+    async def join_groups(self) -> None:
+        """Join `own_groups()`, best effort: after an outage, `channel_receive` joins again."""
+        if self.channel_layer is None:
+            return
+        for group in self.own_groups():
+            await hub().join(self.channel_layer, group, self.channel_name)
+
+    async def leave_groups(self) -> None:
+        if self.channel_layer is None:
+            return
+        for group in self.own_groups():
+            await hub().leave(self.channel_layer, group, self.channel_name)
 
     def connect_query(self) -> dict[str, str]:
         query_string = self.scope.get("query_string", b"").decode("latin-1")
@@ -179,6 +243,11 @@ class SessionConsumer(ArtifactSocket):
     (see `ArtifactSocket`).
     """
 
+    groups_of_its_own = True
+
+    def own_groups(self) -> list[str]:
+        return [] if self.session_id is None else [session_group(self.session_id)]
+
     async def connect(self) -> None:
         params = self.connect_query()
         requested = params.get("session_id")
@@ -193,7 +262,7 @@ class SessionConsumer(ArtifactSocket):
             return
         # Fixed before `connection` is sent: the client sees everything after it.
         start = await self.start_cursor(query)
-        await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
+        await self.join_groups()
         await self.accept()
         data = {"session_id": self.session_id, "status": "connected"}
         if token is not None:
@@ -203,10 +272,7 @@ class SessionConsumer(ArtifactSocket):
 
     async def disconnect(self, code: int) -> None:
         await super().disconnect(code)
-        if self.session_id is not None:
-            await self.channel_layer.group_discard(
-                session_group(self.session_id), self.channel_name
-            )
+        await self.leave_groups()
 
     @database_sync_to_async
     def _attach(self, credentials: Credentials, requested: str | None) -> tuple[str, str | None]:

@@ -13,6 +13,15 @@ by at most that interval.
 Sharing one channel and one re-check per process keeps the cost of idle
 waiters flat: a thousand long-polls on one session are one group member
 and one query per interval, not a thousand.
+
+The channel layer is best effort. When it fails (Redis stopped or
+unreachable), waiters stay and are served by the re-check alone; the hub
+probes the layer and, once it answers again, rejoins every group at once,
+since a restarted Redis has forgotten them. A restart that the client library
+hid from us by reconnecting shows up as news that the re-check found and no
+notification brought; the hub then rejoins that session's group. Sockets that
+have groups of their own (the control socket) join and leave through the hub
+(`join`, `leave`, `layer_available`) so they follow the same rules.
 """
 
 from __future__ import annotations
@@ -43,6 +52,13 @@ MEMBERSHIP_REFRESH_SECONDS = 3600.0
 # Group joins and leaves in flight at once: a thousand waiters arriving
 # together must not take a thousand connections from the layer's pool.
 MEMBERSHIP_CONCURRENCY = 16
+# While the layer is down it is probed at this interval, growing to the cap:
+# prompt enough that "back" means "back within half a second".
+PROBE_FIRST_SECONDS = 0.05
+PROBE_MAX_SECONDS = 0.5
+# A group that nobody joins; leaving it is a cheap round trip to the layer.
+PROBE_GROUP = "artifact-events.probe"
+PROBE_CHANNEL = "artifact-events.probe"
 
 
 class SessionWatch:
@@ -126,6 +142,20 @@ class EventHub:
         self._membership = asyncio.Semaphore(MEMBERSHIP_CONCURRENCY)
         self._receiver: asyncio.Task[None] | None = None
         self._rechecker: asyncio.Task[None] | None = None
+        # Set while the channel layer answers; cleared from its first failure
+        # until the probe finds it back.
+        self._layer_up = asyncio.Event()
+        self._layer_up.set()
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def layer_is_up(self) -> bool:
+        """False from a failed channel-layer call until the layer answers again."""
+        return self._layer_up.is_set()
+
+    async def layer_available(self) -> None:
+        """Return once the channel layer answers (at once, unless it is known to be down)."""
+        await self._layer_up.wait()
 
     def is_watching(self, session_id: str) -> bool:
         """Whether this process already follows the session (joining it is then cheap)."""
@@ -150,6 +180,76 @@ class EventHub:
             # Shielded: a cancelled waiter must still leave the group.
             await asyncio.shield(self._release(watch))
 
+    async def join(self, layer: BaseChannelLayer, group: str, channel: str) -> bool:
+        """
+        Add `channel` to `group`, best effort: False (and the layer marked
+        down, to be probed) if the layer failed or is known to be down.
+        Whoever gets False joins again after `layer_available()`.
+        """
+        if not self.layer_is_up:
+            return False
+        try:
+            async with self._membership:
+                await layer.group_add(group, channel)
+        except Exception as exc:
+            self.layer_failed(layer, exc)
+            return False
+        return True
+
+    async def leave(self, layer: BaseChannelLayer, group: str, channel: str) -> None:
+        """Remove `channel` from `group`, best effort (a layer that is down forgets by itself)."""
+        if not self.layer_is_up:
+            return
+        try:
+            async with self._membership:
+                await layer.group_discard(group, channel)
+        except Exception as exc:
+            self.layer_failed(layer, exc)
+
+    def layer_failed(self, layer: BaseChannelLayer, exc: BaseException) -> None:
+        """
+        Note that a call to the channel layer failed: until a probe finds it
+        back, waiters rely on the database re-check and nobody calls the layer.
+        """
+        if self._prober is not None and not self._prober.done():
+            return
+        self._layer_up.clear()
+        logger.warning(
+            "Channel layer unavailable (%s: %s); artifact-event waiters rely on database "
+            "re-checks until it is back.",
+            type(exc).__name__,
+            exc,
+        )
+        self._prober = asyncio.create_task(self._probe_until_back(layer))
+
+    async def _probe_until_back(self, layer: BaseChannelLayer) -> None:
+        delay = PROBE_FIRST_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PROBE_MAX_SECONDS)
+            try:
+                await layer.group_discard(PROBE_GROUP, PROBE_CHANNEL)
+                rejoined = await self._rejoin_all(layer)
+            except Exception:
+                continue
+            break
+        self._layer_up.set()
+        logger.warning("Channel layer is back; rejoined %d artifact-event groups.", rejoined)
+
+    async def _rejoin_all(self, layer: BaseChannelLayer) -> int:
+        """Join the group of every watched session again; raises if the layer fails."""
+        if layer is not self.layer or self.channel is None:
+            return 0
+        channel = self.channel
+        watches = [watch for watch in self.watches.values() if watch.subscribed]
+
+        async def rejoin(watch: SessionWatch) -> None:
+            async with self._membership:
+                await layer.group_add(events_group(watch.session_id), channel)
+
+        await asyncio.gather(*(rejoin(watch) for watch in watches))
+        return len(watches)
+
     def _start(self) -> None:
         # The layer is looked up afresh on each start, so settings changes
         # (tests) take effect once the hub has been idle.
@@ -166,12 +266,10 @@ class EventHub:
     async def _subscribe(self, watch: SessionWatch) -> None:
         layer = self.layer
         if layer is not None:
-            try:
-                channel = await self._channel(layer)
-                async with self._membership:
-                    await layer.group_add(events_group(watch.session_id), channel)
-            except Exception:
-                logger.exception("Could not join the events group; relying on re-checks.")
+            channel = await self._channel(layer)
+            # A layer that is down is skipped: the probe joins every watched
+            # session's group once it is back.
+            await self.join(layer, events_group(watch.session_id), channel)
         # Known heads come from the database after joining, so nothing that
         # commits from here on can go unnoticed.
         heads = await session_heads([watch.session_id])
@@ -193,11 +291,7 @@ class EventHub:
             if watch.users:
                 return
             if watch.subscribed and self.layer is not None and self.channel is not None:
-                try:
-                    async with self._membership:
-                        await self.layer.group_discard(events_group(watch.session_id), self.channel)
-                except Exception:
-                    logger.exception("Could not leave the events group.")
+                await self.leave(self.layer, events_group(watch.session_id), self.channel)
             watch.subscribed = False
             if watch.users == 0 and self.watches.get(watch.session_id) is watch:
                 del self.watches[watch.session_id]
@@ -206,13 +300,13 @@ class EventHub:
 
     async def _receive_forever(self, layer: BaseChannelLayer, channel: str) -> None:
         while True:
+            await self._layer_up.wait()
             try:
                 message = await layer.receive(channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("Channel layer receive failed; retrying.")
-                await asyncio.sleep(1)
+            except Exception as exc:
+                self.layer_failed(layer, exc)
                 continue
             self.notify(message)
 
@@ -238,7 +332,7 @@ class EventHub:
             await self.recheck()
             if loop.time() - refreshed > MEMBERSHIP_REFRESH_SECONDS:
                 refreshed = loop.time()
-                await self._refresh_memberships()
+                await self._refresh_memberships(list(self.watches))
 
     async def recheck(self) -> None:
         """Compare every watched session with the database, waking waiters that missed news."""
@@ -250,24 +344,31 @@ class EventHub:
         except Exception:
             logger.exception("Could not re-check artifact event heads.")
             return
+        missed: list[str] = []
         for session_id in session_ids:
             watch = self.watches.get(session_id)
             if watch is None:
                 continue
             if session_id in heads:
+                if heads[session_id] > watch.head and watch.subscribed:
+                    missed.append(session_id)
                 watch.advance(heads[session_id])
             else:
                 # Purged: waiters re-read and answer 404.
                 watch.wake()
+        if missed:
+            # The news came without its notification: the layer may have lost
+            # our membership (a Redis restart hidden by a reconnect), or only
+            # the message. Joining again is idempotent, so do it either way.
+            await self._refresh_memberships(missed)
 
-    async def _refresh_memberships(self) -> None:
+    async def _refresh_memberships(self, session_ids: list[str]) -> None:
         if self.layer is None or self.channel is None:
             return
-        for watch in list(self.watches.values()):
-            if watch.subscribed:
-                with contextlib.suppress(Exception):
-                    async with self._membership:
-                        await self.layer.group_add(events_group(watch.session_id), self.channel)
+        for session_id in session_ids:
+            watch = self.watches.get(session_id)
+            if watch is not None and watch.subscribed:
+                await self.join(self.layer, events_group(session_id), self.channel)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventHub] = weakref.WeakKeyDictionary()
