@@ -9,6 +9,9 @@ threads. `EventFeedMiddleware` answers GET requests for the URLs of the
 `respond_stream`), before Django sees them: a waiting request is then only
 a coroutine. Everything else goes on to Django. Django middleware does not
 run for these requests.
+
+`ShutdownMiddleware`, outermost, answers the ASGI lifespan and lets go of
+the live clients when the worker stops (see `artifacts.shutdown`).
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from django.http.request import split_domain_port, validate_host
 from attachments.access import authorize_scope
 from attachments.asgi import resolve_http
 
+from . import shutdown
 from .cancellation import cancel_and_wait
+from .conf import conf
 from .sse import CONTENT_TYPE, HEADERS
 from .views import PAGE_HEADERS, respond_page, respond_stream
+from .wakeups import hub
 
 logger = logging.getLogger(__name__)
 
@@ -72,15 +78,17 @@ class EventFeedMiddleware:
         if route is None:
             await self.app(scope, receive, send)
             return
-        responder = asyncio.create_task(self._respond(route, scope, send))
-        listener = asyncio.create_task(_until_disconnect(receive))
-        try:
-            await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(listener)
-            await cancel_and_wait(responder)
-        if not responder.cancelled():
-            responder.result()
+        # Counted until the response is sent, so a shutdown waits for it.
+        with hub().live_request():
+            responder = asyncio.create_task(self._respond(route, scope, send))
+            listener = asyncio.create_task(_until_disconnect(receive))
+            try:
+                await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(listener)
+                await cancel_and_wait(responder)
+            if not responder.cancelled():
+                responder.result()
 
     async def _respond(self, route: tuple[str, str], scope: Scope, send: Send) -> None:
         view_name, session_id = route
@@ -144,3 +152,29 @@ async def _send_stream(send: Send, stream: AsyncGenerator[bytes, None]) -> None:
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+
+
+class ShutdownMiddleware:
+    """
+    The project's outermost ASGI app. It answers the `lifespan` scope itself
+    (startup: nothing to do; shutdown: drain the live clients, see
+    `EventHub.drain`), and on its first call of any kind puts the shutdown
+    signal hook in place (`artifacts.shutdown.install`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        shutdown.install()
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await hub().drain(conf.SHUTDOWN_GRACE / 2)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

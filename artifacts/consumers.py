@@ -28,7 +28,7 @@ from attachments.sessions import create_session, get_live_session
 from .cancellation import cancel_and_wait
 from .feed import FeedQuery, astart_cursor, follow, parse_query
 from .groups import session_group
-from .wakeups import hub
+from .wakeups import SERVICE_RESTART, hub
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,19 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         await self.send_api_error(exc)
         await self.close(code=CLOSE_CODES.get(exc.status_code, 4400))
 
+    async def accept(
+        self, subprotocol: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Accept, and count the socket as a live client that a shutdown closes with 1012."""
+        await super().accept(subprotocol, headers)
+        current = hub()
+        current.add_socket(self)
+        if current.draining:
+            await self.close(code=SERVICE_RESTART)
+
     async def disconnect(self, code: int) -> None:
         await self.stop_following()
+        hub().discard_socket(self)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any

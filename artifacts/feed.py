@@ -310,7 +310,8 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
     to return waits for a matching event (woken by the process's hub, see
-    `artifacts.wakeups`) and returns at the deadline with `timed_out`.
+    `artifacts.wakeups`) and returns at the deadline with `timed_out`, or at
+    once when the process shuts down.
     """
     validate_session_id(session_id)
     loop = asyncio.get_running_loop()
@@ -322,6 +323,8 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
         page = await aread_page(session_id, query)
         if page.events or page.has_more or query.wait_seconds <= 0:
             return page
+        if current.draining:
+            return replace(page, timed_out=True)
         query = replace(query, after=page.next_cursor)
     async with current.watch(session_id) as watch:
         while True:
@@ -332,7 +335,7 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
             if page.events or page.has_more:
                 return page
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or current.draining:
                 return replace(page, timed_out=True)
             try:
                 await asyncio.wait_for(signal.wait(), remaining)
@@ -345,11 +348,13 @@ async def follow(
 ) -> AsyncGenerator[Page | None, None]:
     """
     Every page after `query.after` (which must be a checked cursor, see
-    `start_cursor`), then each new one as it commits, forever. Pages may be
+    `start_cursor`), then each new one as it commits. Pages may be
     empty when only the cursor moved. Yields None after `idle_seconds`
-    without news. Use it inside `contextlib.aclosing`.
+    without news. Use it inside `contextlib.aclosing`. Ends when the process
+    shuts down (see `EventHub.drain`), after a last read.
     """
-    async with hub().watch(session_id) as watch:
+    current = hub()
+    async with current.watch(session_id) as watch:
         while True:
             signal = watch.signal()
             page = await _read_watched(watch, session_id, query)
@@ -358,6 +363,8 @@ async def follow(
             query = replace(query, after=page.next_cursor)
             if page.has_more:
                 continue
+            if current.draining:
+                return
             try:
                 await asyncio.wait_for(signal.wait(), idle_seconds)
             except TimeoutError:

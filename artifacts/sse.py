@@ -3,6 +3,7 @@ The event feed as Server-Sent Events: one SSE message per event, its `id:`
 the event's sequence, so a browser's `EventSource` resumes with
 `Last-Event-ID` exactly where it stopped. When filters drop events, an
 `id:`-only block moves the resume point past them without firing a message.
+A worker that shuts down ends its streams with a `retry:` hint.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ HEADERS = {
     "X-Accel-Buffering": "no",
 }
 KEEPALIVE = b": keep-alive\n\n"
+# The last block of a stream that ends because the worker shuts down: a
+# browser's EventSource reconnects after this many milliseconds (to another
+# worker, or to this one restarted) and resumes with Last-Event-ID.
+RECONNECT = b"retry: 1000\n\n"
 
 
 def parse_stream_query(params: Mapping[str, object], last_event_id: str | None) -> FeedQuery:
@@ -65,6 +70,7 @@ async def _body(session_id: str, query: FeedQuery) -> AsyncGenerator[bytes, None
                     chunks.append(f"id: {page.next_cursor}\n\n")
                 query = replace(query, after=page.next_cursor)
                 yield "".join(chunks).encode()
+        yield RECONNECT
     except ApiError as exc:
         # The session was purged, or retention overtook a slow reader.
         yield f"event: error\ndata: {json.dumps(error_payload(exc))}\n\n".encode()

@@ -30,8 +30,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -59,6 +59,12 @@ PROBE_MAX_SECONDS = 0.5
 # A group that nobody joins; leaving it is a cheap round trip to the layer.
 PROBE_GROUP = "artifact-events.probe"
 PROBE_CHANNEL = "artifact-events.probe"
+# The WebSocket close code for "the server is restarting; reconnect".
+SERVICE_RESTART = 1012
+
+
+class Closable(Protocol):
+    async def close(self, code: int | bool | None = None) -> None: ...
 
 
 class SessionWatch:
@@ -147,6 +153,62 @@ class EventHub:
         self._layer_up = asyncio.Event()
         self._layer_up.set()
         self._prober: asyncio.Task[None] | None = None
+        # Shutdown: see `drain`.
+        self._draining = False
+        self._sockets: set[Closable] = set()
+        self._requests = 0
+        self._quiet = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        """True once the process is shutting down: live clients are answered and let go."""
+        return self._draining
+
+    def add_socket(self, socket: Closable) -> None:
+        """Count an accepted WebSocket as a live client, closed with 1012 by `drain`."""
+        self._sockets.add(socket)
+
+    def discard_socket(self, socket: Closable) -> None:
+        self._sockets.discard(socket)
+        self._check_quiet()
+
+    @contextlib.contextmanager
+    def live_request(self) -> Iterator[None]:
+        """Count a feed request (long-poll or SSE) in flight until its response has been sent."""
+        self._requests += 1
+        try:
+            yield
+        finally:
+            self._requests -= 1
+            self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        if self._draining and not (self.watches or self._sockets or self._requests):
+            self._quiet.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """
+        Let go of every live client of this loop: waiting long-polls return
+        their current page, event streams end (with a `retry:` hint), sockets
+        close with 1012 (Service Restart), and clients arriving from now on get
+        the same at once. Returns whether all had left within `timeout` seconds.
+        """
+        if not self._draining:
+            self._draining = True
+            for watch in list(self.watches.values()):
+                watch.wake()
+            for socket in list(self._sockets):
+                try:
+                    await socket.close(code=SERVICE_RESTART)
+                except Exception:
+                    # The connection is already going away.
+                    self._sockets.discard(socket)
+        self._check_quiet()
+        try:
+            await asyncio.wait_for(self._quiet.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def layer_is_up(self) -> bool:
@@ -297,6 +359,7 @@ class EventHub:
                 del self.watches[watch.session_id]
                 if not self.watches:
                     self._stop()
+                    self._check_quiet()
 
     async def _receive_forever(self, layer: BaseChannelLayer, channel: str) -> None:
         while True:

@@ -25,15 +25,18 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from artifacts.asgi import EventFeedMiddleware  # noqa: E402
+from artifacts.asgi import EventFeedMiddleware, ShutdownMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
 from attachments.asgi import StreamingUploadMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app)),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+# Outermost: answers the lifespan, and drains live clients on shutdown.
+application = ShutdownMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app)),
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

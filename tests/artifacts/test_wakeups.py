@@ -142,3 +142,28 @@ async def test_waiters_woken_together_at_one_cursor_share_one_read(settings, mon
     pages = await asyncio.wait_for(asyncio.gather(*waiters), 10)
     assert [sequences(p.events) for p in pages] == [[1]] * 30
     assert reads == [("fan-out", 0)]
+
+
+async def test_a_drain_answers_waiting_long_polls_ends_streams_and_turns_new_waiters_away():
+    await database_sync_to_async(new_session)("draining")
+    current = hub()
+    waiter = asyncio.create_task(poll("draining", FeedQuery(after=0, wait_seconds=30)))
+    pages: list = []
+
+    async def stream():
+        async with aclosing(follow("draining", FeedQuery(after=0))) as feed:
+            async for page in feed:
+                pages.append(page)
+
+    follower = asyncio.create_task(stream())
+    while current.watches.get("draining") is None or current.watches["draining"].users < 2:
+        await asyncio.sleep(0.01)
+
+    assert await current.drain(5)
+    page = await asyncio.wait_for(waiter, 1)
+    assert (page.events, page.timed_out) == ([], True)
+    await asyncio.wait_for(follower, 1)
+    assert current.watches == {}
+    # Arriving during the shutdown: answered at once, not held.
+    late = await asyncio.wait_for(poll("draining", FeedQuery(after=0, wait_seconds=30)), 1)
+    assert late.timed_out
