@@ -306,12 +306,21 @@ async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) 
     )
 
 
+async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
+    """The page after the cursor; empty without a query when the process knows it is."""
+    if watch.knows_nothing_after(query.after):
+        assert query.after is not None
+        return Page(events=[], next_cursor=query.after, has_more=False, last_sequence=query.after)
+    return await _read_watched(watch, session_id, query)
+
+
 async def poll(session_id: str, query: FeedQuery) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
     to return waits for a matching event (woken by the process's hub, see
     `artifacts.wakeups`) and returns at the deadline with `timed_out`, or at
-    once when the process shuts down.
+    once when the process shuts down. A waiter at the session's head as this
+    process knows it neither reads before waiting nor at its deadline.
     """
     validate_session_id(session_id)
     loop = asyncio.get_running_loop()
@@ -328,19 +337,17 @@ async def poll(session_id: str, query: FeedQuery) -> Page:
         query = replace(query, after=page.next_cursor)
     async with current.watch(session_id) as watch:
         while True:
-            # Subscribed, then read: a commit after this read wakes us.
-            signal = watch.signal()
-            page = await _read_watched(watch, session_id, query)
-            query = replace(query, after=page.next_cursor)
-            if page.events or page.has_more:
-                return page
-            remaining = deadline - loop.time()
-            if remaining <= 0 or current.draining:
-                return replace(page, timed_out=True)
+            # Taken before the read: a commit during the read resolves it.
+            news = watch.news(deadline)
             try:
-                await asyncio.wait_for(signal.wait(), remaining)
-            except TimeoutError:
-                return replace(page, timed_out=True)
+                page = await _read_unless_known(watch, session_id, query)
+                query = replace(query, after=page.next_cursor)
+                if page.events or page.has_more:
+                    return page
+                if current.draining or not await news:
+                    return replace(page, timed_out=True)
+            finally:
+                news.cancel()
 
 
 async def follow(
@@ -353,19 +360,21 @@ async def follow(
     without news. Use it inside `contextlib.aclosing`. Ends when the process
     shuts down (see `EventHub.drain`), after a last read.
     """
+    loop = asyncio.get_running_loop()
     current = hub()
     async with current.watch(session_id) as watch:
         while True:
-            signal = watch.signal()
-            page = await _read_watched(watch, session_id, query)
-            if page.events or page.next_cursor != query.after:
-                yield page
-            query = replace(query, after=page.next_cursor)
-            if page.has_more:
-                continue
-            if current.draining:
-                return
+            news = watch.news(None if idle_seconds is None else loop.time() + idle_seconds)
             try:
-                await asyncio.wait_for(signal.wait(), idle_seconds)
-            except TimeoutError:
-                yield None
+                page = await _read_unless_known(watch, session_id, query)
+                if page.events or page.next_cursor != query.after:
+                    yield page
+                query = replace(query, after=page.next_cursor)
+                if page.has_more:
+                    continue
+                if current.draining:
+                    return
+                if not await news:
+                    yield None
+            finally:
+                news.cancel()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -59,6 +60,9 @@ PROBE_MAX_SECONDS = 0.5
 # A group that nobody joins; leaving it is a cheap round trip to the layer.
 PROBE_GROUP = "artifact-events.probe"
 PROBE_CHANNEL = "artifact-events.probe"
+# Waiters' deadlines are kept to this resolution (seconds), so that those
+# falling due together are answered together.
+DEADLINE_RESOLUTION = 0.05
 # The WebSocket close code for "the server is restarting; reconnect".
 SERVICE_RESTART = 1012
 
@@ -67,21 +71,67 @@ class Closable(Protocol):
     async def close(self, code: int | bool | None = None) -> None: ...
 
 
+class Deadlines:
+    """
+    Futures that resolve to False at their deadline, in batches: deadlines
+    are rounded up to the next `DEADLINE_RESOLUTION` slot and each slot has
+    one timer, so ten thousand waiters that time out together cost one timer
+    and one pass, not ten thousand timers and tasks.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[int, list[asyncio.Future[bool]]] = {}
+
+    def add(self, future: asyncio.Future[bool], deadline: float) -> None:
+        slot = math.ceil(deadline / DEADLINE_RESOLUTION)
+        batch = self._slots.get(slot)
+        if batch is None:
+            batch = self._slots[slot] = []
+            asyncio.get_running_loop().call_at(slot * DEADLINE_RESOLUTION, self._expire, slot)
+        batch.append(future)
+
+    def _expire(self, slot: int) -> None:
+        for future in self._slots.pop(slot, ()):
+            if not future.done():
+                future.set_result(False)
+
+
 class SessionWatch:
     """What this process knows about one session's stream, shared by its local waiters."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, deadlines: Deadlines) -> None:
         self.session_id = session_id
         self.head = 0
+        # True once the session is known to be purged: its head means nothing.
+        self.gone = False
         self.users = 0
         self.subscribed = False
         self.lock = asyncio.Lock()
-        self._signal = asyncio.Event()
+        self._deadlines = deadlines
+        self._waiters: set[asyncio.Future[bool]] = set()
         self._reads: dict[Hashable, asyncio.Task[Any]] = {}
 
-    def signal(self) -> asyncio.Event:
-        """The event the next change sets. Take it *before* reading the database."""
-        return self._signal
+    def knows_nothing_after(self, cursor: int | None) -> bool:
+        """
+        Whether this process knows there is nothing after `cursor`: the cursor
+        is the session's head as last read or announced, so a reader there can
+        wait without reading. A commit whose notification was lost is found by
+        the next re-check, which wakes it.
+        """
+        return self.subscribed and not self.gone and cursor is not None and cursor == self.head
+
+    def news(self, deadline: float | None = None) -> asyncio.Future[bool]:
+        """
+        A future that resolves to True at the next wake-up, or to False at
+        `deadline` (loop time). Take it *before* reading the database, so that
+        a change committed during the read is not missed.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.add(future)
+        future.add_done_callback(self._waiters.discard)
+        if deadline is not None:
+            self._deadlines.add(future, deadline)
+        return future
 
     def shared(
         self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
@@ -106,9 +156,11 @@ class SessionWatch:
             self.wake()
 
     def wake(self) -> None:
-        signal, self._signal = self._signal, asyncio.Event()
+        waiters, self._waiters = self._waiters, set()
         self._reads = {}
-        signal.set()
+        for future in waiters:
+            if not future.done():
+                future.set_result(True)
 
 
 def _forget(
@@ -142,6 +194,7 @@ class EventHub:
 
     def __init__(self) -> None:
         self.watches: dict[str, SessionWatch] = {}
+        self.deadlines = Deadlines()
         self.layer: BaseChannelLayer | None = None
         self.channel: str | None = None
         self._channel_lock = asyncio.Lock()
@@ -231,7 +284,7 @@ class EventHub:
         if watch is None:
             if not self.watches:
                 self._start()
-            watch = self.watches[session_id] = SessionWatch(session_id)
+            watch = self.watches[session_id] = SessionWatch(session_id, self.deadlines)
         watch.users += 1
         try:
             async with watch.lock:
@@ -381,6 +434,7 @@ class EventHub:
         if watch is None:
             return
         if message.get("purged"):
+            watch.gone = True
             watch.wake()
         else:
             sequence = message.get("sequence")
@@ -418,6 +472,7 @@ class EventHub:
                 watch.advance(heads[session_id])
             else:
                 # Purged: waiters re-read and answer 404.
+                watch.gone = True
                 watch.wake()
         if missed:
             # The news came without its notification: the layer may have lost
