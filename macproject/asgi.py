@@ -28,12 +28,15 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from artifacts.asgi import EventFeedMiddleware, ShutdownMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
 from attachments.asgi import StreamingUploadMiddleware  # noqa: E402
+from attachments.serving import FileBodyMiddleware  # noqa: E402
 
 # Outermost: answers the lifespan, and drains live clients on shutdown.
 application = ShutdownMiddleware(
     ProtocolTypeRouter(
         {
-            "http": EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app)),
+            "http": EventFeedMiddleware(
+                StreamingUploadMiddleware(FileBodyMiddleware(django_asgi_app))
+            ),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
             ),
