@@ -5,9 +5,11 @@ import json
 import logging
 from contextlib import aclosing
 from dataclasses import replace
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -26,7 +28,7 @@ from attachments.exceptions import ApiError, SessionNotFound, error_payload
 from attachments.sessions import create_session, get_live_session
 
 from .cancellation import cancel_and_wait
-from .feed import FeedQuery, astart_cursor, follow, parse_query
+from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
 from .groups import session_group
 from .wakeups import SERVICE_RESTART, hub
 
@@ -83,6 +85,22 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
             await await_many_dispatch(receivers, self.dispatch)
         except StopConsumer:
             pass
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """
+        `AsyncConsumer.dispatch` without its `aclose_old_connections()`, a
+        thread hop for every message: these sockets touch the database only
+        through `database_sync_to_async`, which does that cleanup itself.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """`AsyncWebsocketConsumer.websocket_disconnect` without its thread hop (see `dispatch`)."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     async def channel_receive(self) -> dict[str, Any]:
         """The next message for this socket's channel; rides out layer outages."""
@@ -215,16 +233,7 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
             async with aclosing(pages):
                 async for page in pages:
                     if page is not None and page.events:
-                        await self.send_json(
-                            {
-                                "type": "artifact_created",
-                                "data": {
-                                    "session_id": self.session_id,
-                                    "events": page.events,
-                                    "next_cursor": page.next_cursor,
-                                },
-                            }
-                        )
+                        await self.send(text_data=page.encoded("ws", partial(self.message, page)))
         except SessionNotFound as exc:
             await self.send_api_error(exc)
             await self.close(code=CLOSE_CODES[404])
@@ -234,6 +243,19 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         except Exception:
             logger.exception("Artifact event push failed")
             await self.close(code=1011)
+
+    def message(self, page: Page) -> str:
+        """The `artifact_created` message of a page, as JSON text."""
+        return json.dumps(
+            {
+                "type": "artifact_created",
+                "data": {
+                    "session_id": self.session_id,
+                    "events": page.events,
+                    "next_cursor": page.next_cursor,
+                },
+            }
+        )
 
     async def send_error(self, code: str, detail: str, **extra: Any) -> None:
         await self.send_json({"type": "error", "data": {"code": code, "detail": detail, **extra}})

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from django.db.models import Q, QuerySet
@@ -34,6 +34,8 @@ from .conf import conf
 from .exceptions import CursorAhead, CursorExpired, InvalidParameter
 from .models import ArtifactEvent, EventStream
 from .wakeups import SessionWatch, hub
+
+T = TypeVar("T")
 
 MAX_FILTER_ITEMS = 50
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
@@ -89,6 +91,17 @@ class Page:
     has_more: bool
     last_sequence: int
     timed_out: bool = False
+
+    def encoded(self, key: Hashable, encode: Callable[[], T]) -> T:
+        """
+        `encode()`, computed once per page and key. Subscribers woken together
+        at one cursor share one page (`SessionWatch.shared`), so ten thousand
+        sockets send one encoding of it rather than encode it ten thousand times.
+        """
+        memo: dict[Hashable, Any] = self.__dict__.setdefault("_encoded", {})
+        if key not in memo:
+            memo[key] = encode()
+        return memo[key]  # type: ignore[no-any-return]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -295,7 +308,22 @@ def last_event_cursor(session: Session) -> int:
 # Feed reads are brief and run on the event loop's shared thread pool, so a
 # waiting reader holds no thread of its own.
 aread_page = database_sync_to_async(read_page, thread_sensitive=False)
-astart_cursor = database_sync_to_async(start_cursor, thread_sensitive=False)
+_astart_cursor = database_sync_to_async(start_cursor, thread_sensitive=False)
+
+
+async def astart_cursor(session_id: str, after: int | None) -> int:
+    """
+    `start_cursor`, without a query for a stream that starts at the head of a
+    session this process already follows: a socket connecting to a busy
+    dashboard's session costs no read. (The head may trail a commit whose
+    notification was lost, by one re-check at most; the subscriber then gets
+    that event too, and nothing is lost.)
+    """
+    if after is None:
+        head = hub().known_head(session_id)
+        if head is not None:
+            return head
+    return await _astart_cursor(session_id, after)
 
 
 async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:

@@ -12,12 +12,13 @@ import json
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import replace
+from functools import partial
 
 from attachments.exceptions import ApiError, error_payload
 
 from .conf import conf
 from .exceptions import InvalidParameter
-from .feed import FeedQuery, astart_cursor, follow, parse_query
+from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
 
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 HEADERS = {
@@ -52,6 +53,15 @@ async def open_stream(session_id: str, query: FeedQuery) -> AsyncGenerator[bytes
     return _body(session_id, replace(query, after=cursor))
 
 
+def _encode(page: Page, after: int | None) -> bytes:
+    """A page as SSE blocks, for a reader whose cursor was `after`."""
+    chunks = [f"id: {event['sequence']}\ndata: {json.dumps(event)}\n\n" for event in page.events]
+    last_sent = page.events[-1]["sequence"] if page.events else after
+    if page.next_cursor != last_sent:
+        chunks.append(f"id: {page.next_cursor}\n\n")
+    return "".join(chunks).encode()
+
+
 async def _body(session_id: str, query: FeedQuery) -> AsyncGenerator[bytes, None]:
     yield f": artifact events of {session_id} after {query.after}\n\n".encode()
     pages = follow(session_id, query, idle_seconds=conf.SSE_KEEPALIVE_SECONDS)
@@ -61,15 +71,9 @@ async def _body(session_id: str, query: FeedQuery) -> AsyncGenerator[bytes, None
                 if page is None:
                     yield KEEPALIVE
                     continue
-                chunks = [
-                    f"id: {event['sequence']}\ndata: {json.dumps(event)}\n\n"
-                    for event in page.events
-                ]
-                last_sent = page.events[-1]["sequence"] if page.events else query.after
-                if page.next_cursor != last_sent:
-                    chunks.append(f"id: {page.next_cursor}\n\n")
+                # Streams woken together share the page and so its encoding.
+                yield page.encoded(("sse", query.after), partial(_encode, page, query.after))
                 query = replace(query, after=page.next_cursor)
-                yield "".join(chunks).encode()
         yield RECONNECT
     except ApiError as exc:
         # The session was purged, or retention overtook a slow reader.

@@ -272,6 +272,13 @@ class EventHub:
         """Return once the channel layer answers (at once, unless it is known to be down)."""
         await self._layer_up.wait()
 
+    def known_head(self, session_id: str) -> int | None:
+        """The session's last sequence as this process knows it, if it follows the session."""
+        watch = self.watches.get(session_id)
+        if watch is None or not watch.subscribed or watch.gone:
+            return None
+        return watch.head
+
     def is_watching(self, session_id: str) -> bool:
         """Whether this process already follows the session (joining it is then cheap)."""
         watch = self.watches.get(session_id)
