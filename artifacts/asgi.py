@@ -78,9 +78,12 @@ class EventFeedMiddleware:
         if route is None:
             await self.app(scope, receive, send)
             return
+        # A long-poll's wait counts from here, not from after its checks:
+        # under a burst of arrivals those can queue.
+        arrived = asyncio.get_running_loop().time()
         # Counted until the response is sent, so a shutdown waits for it.
         with hub().live_request():
-            responder = asyncio.create_task(self._respond(route, scope, send))
+            responder = asyncio.create_task(self._respond(route, scope, send, arrived))
             listener = asyncio.create_task(_until_disconnect(receive))
             try:
                 await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
@@ -90,7 +93,9 @@ class EventFeedMiddleware:
             if not responder.cancelled():
                 responder.result()
 
-    async def _respond(self, route: tuple[str, str], scope: Scope, send: Send) -> None:
+    async def _respond(
+        self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
+    ) -> None:
         view_name, session_id = route
         if not _host_allowed(scope):
             await _send_json(send, 400, {"detail": "Bad request.", "code": "bad_request"})
@@ -100,7 +105,7 @@ class EventFeedMiddleware:
         try:
             if view_name == PAGE_VIEW:
                 status, body = await respond_page(
-                    session_id, params, lambda: authorize_scope(scope, session_id)
+                    session_id, params, lambda: authorize_scope(scope, session_id), arrived
                 )
                 await _send_json(send, status, body)
                 return

@@ -342,22 +342,26 @@ async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQu
     return await _read_watched(watch, session_id, query)
 
 
-async def poll(session_id: str, query: FeedQuery) -> Page:
+async def poll(session_id: str, query: FeedQuery, since: float | None = None) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
     to return waits for a matching event (woken by the process's hub, see
     `artifacts.wakeups`) and returns at the deadline with `timed_out`, or at
-    once when the process shuts down. A waiter at the session's head as this
-    process knows it neither reads before waiting nor at its deadline.
+    once when the process shuts down. The deadline counts from `since` (loop
+    time; when the request arrived), else from now. A waiter at the session's
+    head as this process knows it neither reads before waiting nor at its
+    deadline.
     """
     validate_session_id(session_id)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + query.wait_seconds
+    deadline = (loop.time() if since is None else since) + query.wait_seconds
     current = hub()
     if query.wait_seconds <= 0 or not current.is_watching(session_id):
         # Often there is something to return at once: answer without joining
         # the session's group.
-        page = await aread_page(session_id, query)
+        page = await asyncio.shield(
+            current.shared_read((session_id, query), partial(aread_page, session_id, query))
+        )
         if page.events or page.has_more or query.wait_seconds <= 0:
             return page
         if current.draining:

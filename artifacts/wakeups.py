@@ -195,6 +195,7 @@ class EventHub:
     def __init__(self) -> None:
         self.watches: dict[str, SessionWatch] = {}
         self.deadlines = Deadlines()
+        self._reads: dict[Hashable, asyncio.Task[Any]] = {}
         self.layer: BaseChannelLayer | None = None
         self.channel: str | None = None
         self._channel_lock = asyncio.Lock()
@@ -272,6 +273,23 @@ class EventHub:
         """Return once the channel layer answers (at once, unless it is known to be down)."""
         await self._layer_up.wait()
 
+    def shared_read(
+        self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
+    ) -> asyncio.Future[T]:
+        """
+        The result of `read()`, shared with every caller that asks for the same
+        key while it is in flight: long-polls that arrive together on a session
+        this process does not follow yet make one query. Someone that joins a
+        read begun before it arrived may miss a commit made in between; a
+        waiter then finds it when it subscribes (`watch` reads the head after
+        joining). Await it through `asyncio.shield`.
+        """
+        task = self._reads.get(key)
+        if task is None:
+            task = self._reads[key] = asyncio.ensure_future(read())
+            task.add_done_callback(_forget(self._reads, key))
+        return task
+
     def known_head(self, session_id: str) -> int | None:
         """The session's last sequence as this process knows it, if it follows the session."""
         watch = self.watches.get(session_id)
@@ -299,8 +317,10 @@ class EventHub:
                     await self._subscribe(watch)
             yield watch
         finally:
-            # Shielded: a cancelled waiter must still leave the group.
-            await asyncio.shield(self._release(watch))
+            watch.users -= 1
+            if not watch.users:
+                # Shielded: a cancelled waiter must still leave the group.
+                await asyncio.shield(self._release(watch))
 
     async def join(self, layer: BaseChannelLayer, group: str, channel: str) -> bool:
         """
@@ -406,9 +426,6 @@ class EventHub:
             return self.channel
 
     async def _release(self, watch: SessionWatch) -> None:
-        watch.users -= 1
-        if watch.users:
-            return
         async with watch.lock:
             if watch.users:
                 return

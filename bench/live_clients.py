@@ -395,6 +395,7 @@ def measure(
                     target=client_process, args=(kind, url, chunk, wait, ready, go, results)
                 )))  # fmt: skip
     rss_before, threads_before = server.rss_mib, server.threads
+    cpu_at_start = server.cpu_seconds
     started = time.monotonic()
     for _, worker in workers:
         worker.start()
@@ -430,6 +431,7 @@ def measure(
                 f"{(time.monotonic() - uploaded) * 1000:.0f} ms"
             )
     collected = [results.get(timeout=wait + 600) for _ in workers]
+    report["server"]["cpu seconds for the whole run"] = f"{server.cpu_seconds - cpu_at_start:.1f}"
     for _, worker in workers:
         worker.join(30)
     lags = [c["lag"] for c in collected]
