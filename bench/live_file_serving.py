@@ -121,7 +121,7 @@ def nginx_binary() -> str:
     print("nginx is missing: installing it from Debian's packages", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True)
     subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "nginx-light"],
+        ["apt-get", "install", "-y", "-qq", "nginx"],
         check=True,
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
     )
