@@ -99,8 +99,11 @@ def test_sigterm_lets_go_of_live_clients_and_exits_within_the_grace_period(serve
     assert any(line.startswith("retry:") for line in outcome["rest"]), (outcome["rest"], log)
     # Daphne's WebSocket library refuses to send 1012 (it sends only 1000 and
     # 3000-4999), so it drops the connection instead: 1006 to the client,
-    # which reconnects all the same.
-    assert outcome["close_code"] == (None if kind == "daphne" else 1012), log
+    # which reconnects all the same. Granian handles the signal on its own
+    # too (through the event loop, out of the application's reach) and
+    # sometimes drops its sockets before the drain has closed them.
+    expected = {"daphne": {None}, "granian": {1012, None}}.get(kind, {1012})
+    assert outcome["close_code"] in expected, log
     status, page = outcome["poll"]
     assert status == 200
     assert (page["events"], page["timed_out"]) == ([], True)

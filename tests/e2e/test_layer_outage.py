@@ -147,7 +147,7 @@ def test_subscribers_survive_a_redis_outage_and_notifications_resume_when_it_is_
         writer = stack.enter_context(server(REDIS_URL=redis_url))
         # Writes during the outage go through a server without Redis: this
         # test is about the readers, not about announcing.
-        offline_writer = stack.enter_context(server())
+        offline_writer = stack.enter_context(server(REDIS_URL=""))
         session_id = clients.create_session(writer.url)
         feeds = {
             "artifacts": f"{reader.ws_url}/ws/sessions/{session_id}/artifacts?after=0",
