@@ -323,7 +323,7 @@ async def astart_cursor(session_id: str, after: int | None) -> int:
         head = hub().known_head(session_id)
         if head is not None:
             return head
-    return await _astart_cursor(session_id, after)
+    return int(await _astart_cursor(session_id, after))
 
 
 async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
@@ -359,7 +359,7 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
     if query.wait_seconds <= 0 or not current.is_watching(session_id):
         # Often there is something to return at once: answer without joining
         # the session's group.
-        page = await asyncio.shield(
+        page: Page = await asyncio.shield(
             current.shared_read((session_id, query), partial(aread_page, session_id, query))
         )
         if page.events or page.has_more or query.wait_seconds <= 0:

@@ -380,14 +380,15 @@ class EventHub:
 
     async def _rejoin_all(self, layer: BaseChannelLayer) -> int:
         """Join the group of every watched session again; raises if the layer fails."""
-        if layer is not self.layer or self.channel is None:
+        target = self.layer
+        if target is None or target is not layer or self.channel is None:
             return 0
         channel = self.channel
         watches = [watch for watch in self.watches.values() if watch.subscribed]
 
         async def rejoin(watch: SessionWatch) -> None:
             async with self._membership:
-                await layer.group_add(events_group(watch.session_id), channel)
+                await target.group_add(events_group(watch.session_id), channel)
 
         await asyncio.gather(*(rejoin(watch) for watch in watches))
         return len(watches)
