@@ -7,8 +7,10 @@ included, so a thousand waiting long-polls would be a thousand idle
 threads. `EventFeedMiddleware` answers GET requests for the URLs of the
 `artifacts` feed views itself, with the same code (`respond_page`,
 `respond_stream`), before Django sees them: a waiting request is then only
-a coroutine. Everything else goes on to Django. Django middleware does not
-run for these requests.
+a coroutine. Everything else goes on to Django. Of Django's middleware,
+the part that sets security and CORS headers runs here too, from the same
+settings (`artifacts.headers`), so these responses carry the same headers
+as every other.
 
 `ShutdownMiddleware`, outermost, answers the ASGI lifespan and lets go of
 the live clients when the worker stops (see `artifacts.shutdown`).
@@ -18,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import io
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from django.conf import settings
-from django.http.request import split_domain_port, validate_host
+from django.core.exceptions import DisallowedHost
+from django.core.handlers.asgi import ASGIRequest
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from attachments.access import authorize_scope
 from attachments.asgi import resolve_http
@@ -33,6 +37,7 @@ from attachments.asgi import resolve_http
 from . import shutdown
 from .cancellation import cancel_and_wait
 from .conf import conf
+from .headers import answered_by_middleware, describe, through_middleware
 from .sse import CONTENT_TYPE, HEADERS
 from .views import PAGE_HEADERS, respond_page, respond_stream
 from .wakeups import hub
@@ -55,16 +60,6 @@ def feed_route(scope: Scope) -> tuple[str, str] | None:
     if match is None or match.view_name not in (PAGE_VIEW, STREAM_VIEW):
         return None
     return match.view_name, str(match.kwargs.get("session_id", ""))
-
-
-def _host_allowed(scope: Scope) -> bool:
-    headers = dict(scope.get("headers", []))
-    host = headers.get(b"host", b"").decode("latin-1")
-    domain, _port = split_domain_port(host)
-    allowed = list(settings.ALLOWED_HOSTS)
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
-    return bool(domain) and validate_host(domain, allowed)
 
 
 class EventFeedMiddleware:
@@ -97,8 +92,23 @@ class EventFeedMiddleware:
         self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
     ) -> None:
         view_name, session_id = route
-        if not _host_allowed(scope):
-            await _send_json(send, 400, {"detail": "Bad request.", "code": "bad_request"})
+        # The request as Django would see it (no body: these are GETs), for
+        # its host check and for the header middleware.
+        request = ASGIRequest(scope, io.BytesIO())
+        try:
+            request.get_host()
+        except DisallowedHost:
+            response: HttpResponseBase = JsonResponse(
+                {"detail": "Bad request.", "code": "bad_request"}, status=400
+            )
+            # Only an HTTPS redirect would ask for the host again; it cannot be made.
+            with contextlib.suppress(DisallowedHost):
+                response = through_middleware(request, response)
+            await _send_response(send, request, response, through=False)
+            return
+        early = answered_by_middleware(request)
+        if early is not None:
+            await _send_response(send, request, early, through=False)
             return
         query_string = scope.get("query_string", b"").decode("latin-1")
         params = dict(parse_qsl(query_string, keep_blank_values=True))
@@ -107,7 +117,7 @@ class EventFeedMiddleware:
                 status, body = await respond_page(
                     session_id, params, lambda: authorize_scope(scope, session_id), arrived
                 )
-                await _send_json(send, status, body)
+                await _send_json(send, request, status, body)
                 return
             headers = dict(scope.get("headers", []))
             last_event_id = headers.get(b"last-event-id")
@@ -121,14 +131,15 @@ class EventFeedMiddleware:
             logger.exception("Artifact event feed failed")
             await _send_json(
                 send,
+                request,
                 500,
                 {"detail": "The server failed to handle this request.", "code": "server_error"},
             )
             return
         if isinstance(stream, dict):
-            await _send_json(send, status, stream)
+            await _send_json(send, request, status, stream)
         else:
-            await _send_stream(send, stream)
+            await _send_stream(send, request, stream)
 
 
 async def _until_disconnect(receive: Receive) -> None:
@@ -136,24 +147,34 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
-    content = json.dumps(body).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(content)).encode()),
-        *((name.lower().encode(), value.encode()) for name, value in PAGE_HEADERS.items()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+async def _send_response(
+    send: Send, request: HttpRequest, response: HttpResponseBase, through: bool = True
+) -> None:
+    """Send a response with a body in memory, after the header middleware (`through`)."""
+    if through:
+        response = through_middleware(request, response)
+    content = b"" if response.streaming else response.content  # type: ignore[attr-defined]
+    if not response.has_header("Content-Length"):
+        response["Content-Length"] = str(len(content))
+    await send(describe(response))
     await send({"type": "http.response.body", "body": content})
 
 
-async def _send_stream(send: Send, stream: AsyncGenerator[bytes, None]) -> None:
-    headers = [
-        (b"content-type", CONTENT_TYPE.encode()),
-        *((name.lower().encode(), value.encode()) for name, value in HEADERS.items()),
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+async def _send_json(send: Send, request: HttpRequest, status: int, body: dict[str, Any]) -> None:
+    await _send_response(send, request, JsonResponse(body, status=status, headers=PAGE_HEADERS))
+
+
+async def _send_stream(
+    send: Send, request: HttpRequest, stream: AsyncGenerator[bytes, None]
+) -> None:
     async with contextlib.aclosing(stream):
+        # This response only carries the headers; the body comes from `stream`.
+        carrier = StreamingHttpResponse((), content_type=CONTENT_TYPE, headers=HEADERS)
+        response = through_middleware(request, carrier)
+        if response is not carrier:
+            await _send_response(send, request, response, through=False)
+            return
+        await send(describe(response))
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})

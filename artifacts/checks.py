@@ -4,6 +4,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
+from django.utils.module_loading import import_string
 
 
 def _is_number(value: object) -> bool:
@@ -58,6 +59,19 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="artifacts.E004",
             )
         )
+    feed_middleware = getattr(settings, "ARTIFACTS_FEED_MIDDLEWARE", None)
+    if feed_middleware is not None:
+        try:
+            for path in feed_middleware:
+                import_string(path)
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            errors.append(
+                Error(
+                    "ARTIFACTS_FEED_MIDDLEWARE must list importable middleware (dotted paths).",
+                    hint=str(exc),
+                    id="artifacts.E005",
+                )
+            )
     if not getattr(settings, "CHANNEL_LAYERS", None):
         errors.append(
             Warning(

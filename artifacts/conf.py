@@ -15,11 +15,22 @@ The artifacts app's settings, each read live from Django settings so that
                                     keep-alive comment (15)
     ARTIFACTS_SHUTDOWN_GRACE        seconds from SIGTERM to the process's exit: live clients
                                     are let go at once, other requests get the rest (10)
+    ARTIFACTS_FEED_MIDDLEWARE       the middleware (dotted paths) that the feed's ASGI fast
+                                    path runs for its response headers, where MIDDLEWARE
+                                    lists it and in MIDDLEWARE's order: only middleware
+                                    that sets headers without I/O (Django's Security and
+                                    XFrameOptions middleware, django-cors-headers')
 """
 
 from __future__ import annotations
 
 from django.conf import settings
+
+DEFAULT_FEED_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+)
 
 
 class Settings:
@@ -50,6 +61,10 @@ class Settings:
     @property
     def SHUTDOWN_GRACE(self) -> float:
         return float(getattr(settings, "ARTIFACTS_SHUTDOWN_GRACE", 10))
+
+    @property
+    def FEED_MIDDLEWARE(self) -> tuple[str, ...]:
+        return tuple(getattr(settings, "ARTIFACTS_FEED_MIDDLEWARE", DEFAULT_FEED_MIDDLEWARE))
 
 
 conf = Settings()

@@ -8,6 +8,7 @@ from django.utils.translation import gettext_lazy as _
 
 from attachments.identifiers import new_id
 from attachments.models import Session
+from attachments.paths import WORKSPACE_DIRNAME
 
 ARTIFACT_PREFIX = "art_"
 
@@ -98,7 +99,16 @@ class ArtifactEvent(models.Model):
         return f"#{self.sequence} {self.change_type} {self.name}"
 
     def to_payload(self) -> dict[str, Any]:
-        """The event as clients receive it, on every transport."""
+        """
+        The event as clients receive it: the one place an event becomes JSON,
+        shared by the long-poll, Server-Sent Events and both sockets.
+
+        Beside the contract's fields it carries the reference platform's
+        names for the same facts (`event_id`, `file_name`, `mime_type`,
+        `sha256`, `relative_path`, `created_at`), so that platform's Web UI
+        and clients read these events unchanged.
+        """
+        timestamp = self.created_at.timestamp()
         return {
             "artifact_id": self.artifact_id,
             "attachment_id": self.attachment_id or None,
@@ -109,7 +119,19 @@ class ArtifactEvent(models.Model):
             "mime": self.mime,
             "kind": self.kind,
             "hash": f"sha256:{self.sha256}",
-            "timestamp": self.created_at.timestamp(),
+            "timestamp": timestamp,
             "change_type": self.change_type,
             "sequence": self.sequence,
+            "event_id": self.artifact_id,
+            "file_name": self.name,
+            "mime_type": self.mime,
+            "sha256": self.sha256,
+            "relative_path": workspace_relative(self.path),
+            "created_at": timestamp,
         }
+
+
+def workspace_relative(path: str) -> str | None:
+    """A session-relative path made relative to `code_workspace/`; None if it lies elsewhere."""
+    prefix = WORKSPACE_DIRNAME + "/"
+    return path[len(prefix) :] if path.startswith(prefix) and len(path) > len(prefix) else None

@@ -61,21 +61,54 @@ def _error(description: str) -> dict[str, Any]:
 
 EVENT = {
     "type": "object",
+    "description": (
+        "One change to one artifact. The last six fields repeat others under the reference "
+        "platform's names, for its Web UI and clients."
+    ),
     "properties": {
         "artifact_id": {"type": "string"},
         "attachment_id": {"type": "string", "nullable": True},
         "node_id": {"type": "string", "nullable": True},
-        "path": {"type": "string"},
+        "path": {"type": "string", "description": "Relative to the session directory."},
         "name": {"type": "string"},
         "size": {"type": "integer"},
         "mime": {"type": "string"},
         "kind": {"type": "string"},
-        "hash": {"type": "string"},
-        "timestamp": {"type": "number"},
+        "hash": {"type": "string", "description": "sha256:<hex>"},
+        "timestamp": {"type": "number", "description": "Unix seconds."},
         "change_type": {"type": "string", "enum": ["created", "updated", "deleted"]},
         "sequence": {"type": "integer"},
+        "event_id": {"type": "string", "description": "= artifact_id"},
+        "file_name": {"type": "string", "description": "= name"},
+        "mime_type": {"type": "string", "description": "= mime"},
+        "sha256": {"type": "string", "description": "The bare hex digest."},
+        "relative_path": {
+            "type": "string",
+            "nullable": True,
+            "description": "= path, relative to code_workspace/.",
+        },
+        "created_at": {"type": "number", "description": "= timestamp"},
     },
-    "required": ["artifact_id", "path", "name", "size", "mime", "hash", "change_type", "sequence"],
+    "required": [
+        "artifact_id",
+        "attachment_id",
+        "node_id",
+        "path",
+        "name",
+        "size",
+        "mime",
+        "kind",
+        "hash",
+        "timestamp",
+        "change_type",
+        "sequence",
+        "event_id",
+        "file_name",
+        "mime_type",
+        "sha256",
+        "relative_path",
+        "created_at",
+    ],
 }
 
 
@@ -91,6 +124,14 @@ def describe_event_feed(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]
         },
     )
     schemas["ArtifactEvent"] = EVENT
+    # `SessionSerializer.contributed_fields` adds it at run time (see apps.py).
+    for name in ("Session", "CreatedSession"):
+        if name in schemas:
+            schemas[name].setdefault("properties", {})["last_event_cursor"] = {
+                "type": "integer",
+                "readOnly": True,
+                "description": "The last event's sequence: a cursor to read only new events from.",
+            }
     errors = {
         "400": _error("A bad parameter (named in `parameter`) or session id."),
         "404": _error("No such session, or one the caller may not reach."),
@@ -140,7 +181,12 @@ def describe_event_feed(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]
             "parameters": _parameters(waiting=False),
             "responses": {
                 "200": {
-                    "description": "One `id:` (the sequence) and `data:` (the event) per event.",
+                    "description": (
+                        "One `id:` (the sequence) and `data:` (an ArtifactEvent) per event. "
+                        "An `id:`-only block moves the resume point past events the filters "
+                        "dropped; it is no event (clients that yield it, with empty data, "
+                        "skip it but keep its id)."
+                    ),
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **errors,

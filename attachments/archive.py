@@ -141,6 +141,9 @@ def walk_session(session_dir: Path) -> Iterator[ArchiveEntry]:
     # followlinks=False: a link to a directory is never descended into; what it
     # points at inside the session is zipped under its own name anyway.
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+        if dirpath == attachments:
+            # Uploads still arriving (staging) are nobody's files yet.
+            dirnames[:] = [d for d in dirnames if not is_manifest_internal(d)]
         dirnames.sort()
         for name in sorted(filenames):
             if dirpath == attachments and is_manifest_internal(name):

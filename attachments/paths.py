@@ -19,6 +19,8 @@ SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WORKSPACE_DIRNAME = "code_workspace"
 ATTACHMENTS_DIRNAME = "attachments"
 MANIFEST_NAME = "attachments_manifest.json"
+# Under attachments/: where files are received before they are recorded.
+STAGING_DIRNAME = ".staging"
 
 # ext4 and most filesystems cap a name at 255 bytes; leave room for suffixes.
 MAX_NAME_BYTES = 200
@@ -113,6 +115,33 @@ def attachments_dir(session_path: Path) -> Path:
     return workspace_dir(session_path) / ATTACHMENTS_DIRNAME
 
 
+def staging_dir(session_path: Path) -> Path:
+    """Where uploads are written until recorded; listings, zips and quotas never look here."""
+    return attachments_dir(session_path) / STAGING_DIRNAME
+
+
+def lock_directory(directory: Path, blocking: bool = True) -> int | None:
+    """
+    Open `directory` and take an exclusive `flock` on it: the descriptor
+    (closing it releases the lock), or None when another process holds it and
+    `blocking` is false. Staging directories are held this way while their
+    file is written, so reconciliation can tell an upload in progress from
+    one whose process died.
+    """
+    import fcntl  # POSIX only
+
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def manifest_path(session_path: Path) -> Path:
     return attachments_dir(session_path) / MANIFEST_NAME
 
@@ -150,15 +179,26 @@ def sanitize_filename(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     return name or "file"
 
 
+# How browsers (the WHATWG multipart/form-data encoding), curl and urllib3
+# write the three characters a quoted header parameter cannot hold. A `%`
+# itself is sent as is, so a name that really contains "%22" arrives looking
+# like an escaped quote: that name is the one clients cannot send.
+_FORM_ESCAPES = {"%22": '"', "%0D": "\r", "%0A": "\n"}
+_FORM_ESCAPE_RE = re.compile("|".join(_FORM_ESCAPES))
+
+
 def client_file_name(name: str) -> str | None:
     """
-    The file name a multipart part claims, as Django's own parser reads it:
-    the last path component, printable characters only, and None for a name
-    that leaves nothing ("", ".", ".."), which counts as no file at all.
-    Both upload paths use these rules, so they agree on every name.
+    The file name a multipart part claims, from its raw `filename` parameter,
+    as Django's own parser reads it (HTML entities unescaped, the last path
+    component, printable characters only) and with the escapes that
+    browsers, curl and requests write decoded (`%22` is `"`; `%0D` and `%0A`,
+    CR and LF, are then dropped like any control character). None for a name
+    that leaves nothing ("", ".", ".."), which counts as no file.
     """
     name = html.unescape(name)
     name = re.split(r"[/\\]", name)[-1]
+    name = _FORM_ESCAPE_RE.sub(lambda match: _FORM_ESCAPES[match.group()], name)
     name = "".join(ch for ch in name if ch.isprintable())
     return None if name in {"", ".", ".."} else name
 

@@ -38,6 +38,40 @@ class AttachmentSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class ArtifactMetaSerializer(AttachmentSerializer):
+    """
+    What `mode=meta` shows of an artifact (`ResolvedArtifact.metadata` builds
+    it): the attachment's fields, the id as asked, and for an `art_` id the
+    event's own. Declared for the schema, so generated clients get a type.
+    """
+
+    artifact_id = serializers.CharField(read_only=True, help_text="The id as asked: att_ or art_.")
+    hash = serializers.CharField(read_only=True, allow_null=True, help_text="sha256:<hex>")
+    data_uri = serializers.CharField(
+        read_only=True,
+        allow_null=True,
+        help_text="The bytes as a data: URI, up to ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES.",
+    )
+    # Only for art_ ids; not read-only, or the schema would call them required.
+    change_type = serializers.ChoiceField(
+        ["created", "updated", "deleted"], required=False, help_text="art_ ids only."
+    )
+    sequence = serializers.IntegerField(required=False, help_text="art_ ids only.")
+    timestamp = serializers.FloatField(required=False, help_text="art_ ids only.")
+
+    class Meta(AttachmentSerializer.Meta):
+        fields = [
+            "artifact_id",
+            *AttachmentSerializer.Meta.fields,
+            "hash",
+            "data_uri",
+            "change_type",
+            "sequence",
+            "timestamp",
+        ]
+        read_only_fields = [*AttachmentSerializer.Meta.fields]
+
+
 @extend_schema_field({"type": "string", "pattern": paths.SESSION_ID_RE.pattern})
 class SessionIdField(serializers.Field):
     """A session id in a request body; a malformed one is the API's 400 `invalid_session_id`."""
@@ -91,3 +125,15 @@ class SessionSerializer(serializers.ModelSerializer):
         for name, value_of in self.contributed_fields.items():
             data[name] = value_of(instance)
         return data
+
+
+class CreatedSessionSerializer(SessionSerializer):
+    """A session just created: its token is shown this once, and never again."""
+
+    token = serializers.CharField(
+        read_only=True, help_text="The session's token; only a hash of it is stored."
+    )
+
+    class Meta(SessionSerializer.Meta):
+        fields = [*SessionSerializer.Meta.fields, "token"]
+        read_only_fields = fields

@@ -381,8 +381,22 @@ def _conditional(
         return None
     if outcome.status_code == 412:
         return _json_error(412, "precondition_failed", "A precondition in the request failed.")
-    outcome["X-Content-Type-Options"] = "nosniff"
-    return outcome
+    return _not_modified(outcome)
+
+
+def _not_modified(outcome: HttpResponseBase) -> StreamingHttpResponse:
+    """
+    The 304 as a response without a body or a Content-Length. RFC 9110
+    (8.6) lets a 304 carry only the length the 200 would have had, and
+    Django's CommonMiddleware gives every non-streaming response the length
+    of its (here empty) content: a streaming response it leaves alone.
+    """
+    response = StreamingHttpResponse((), status=304)
+    del response["Content-Type"]
+    for name, value in outcome.items():
+        response[name] = value
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _respond(

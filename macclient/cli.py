@@ -81,15 +81,27 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
     with _progress() as progress:
         for path in paths:
             task = progress.add_task(path.name, total=path.stat().st_size)
-            results.append(
-                client.upload(args.session_id, path, lambda n, t=task: progress.advance(t, n))
-            )
+            advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
+            if args.resume:
+                results.append(client.upload_resumable(args.session_id, path, advance))
+            else:
+                results.append(client.upload(args.session_id, path, advance))
     _print_json(results if len(results) > 1 else results[0])
     return 0
 
 
 def cmd_list(client: Client, args: argparse.Namespace) -> int:
     _print_json(client.list_uploads(args.session_id))
+    return 0
+
+
+def cmd_workflows(client: Client, args: argparse.Namespace) -> int:
+    workflows = client.workflows()
+    if args.json:
+        _print_json(workflows)
+        return 0
+    for workflow in workflows:
+        out.print(f"[bold]{workflow['name']}[/bold]  {workflow['description']}", highlight=False)
     return 0
 
 
@@ -178,11 +190,21 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="Upload files into a session, with progress bars.")
     upload.add_argument("session_id")
     upload.add_argument("files", nargs="+")
+    upload.add_argument(
+        "--resume",
+        action="store_true",
+        help="Upload with the tus protocol in 8 MiB chunks; after an interruption, the same "
+        "command continues where the server's offset says.",
+    )
     upload.set_defaults(handler=cmd_upload)
 
     listing = commands.add_parser("list", help="List a session's attachments.")
     listing.add_argument("session_id")
     listing.set_defaults(handler=cmd_list)
+
+    workflows = commands.add_parser("workflows", help="List the workflows that can be run.")
+    workflows.add_argument("--json", action="store_true", help="Print them as JSON, with nodes.")
+    workflows.set_defaults(handler=cmd_workflows)
 
     execute = commands.add_parser("execute", help="Start a workflow run.")
     execute.add_argument("workflow")

@@ -22,6 +22,8 @@ EXPECTED_PATHS = {
     "/api/sessions/{session_id}",
     "/api/uploads/{session_id}",
     "/api/sessions/{session_id}/artifacts/{artifact_id}",
+    "/api/sessions/{session_id}/artifacts/{artifact_id}/content",
+    "/api/workflows/{name}/desc",
     "/api/sessions/{session_id}/download",
     "/api/workflows",
     "/api/workflow/execute",
@@ -55,6 +57,10 @@ def test_every_operation_documents_its_json_errors():
             if path == "/api/workflows" or path == "/api/limits" and method == "get":
                 continue
             assert any(code.startswith("4") for code in operation["responses"]), (method, path)
+
+
+# tus PATCH bodies are raw bytes, like application/octet-stream.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +151,32 @@ def test_fuzzing_finds_no_server_error_and_nothing_off_schema(live_api):
         except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 - collect them all
             failures.append(f"{operation.label}: {exc}")
     assert not failures, "\n\n".join(failures) + "\n\nServer log:\n" + live_api.log()[-6000:]
+
+
+@pytest.mark.django_db
+def test_the_event_schema_describes_exactly_what_every_transport_sends():
+    from artifacts.models import ArtifactEvent
+    from tests.artifacts.builders import add_attachment, new_session
+
+    add_attachment(new_session(), "chart.png", mime="image/png")
+    payload = ArtifactEvent.objects.get().to_payload()
+    event = generated_schema()["components"]["schemas"]["ArtifactEvent"]
+    assert set(event["properties"]) == set(payload) == set(event["required"])
+
+
+def test_bytes_are_binary_of_any_type_and_metadata_is_typed():
+    paths = generated_schema()["paths"]
+    artifact = paths["/api/sessions/{session_id}/artifacts/{artifact_id}"]["get"]["responses"]
+    binary = {"type": "string", "format": "binary"}
+    # JSON first: generated clients read the metadata from this operation.
+    assert list(artifact["200"]["content"]) == ["application/json", "*/*"]
+    assert artifact["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ArtifactMeta"
+    }
+    assert artifact["200"]["content"]["*/*"]["schema"] == binary
+    content = paths["/api/sessions/{session_id}/artifacts/{artifact_id}/content"]["get"]
+    assert content["responses"]["200"]["content"] == {"*/*": {"schema": binary}}
+    zipped = paths["/api/sessions/{session_id}/download"]["get"]["responses"]
+    assert zipped["200"]["content"] == {"application/zip": {"schema": binary}}
+    for responses in (artifact, content["responses"], zipped):
+        assert "content" not in responses["304"]

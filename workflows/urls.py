@@ -8,6 +8,11 @@ app_name = "workflows"
 
 urlpatterns = [
     path("workflows", views.WorkflowListView.as_view(), name="workflows"),
+    path(
+        "workflows/<str:name>/desc",
+        views.WorkflowDescriptionView.as_view(),
+        name="workflow-description",
+    ),
     path("workflow/execute", views.ExecuteView.as_view(), name="execute"),
     path("workflow/runs", views.RunListView.as_view(), name="runs"),
     path("workflow/runs/<str:run_id>", views.RunDetailView.as_view(), name="run-detail"),

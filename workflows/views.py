@@ -26,7 +26,14 @@ from . import records
 from .control import wake_run
 from .exceptions import InvalidWorkflow, RunNotFound, UnknownAttachments, WorkflowNotFound
 from .launcher import launch
-from .loader import Workflow, WorkflowError, WorkflowNotFoundError, list_workflows, load_workflow
+from .loader import (
+    Workflow,
+    WorkflowError,
+    WorkflowNotFoundError,
+    find_workflow,
+    list_workflows,
+    load_workflow,
+)
 from .models import WorkflowRun
 from .serializers import ExecuteSerializer, HumanInputSerializer, WorkflowRunSerializer
 
@@ -68,33 +75,90 @@ def _get_run(run_id: str, credentials: Credentials) -> WorkflowRun:
 def _workflow_entry(workflow: Workflow) -> dict[str, Any]:
     return {
         "name": workflow.name,
+        "file": workflow.path.name,
         "description": workflow.description,
         "nodes": [node.public() for node in workflow.nodes],
     }
 
 
 class WorkflowListView(JSONErrorsMixin, APIView):
-    """The workflows that can be executed; malformed files are listed apart, with their fault."""
+    """
+    The workflows that can be executed. `workflows` lists their file names
+    (`csv_summary.yaml`), as the reference platform's Web UI reads it;
+    `details` has each one's name, file, description and nodes; malformed
+    files are listed apart under `invalid`, with their fault.
+    """
 
     @extend_schema(
         auth=[],
         responses=inline_serializer(
             "WorkflowList",
             {
-                "workflows": serializers.ListField(child=serializers.DictField()),
-                "invalid": serializers.ListField(child=serializers.DictField()),
+                "workflows": serializers.ListField(
+                    child=serializers.CharField(), help_text="File names, e.g. csv_summary.yaml."
+                ),
+                "details": serializers.ListField(
+                    child=inline_serializer(
+                        "WorkflowDetail",
+                        {
+                            "name": serializers.CharField(),
+                            "file": serializers.CharField(),
+                            "description": serializers.CharField(),
+                            "nodes": serializers.ListField(child=serializers.DictField()),
+                        },
+                    )
+                ),
+                "invalid": serializers.ListField(
+                    child=inline_serializer(
+                        "InvalidWorkflow",
+                        {
+                            "name": serializers.CharField(),
+                            "file": serializers.CharField(),
+                            "detail": serializers.CharField(),
+                            "line": serializers.IntegerField(allow_null=True),
+                        },
+                    )
+                ),
             },
-        )
+        ),
     )
     def get(self, request: Request) -> Response:
-        workflows, invalid = [], []
+        details, invalid = [], []
         for item in list_workflows():
             if isinstance(item, Workflow):
-                workflows.append(_workflow_entry(item))
+                details.append(_workflow_entry(item))
             else:
                 name, error = item
-                invalid.append({"name": name, "detail": str(error), "line": error.line})
-        return Response({"workflows": workflows, "invalid": invalid})
+                invalid.append(
+                    {
+                        "name": name,
+                        "file": find_workflow(name).name,
+                        "detail": str(error),
+                        "line": error.line,
+                    }
+                )
+        return Response(
+            {
+                "workflows": [entry["file"] for entry in details],
+                "details": details,
+                "invalid": invalid,
+            }
+        )
+
+
+class WorkflowDescriptionView(JSONErrorsMixin, APIView):
+    """A workflow's description, by name or file name (`csv_summary` or `csv_summary.yaml`)."""
+
+    @extend_schema(
+        auth=[],
+        operation_id="workflow_description",
+        responses={
+            200: inline_serializer("WorkflowDescription", {"description": serializers.CharField()}),
+            **errors(400, 404),
+        },
+    )
+    def get(self, request: Request, name: str) -> Response:
+        return Response({"description": _load(name).description})
 
 
 class ExecuteView(AccessPolicyMixin, APIView):

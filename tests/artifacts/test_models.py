@@ -33,6 +33,12 @@ def test_an_event_carries_every_field_of_the_contract():
         "timestamp",
         "change_type",
         "sequence",
+        "event_id",
+        "file_name",
+        "mime_type",
+        "sha256",
+        "relative_path",
+        "created_at",
     }
     assert payload["attachment_id"] == attachment.attachment_id
     assert payload["node_id"] == "n1"
@@ -44,6 +50,35 @@ def test_an_event_carries_every_field_of_the_contract():
     assert payload["sequence"] == 1
     assert abs(payload["timestamp"] - time.time()) < 60
     assert event.ext == "pdf"
+
+
+def test_an_event_also_carries_the_reference_platforms_names():
+    session = new_session("s1")
+    attachment = add_attachment(session, "chart.png", mime="image/png", node_id="plot")
+    payload = ArtifactEvent.objects.get().to_payload()
+    assert payload["event_id"] == payload["artifact_id"]
+    assert payload["file_name"] == payload["name"] == "chart.png"
+    assert payload["mime_type"] == payload["mime"] == "image/png"
+    assert payload["sha256"] == attachment.sha256 == payload["hash"].removeprefix("sha256:")
+    assert payload["created_at"] == payload["timestamp"]
+    assert attachment.path.startswith("code_workspace/")
+    assert payload["relative_path"] == attachment.path.removeprefix("code_workspace/")
+
+
+@pytest.mark.parametrize(
+    ("path", "relative"),
+    [
+        ("code_workspace/result.json", "result.json"),
+        ("code_workspace/attachments/att_x/a b.txt", "attachments/att_x/a b.txt"),
+        ("code_workspace/", None),
+        ("elsewhere/result.json", None),
+        ("code_workspaces/x", None),
+    ],
+)
+def test_relative_path_is_relative_to_the_workspace(path, relative):
+    from artifacts.models import workspace_relative
+
+    assert workspace_relative(path) == relative
 
 
 def test_artifact_ids_are_opaque_and_unique():

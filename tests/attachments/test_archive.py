@@ -235,3 +235,18 @@ def test_is_precompressed():
     assert archive.is_precompressed("bundle.tar.gz")
     assert not archive.is_precompressed("data.csv")
     assert not archive.is_precompressed("README")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_uploads_still_arriving_are_not_zipped(tmp_path):
+    from attachments import paths
+    from attachments.archive import walk_session
+    from attachments.receiving import UploadSink
+    from tests.attachments.builders import new_session
+
+    session = new_session()
+    arriving = UploadSink(paths.attachments_dir(session.directory), "arriving.bin")
+    arriving.write(b"half of it")
+    names = [entry.arcname for entry in walk_session(session.directory)]
+    assert not any(".staging" in name or "arriving" in name for name in names)
+    arriving.abort()

@@ -212,6 +212,8 @@ class TestStream:
             assert response.status_code == 304, candidate
             assert body(response) == b""
             assert response["ETag"] == etag
+            # RFC 9110 8.6: the 200's own length, or none; never 0.
+            assert "Content-Length" not in response and "Content-Type" not in response
         changed = stream(api, session, item.attachment_id, If_None_Match='"other"')
         assert changed.status_code == 200
         assert body(changed) == CONTENT
@@ -220,6 +222,7 @@ class TestStream:
         last_modified = stream(api, session, item.attachment_id, method="head")["Last-Modified"]
         response = stream(api, session, item.attachment_id, If_Modified_Since=last_modified)
         assert response.status_code == 304
+        assert "Content-Length" not in response
 
     def test_if_match_failing_gives_412(self, api, session, item):
         response = stream(api, session, item.attachment_id, If_Match='"other"')
@@ -396,3 +399,23 @@ def test_under_asgi_the_body_is_streamed_in_chunks(session):
     ranged = asgi_get(url, range=f"bytes={CHUNK_BYTES - 1}-{CHUNK_BYTES + 1}")
     assert ranged.status_code == 206
     assert ranged.content == data[CHUNK_BYTES - 1 : CHUNK_BYTES + 2]
+
+
+class TestContent:
+    """`.../content`: the bytes as an operation of its own, for generated clients."""
+
+    def test_is_the_stream_with_the_same_headers(self, api, session, item):
+        url = f"/api/sessions/{session.session_id}/artifacts/{item.attachment_id}/content"
+        content = api.get(url)
+        streamed = stream(api, session, item.attachment_id)
+        assert body(content) == body(streamed) == CONTENT
+        for name in ("Content-Type", "Content-Length", "ETag", "Content-Disposition"):
+            assert content[name] == streamed[name]
+        ranged = api.get(url, headers={"Range": "bytes=0-9"})
+        assert (ranged.status_code, body(ranged)) == (206, CONTENT[:10])
+        assert api.get(url + "?download=true")["Content-Disposition"].startswith("attachment")
+        assert api.get(url, headers={"If-None-Match": content["ETag"]}).status_code == 304
+
+    def test_errors_are_those_of_the_artifact(self, api, session):
+        url = f"/api/sessions/{session.session_id}/artifacts/att_AAAAAAAAAAAAAAAA/content"
+        error(api.get(url), 404, "artifact_not_found")

@@ -107,7 +107,9 @@ class TestDownload:
 
     def test_if_none_match_on_a_stored_zip(self, api, filled):
         etag = download(api, filled, "?compress=false")["ETag"]
-        assert download(api, filled, "?compress=false", If_None_Match=etag).status_code == 304
+        not_modified = download(api, filled, "?compress=false", If_None_Match=etag)
+        assert not_modified.status_code == 304
+        assert "Content-Length" not in not_modified
 
     def test_head(self, api, filled):
         stored = api.head(f"/api/sessions/{filled.session_id}/download?compress=false")

@@ -8,7 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attachments import paths
-from attachments.paths import UnsafePath, safe_join, sanitize_filename
+from attachments.paths import (
+    UnsafePath,
+    client_file_name,
+    safe_join,
+    sanitize_filename,
+)
 
 
 class TestSafeJoin:
@@ -154,3 +159,44 @@ def test_generated_session_ids_are_valid_and_never_read_as_options():
     ids = [new_session_id() for _ in range(2000)]
     assert all(paths.is_valid_session_id(i) and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_generated_session_tokens_never_read_as_options():
+    from attachments.identifiers import new_session_token
+
+    tokens = [new_session_token() for _ in range(2000)]
+    assert not any(t.startswith("-") for t in tokens)
+    assert len(set(tokens)) == len(tokens) and {len(t) for t in tokens} == {43}
+
+
+class TestClientFileName:
+    """Names as browsers, curl and requests write them in a multipart header."""
+
+    @pytest.mark.parametrize(
+        ("sent", "name"),
+        [
+            ("say %22hi%22.txt", 'say "hi".txt'),
+            ("two%0D%0Alines.txt", "twolines.txt"),
+            ("a%0Ab.txt", "ab.txt"),
+            ("100%25.txt", "100%25.txt"),  # only the three escapes a browser writes
+            ("%2e%2e", "%2e%2e"),
+            ("lower %0a %22", 'lower %0a "'),
+            ("&quot;x&quot;.txt", '"x".txt'),  # Django's parser unescapes HTML entities
+            ("dir/sub\\name%22.txt", 'name".txt'),
+            ("%0D%0A", None),
+            (".%0A.", None),
+            ("..", None),
+            ("", None),
+        ],
+    )
+    def test_examples(self, sent: str, name: str | None):
+        assert client_file_name(sent) == name
+
+    @given(st.text(alphabet=st.sampled_from(list('ab./\\%"02ADa&;quot\n\x00 ')), max_size=24))
+    def test_never_a_separator_a_control_character_or_a_dot_name(self, sent: str):
+        name = client_file_name(sent)
+        assert name is None or (
+            name not in {"", ".", ".."}
+            and not set(name) & {"/", "\\"}
+            and all(ch.isprintable() for ch in name)
+        )

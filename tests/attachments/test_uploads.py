@@ -110,7 +110,7 @@ class TestHostileNames:
             ("..\\..\\boot.ini", "boot.ini", "boot.ini"),
             ("tab\tbell\x07.txt", "tabbell.txt", "tabbell.txt"),
             ("a:b|c?.txt", "a:b|c?.txt", "a_b_c_.txt"),
-            ("quote'and%22.txt", "quote'and%22.txt", "quote'and%22.txt"),
+            ("quote'and%22.txt", "quote'and\".txt", "quote'and_.txt"),  # %22 is a quote
             ("&quot;entity&quot;.txt", '"entity".txt', "_entity_.txt"),
             ("履歴書 résumé.pdf", "履歴書 résumé.pdf", "履歴書 résumé.pdf"),
             (" .hidden. ", " .hidden. ", "hidden"),

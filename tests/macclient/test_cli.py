@@ -66,6 +66,18 @@ def test_create_upload_and_list(live, tmp_path: Path):
     assert [a["name"] for a in listed] == ["a.csv", "b.bin"]
 
 
+def test_workflows_lists_each_with_its_description(live):
+    shown = macctl(live.url, "workflows")
+    assert shown.returncode == 0, shown.stderr
+    assert "csv_summary" in shown.stdout and "review_csv" in shown.stdout
+    listed = json.loads(macctl(live.url, "workflows", "--json").stdout)
+    assert [(w["name"], w["file"]) for w in listed] == [
+        ("csv_summary", "csv_summary.yaml"),
+        ("review_csv", "review_csv.yaml"),
+    ]
+    assert all(w["description"] and w["nodes"] for w in listed)
+
+
 def test_server_errors_exit_1_with_the_detail(live):
     result = macctl(live.url, "session", "show", "nosuchsession")
     assert result.returncode == 1
@@ -143,3 +155,47 @@ def test_the_token_from_the_environment(live):
     result = macctl(live.url, "list", created["session_id"], env={"MAC_TOKEN": created["token"]})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_upload_resume_continues_an_interrupted_upload(live, tmp_path: Path):
+    from tusclient import client as tus
+    from tusclient.storage.filestorage import FileStorage
+
+    from attachments.models import ResumableUpload
+    from macclient.api import _SessionFingerprint
+
+    created = json.loads(macctl(live.url, "session", "create").stdout)
+    session_id, token = created["session_id"], created["token"]
+    path = tmp_path / "big.bin"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path.write_bytes(data)
+    cache = tmp_path / "cache"
+    # What an interrupted `macctl upload --resume` leaves: a part sent, its URL remembered.
+    (cache / "macctl").mkdir(parents=True)
+    storage = FileStorage(str(cache / "macctl" / "uploads.json"))
+    endpoint = f"{live.url}/api/uploads/{session_id}/tus/"
+    partial = tus.TusClient(endpoint, headers={"Authorization": f"Bearer {token}"}).uploader(
+        str(path),
+        chunk_size=1024 * 1024,
+        metadata={"filename": "big.bin"},
+        store_url=True,
+        url_storage=storage,
+        fingerprinter=_SessionFingerprint(endpoint),
+    )
+    partial.upload_chunk()
+    storage.close()
+    assert partial.offset == 1024 * 1024
+
+    resumed = macctl(
+        live.url,
+        "upload",
+        "--resume",
+        session_id,
+        str(path),
+        env={"MAC_TOKEN": token, "XDG_CACHE_HOME": str(cache)},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert result["name"] == "big.bin" and result["sha256"] == hashlib.sha256(data).hexdigest()
+    # It went on with the same upload rather than starting another.
+    assert ResumableUpload.objects.count() == 1

@@ -56,6 +56,12 @@ class TestSecurityHeaders:
             "/api/sessions/unknown",  # an error
             "/api/nowhere",  # Django's own 404
             "/",
+            # The event feed, which the ASGI fast path answers before Django.
+            f"{base}/artifact-events?after=0",
+            f"{base}/artifact-events?after=99",  # 410
+            "/api/sessions/unknown/artifact-events",
+            f"{base}/artifact-events/stream?after=99",  # 410, before any event
+            "/api/sessions/unknown/artifact-events/stream",
         ]
 
     def test_on_every_kind_of_response(self, session):
@@ -85,6 +91,54 @@ class TestSecurityHeaders:
         assert response.status_code == 201
         for name, value in SECURITY_HEADERS.items():
             assert response.headers.get(name) == value
+
+
+@override_settings(SECURE_REFERRER_POLICY="no-referrer", X_FRAME_OPTIONS="SAMEORIGIN")
+def test_the_feed_follows_the_same_settings(session):
+    url = f"/api/sessions/{session.session_id}/artifact-events?after=0"
+    response = asgi("GET", url, authorization=f"Bearer {session.token}")
+    assert response.status_code == 200
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+def test_the_feed_runs_only_the_middleware_the_project_lists(session, settings):
+    settings.MIDDLEWARE = [
+        m for m in settings.MIDDLEWARE if not m.endswith("XFrameOptionsMiddleware")
+    ]
+    url = f"/api/sessions/{session.session_id}/artifact-events?after=0"
+    response = asgi("GET", url, authorization=f"Bearer {session.token}")
+    assert "X-Frame-Options" not in response.headers
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@override_settings(SECURE_SSL_REDIRECT=True)
+def test_the_feed_redirects_to_https_as_the_rest_does(session):
+    url = f"/api/sessions/{session.session_id}/artifact-events?after=0"
+    response = asgi("GET", url, authorization=f"Bearer {session.token}")
+    assert response.status_code == 301
+    assert response.headers["Location"] == "https://testserver" + url
+
+
+def test_an_open_event_stream_carries_them_too(session):
+    """A 200 event stream never ends, so it is read with an ASGI communicator, headers only."""
+    from tests.artifacts.sse_client import SSEClient
+
+    async def headers() -> dict[str, str]:
+        client = SSEClient(
+            f"/api/sessions/{session.session_id}/artifact-events/stream?after=0",
+            authorization=f"Bearer {session.token}",
+        )
+        try:
+            assert await client.start() == 200
+            return client.headers
+        finally:
+            await client.close()
+
+    received = asyncio.run(headers())
+    assert received["content-type"].startswith("text/event-stream")
+    for name, value in SECURITY_HEADERS.items():
+        assert received.get(name.lower()) == value, name
 
 
 class TestCors:
@@ -123,6 +177,21 @@ class TestCors:
         )
         assert response.headers["Access-Control-Allow-Origin"] == self.ORIGIN
         assert "content-disposition" in response.headers["Access-Control-Expose-Headers"].lower()
+
+    @override_settings(CORS_ALLOWED_ORIGINS=[ORIGIN])
+    @pytest.mark.parametrize("path", ["artifact-events?after=0", "artifact-events/stream?after=9"])
+    def test_the_event_feed_answers_listed_origins_as_the_rest_does(self, session, path):
+        url = f"/api/sessions/{session.session_id}/{path}"
+        auth = {"authorization": f"Bearer {session.token}"}
+        fast = asgi("GET", url, origin=self.ORIGIN, **auth)
+        django = Client().get(url, HTTP_ORIGIN=self.ORIGIN, **bearer(session.token))
+        assert fast.status_code == django.status_code
+        for name in ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers"):
+            assert fast.headers.get(name) == django.headers.get(name), name
+        assert fast.headers["Access-Control-Allow-Origin"] == self.ORIGIN
+        assert "origin" in fast.headers["Vary"].lower()
+        other = asgi("GET", url, origin="https://evil.example", **auth)
+        assert "Access-Control-Allow-Origin" not in other.headers
 
     @override_settings(CORS_ALLOWED_ORIGINS=[ORIGIN])
     def test_other_origins_and_other_paths_get_nothing(self, session):

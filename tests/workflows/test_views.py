@@ -25,7 +25,11 @@ def upload(session_id: str, name: str = "a.csv") -> str:
 def test_lists_the_shipped_workflows():
     response = APIClient().get("/api/workflows")
     assert response.status_code == 200
-    listed = {w["name"]: w for w in response.json()["workflows"]}
+    body = response.json()
+    # As the reference platform's Web UI reads it: file names.
+    assert body["workflows"] == ["csv_summary.yaml", "review_csv.yaml"]
+    listed = {w["name"]: w for w in body["details"]}
+    assert listed["csv_summary"]["file"] == "csv_summary.yaml"
     assert listed["csv_summary"]["nodes"] == [
         {
             "id": "summarise",
@@ -35,7 +39,41 @@ def test_lists_the_shipped_workflows():
     ]
     assert "CSV" in listed["csv_summary"]["description"]
     assert [n["type"] for n in listed["review_csv"]["nodes"]] == ["human", "python"]
-    assert response.json()["invalid"] == []
+    assert body["invalid"] == []
+
+
+@pytest.mark.parametrize("name", ["csv_summary", "csv_summary.yaml"])
+def test_a_workflows_description_by_name_or_file_name(name):
+    response = APIClient().get(f"/api/workflows/{name}/desc")
+    assert response.status_code == 200
+    from workflows.loader import load_workflow
+
+    assert response.json() == {"description": load_workflow("csv_summary").description}
+    assert "CSV" in response.json()["description"]
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("nope.yaml", 404, "workflow_not_found"),
+        ("..", 404, "workflow_not_found"),
+        ("broken.yaml", 400, "invalid_workflow"),
+    ],
+)
+def test_a_description_that_cannot_be_given(name, status, code, tmp_path, settings):
+    (tmp_path / "broken.yaml").write_text("nodes:\n  - id: a\n    type: pyhton\n")
+    settings.WORKFLOWS_DIR = tmp_path
+    response = APIClient().get(f"/api/workflows/{name}/desc")
+    assert (response.status_code, response.json()["code"]) == (status, code)
+
+
+def test_a_malformed_file_is_listed_apart_with_its_file(tmp_path, settings):
+    (tmp_path / "broken.yml").write_text("nodes: []\n")
+    (tmp_path / "fine.yaml").write_text("description: d\nnodes:\n  - {id: a, type: human}\n")
+    settings.WORKFLOWS_DIR = tmp_path
+    body = APIClient().get("/api/workflows").json()
+    assert body["workflows"] == ["fine.yaml"]
+    assert [(w["name"], w["file"]) for w in body["invalid"]] == [("broken", "broken.yml")]
 
 
 @pytest.mark.parametrize(

@@ -46,8 +46,9 @@ export class RunPanel {
 
   async loadWorkflows() {
     try {
-      const { workflows = [] } = await api("workflows");
-      this.workflows = workflows;
+      // `workflows` is the list of file names the reference Web UI reads; `details` has the rest.
+      const { details = [] } = await api("workflows");
+      this.workflows = details;
     } catch (error) {
       showError($("#run-error"), `Workflows could not be listed: ${error.message}`);
       return;

@@ -1,0 +1,81 @@
+"""
+The headers of the responses that the event feed's ASGI fast path sends.
+
+Every other response gets its security and CORS headers from Django's
+middleware, configured by the project's settings (`MIDDLEWARE`,
+`SECURE_*`, `X_FRAME_OPTIONS`, `CORS_*`). `artifacts.asgi` answers the feed
+before that middleware runs, so rather than restate the policy it runs the
+same middleware classes, in `MIDDLEWARE`'s order, over a Django request
+and response of its own: whatever changes in the settings changes on both
+paths at once.
+
+Only the middleware named by `ARTIFACTS_FEED_MIDDLEWARE` (and present in
+`MIDDLEWARE`) runs: middleware that only reads the request and sets
+headers, with no I/O, so it may run on the event loop without a thread.
+Sessions, CSRF, authentication and messages concern nothing the feed
+answers (it authorises by token, JWT or the session cookie itself, see
+`attachments.access`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.module_loading import import_string
+
+from .conf import conf
+
+Handler = Callable[[HttpRequest], HttpResponseBase]
+
+
+def feed_middleware() -> list[str]:
+    """The dotted paths that run, in the order Django runs them."""
+    wanted = set(conf.FEED_MIDDLEWARE)
+    return [path for path in settings.MIDDLEWARE if path in wanted]
+
+
+def through_middleware(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    """
+    `response` as the middleware leaves it, for a request that it let
+    through to the view: the same object with headers added, or (rarely)
+    another response that replaces it.
+    """
+    handler: Handler = lambda _request: response  # noqa: E731
+    for path in reversed(feed_middleware()):
+        handler = import_string(path)(handler)
+    return handler(request)
+
+
+def answered_by_middleware(request: HttpRequest) -> HttpResponseBase | None:
+    """
+    The response the middleware gives before any view runs (a redirect to
+    HTTPS under `SECURE_SSL_REDIRECT`, say), already through the rest of
+    the middleware; None when the request goes on to the view.
+    """
+    stand_in = HttpResponse()
+    answer = through_middleware(request, stand_in)
+    return None if answer is stand_in else answer
+
+
+def asgi_headers(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:
+    """A response's headers and cookies as ASGI sends them: names in lower case."""
+    headers = [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in response.items()
+    ]
+    for cookie in response.cookies.values():
+        headers.append((b"set-cookie", cookie.output(header="").encode("ascii").strip()))
+    return headers
+
+
+def describe(response: HttpResponseBase) -> dict[str, Any]:
+    """The `http.response.start` message for a response."""
+    return {
+        "type": "http.response.start",
+        "status": response.status_code,
+        "headers": asgi_headers(response),
+    }
