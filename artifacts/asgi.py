@@ -11,6 +11,9 @@ a coroutine. Everything else goes on to Django. Of Django's middleware,
 the part that sets security and CORS headers runs here too, from the same
 settings (`artifacts.headers`), so these responses carry the same headers
 as every other.
+
+`ShutdownMiddleware`, outermost, answers the ASGI lifespan and lets go of
+the live clients when the worker stops (see `artifacts.shutdown`).
 """
 
 from __future__ import annotations
@@ -31,10 +34,13 @@ from django.http.response import HttpResponseBase
 from attachments.access import authorize_scope
 from attachments.asgi import resolve_http
 
+from . import shutdown
 from .cancellation import cancel_and_wait
+from .conf import conf
 from .headers import answered_by_middleware, describe, through_middleware
 from .sse import CONTENT_TYPE, HEADERS
 from .views import PAGE_HEADERS, respond_page, respond_stream
+from .wakeups import hub
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +73,24 @@ class EventFeedMiddleware:
         if route is None:
             await self.app(scope, receive, send)
             return
-        responder = asyncio.create_task(self._respond(route, scope, send))
-        listener = asyncio.create_task(_until_disconnect(receive))
-        try:
-            await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(listener)
-            await cancel_and_wait(responder)
-        if not responder.cancelled():
-            responder.result()
+        # A long-poll's wait counts from here, not from after its checks:
+        # under a burst of arrivals those can queue.
+        arrived = asyncio.get_running_loop().time()
+        # Counted until the response is sent, so a shutdown waits for it.
+        with hub().live_request():
+            responder = asyncio.create_task(self._respond(route, scope, send, arrived))
+            listener = asyncio.create_task(_until_disconnect(receive))
+            try:
+                await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait(listener)
+                await cancel_and_wait(responder)
+            if not responder.cancelled():
+                responder.result()
 
-    async def _respond(self, route: tuple[str, str], scope: Scope, send: Send) -> None:
+    async def _respond(
+        self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
+    ) -> None:
         view_name, session_id = route
         # The request as Django would see it (no body: these are GETs), for
         # its host check and for the header middleware.
@@ -102,7 +115,7 @@ class EventFeedMiddleware:
         try:
             if view_name == PAGE_VIEW:
                 status, body = await respond_page(
-                    session_id, params, lambda: authorize_scope(scope, session_id)
+                    session_id, params, lambda: authorize_scope(scope, session_id), arrived
                 )
                 await _send_json(send, request, status, body)
                 return
@@ -165,3 +178,29 @@ async def _send_stream(
         async for chunk in stream:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
+
+
+class ShutdownMiddleware:
+    """
+    The project's outermost ASGI app. It answers the `lifespan` scope itself
+    (startup: nothing to do; shutdown: drain the live clients, see
+    `EventHub.drain`), and on its first call of any kind puts the shutdown
+    signal hook in place (`artifacts.shutdown.install`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        shutdown.install()
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await hub().drain(conf.SHUTDOWN_GRACE / 2)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -30,6 +30,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
         ("ARTIFACTS_RECHECK_SECONDS", 1.0),
         ("ARTIFACTS_MAX_WAIT_SECONDS", 60),
         ("ARTIFACTS_SSE_KEEPALIVE_SECONDS", 15),
+        ("ARTIFACTS_SHUTDOWN_GRACE", 10),
     ):
         value = getattr(settings, name, default)
         if not _is_number(value) or value <= 0:

@@ -13,6 +13,8 @@ The artifacts app's settings, each read live from Django settings so that
                                     them; the page then ends early with `has_more` (10000)
     ARTIFACTS_SSE_KEEPALIVE_SECONDS quiet time after which an event stream sends a
                                     keep-alive comment (15)
+    ARTIFACTS_SHUTDOWN_GRACE        seconds from SIGTERM to the process's exit: live clients
+                                    are let go at once, other requests get the rest (10)
     ARTIFACTS_FEED_MIDDLEWARE       the middleware (dotted paths) that the feed's ASGI fast
                                     path runs for its response headers, where MIDDLEWARE
                                     lists it and in MIDDLEWARE's order: only middleware
@@ -55,6 +57,10 @@ class Settings:
     @property
     def SSE_KEEPALIVE_SECONDS(self) -> float:
         return float(getattr(settings, "ARTIFACTS_SSE_KEEPALIVE_SECONDS", 15))
+
+    @property
+    def SHUTDOWN_GRACE(self) -> float:
+        return float(getattr(settings, "ARTIFACTS_SHUTDOWN_GRACE", 10))
 
     @property
     def FEED_MIDDLEWARE(self) -> tuple[str, ...]:

@@ -5,11 +5,16 @@ import json
 import logging
 from contextlib import aclosing
 from dataclasses import replace
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.apps import apps
 
 from attachments.access import (
@@ -23,8 +28,9 @@ from attachments.exceptions import ApiError, SessionNotFound, error_payload
 from attachments.sessions import create_session, get_live_session
 
 from .cancellation import cancel_and_wait
-from .feed import FeedQuery, astart_cursor, follow, parse_query
+from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
 from .groups import session_group
+from .wakeups import SERVICE_RESTART, hub
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +53,86 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
     cursor from backlog into live events, so nothing is lost or repeated
     between the two. Cursor errors arrive as `error` messages carrying
     `resume_after`, and the socket stays open.
+
+    Artifact events reach the socket through the process's hub
+    (`artifacts.wakeups`), not through a channel of its own, so the socket
+    takes nothing from the channel layer unless `groups_of_its_own` says
+    it has groups to join (the control socket's run messages).
     """
 
     session_id: str | None = None
     _follower: asyncio.Task[None] | None = None
+    groups_of_its_own = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """
+        `AsyncConsumer.__call__`, except that the socket has a layer channel
+        only if it needs one, and a failing layer does not end it: the
+        socket waits for the layer to come back and joins its groups again
+        (`channels_receive`).
+        """
+        self.scope = scope
+        self.base_send = send
+        self.channel_layer = None
+        receivers = [receive]
+        if self.groups_of_its_own:
+            self.channel_layer = get_channel_layer(self.channel_layer_alias)
+            if self.channel_layer is not None:
+                # Local to this process for every layer Channels ships: no I/O.
+                self.channel_name = await self.channel_layer.new_channel()
+                receivers.append(self.channel_receive)
+        try:
+            await await_many_dispatch(receivers, self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """
+        `AsyncConsumer.dispatch` without its `aclose_old_connections()`, a
+        thread hop for every message: these sockets touch the database only
+        through `database_sync_to_async`, which does that cleanup itself.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """`AsyncWebsocketConsumer.websocket_disconnect` without its thread hop (see `dispatch`)."""
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
+    async def channel_receive(self) -> dict[str, Any]:
+        """The next message for this socket's channel; rides out layer outages."""
+        layer = self.channel_layer
+        assert layer is not None
+        current = hub()
+        while True:
+            await current.layer_available()
+            try:
+                return dict(await layer.receive(self.channel_name))
+            except Exception as exc:
+                current.layer_failed(layer, exc)
+                await current.layer_available()
+                # A restarted layer has forgotten our groups.
+                await self.join_groups()
+
+    def own_groups(self) -> list[str]:
+        """The groups this socket's channel belongs to."""
+        return []
+
+    async def join_groups(self) -> None:
+        """Join `own_groups()`, best effort: after an outage, `channel_receive` joins again."""
+        if self.channel_layer is None:
+            return
+        for group in self.own_groups():
+            await hub().join(self.channel_layer, group, self.channel_name)
+
+    async def leave_groups(self) -> None:
+        if self.channel_layer is None:
+            return
+        for group in self.own_groups():
+            await hub().leave(self.channel_layer, group, self.channel_name)
 
     def connect_query(self) -> dict[str, str]:
         query_string = self.scope.get("query_string", b"").decode("latin-1")
@@ -62,8 +144,19 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         await self.send_api_error(exc)
         await self.close(code=CLOSE_CODES.get(exc.status_code, 4400))
 
+    async def accept(
+        self, subprotocol: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        """Accept, and count the socket as a live client that a shutdown closes with 1012."""
+        await super().accept(subprotocol, headers)
+        current = hub()
+        current.add_socket(self)
+        if current.draining:
+            await self.close(code=SERVICE_RESTART)
+
     async def disconnect(self, code: int) -> None:
         await self.stop_following()
+        hub().discard_socket(self)
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
@@ -140,16 +233,7 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
             async with aclosing(pages):
                 async for page in pages:
                     if page is not None and page.events:
-                        await self.send_json(
-                            {
-                                "type": "artifact_created",
-                                "data": {
-                                    "session_id": self.session_id,
-                                    "events": page.events,
-                                    "next_cursor": page.next_cursor,
-                                },
-                            }
-                        )
+                        await self.send(text_data=page.encoded("ws", partial(self.message, page)))
         except SessionNotFound as exc:
             await self.send_api_error(exc)
             await self.close(code=CLOSE_CODES[404])
@@ -159,6 +243,19 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         except Exception:
             logger.exception("Artifact event push failed")
             await self.close(code=1011)
+
+    def message(self, page: Page) -> str:
+        """The `artifact_created` message of a page, as JSON text."""
+        return json.dumps(
+            {
+                "type": "artifact_created",
+                "data": {
+                    "session_id": self.session_id,
+                    "events": page.events,
+                    "next_cursor": page.next_cursor,
+                },
+            }
+        )
 
     async def send_error(self, code: str, detail: str, **extra: Any) -> None:
         await self.send_json({"type": "error", "data": {"code": code, "detail": detail, **extra}})
@@ -179,6 +276,11 @@ class SessionConsumer(ArtifactSocket):
     (see `ArtifactSocket`).
     """
 
+    groups_of_its_own = True
+
+    def own_groups(self) -> list[str]:
+        return [] if self.session_id is None else [session_group(self.session_id)]
+
     async def connect(self) -> None:
         params = self.connect_query()
         requested = params.get("session_id")
@@ -193,7 +295,7 @@ class SessionConsumer(ArtifactSocket):
             return
         # Fixed before `connection` is sent: the client sees everything after it.
         start = await self.start_cursor(query)
-        await self.channel_layer.group_add(session_group(self.session_id), self.channel_name)
+        await self.join_groups()
         await self.accept()
         data = {"session_id": self.session_id, "status": "connected"}
         if token is not None:
@@ -203,10 +305,7 @@ class SessionConsumer(ArtifactSocket):
 
     async def disconnect(self, code: int) -> None:
         await super().disconnect(code)
-        if self.session_id is not None:
-            await self.channel_layer.group_discard(
-                session_group(self.session_id), self.channel_name
-            )
+        await self.leave_groups()
 
     @database_sync_to_async
     def _attach(self, credentials: Credentials, requested: str | None) -> tuple[str, str | None]:

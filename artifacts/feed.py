@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from django.db.models import Q, QuerySet
@@ -34,6 +34,8 @@ from .conf import conf
 from .exceptions import CursorAhead, CursorExpired, InvalidParameter
 from .models import ArtifactEvent, EventStream
 from .wakeups import SessionWatch, hub
+
+T = TypeVar("T")
 
 MAX_FILTER_ITEMS = 50
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
@@ -89,6 +91,17 @@ class Page:
     has_more: bool
     last_sequence: int
     timed_out: bool = False
+
+    def encoded(self, key: Hashable, encode: Callable[[], T]) -> T:
+        """
+        `encode()`, computed once per page and key. Subscribers woken together
+        at one cursor share one page (`SessionWatch.shared`), so ten thousand
+        sockets send one encoding of it rather than encode it ten thousand times.
+        """
+        memo: dict[Hashable, Any] = self.__dict__.setdefault("_encoded", {})
+        if key not in memo:
+            memo[key] = encode()
+        return memo[key]  # type: ignore[no-any-return]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -295,7 +308,22 @@ def last_event_cursor(session: Session) -> int:
 # Feed reads are brief and run on the event loop's shared thread pool, so a
 # waiting reader holds no thread of its own.
 aread_page = database_sync_to_async(read_page, thread_sensitive=False)
-astart_cursor = database_sync_to_async(start_cursor, thread_sensitive=False)
+_astart_cursor = database_sync_to_async(start_cursor, thread_sensitive=False)
+
+
+async def astart_cursor(session_id: str, after: int | None) -> int:
+    """
+    `start_cursor`, without a query for a stream that starts at the head of a
+    session this process already follows: a socket connecting to a busy
+    dashboard's session costs no read. (The head may trail a commit whose
+    notification was lost, by one re-check at most; the subscriber then gets
+    that event too, and nothing is lost.)
+    """
+    if after is None:
+        head = hub().known_head(session_id)
+        if head is not None:
+            return head
+    return int(await _astart_cursor(session_id, after))
 
 
 async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
@@ -306,38 +334,52 @@ async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) 
     )
 
 
-async def poll(session_id: str, query: FeedQuery) -> Page:
+async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
+    """The page after the cursor; empty without a query when the process knows it is."""
+    if watch.knows_nothing_after(query.after):
+        assert query.after is not None
+        return Page(events=[], next_cursor=query.after, has_more=False, last_sequence=query.after)
+    return await _read_watched(watch, session_id, query)
+
+
+async def poll(session_id: str, query: FeedQuery, since: float | None = None) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
     to return waits for a matching event (woken by the process's hub, see
-    `artifacts.wakeups`) and returns at the deadline with `timed_out`.
+    `artifacts.wakeups`) and returns at the deadline with `timed_out`, or at
+    once when the process shuts down. The deadline counts from `since` (loop
+    time; when the request arrived), else from now. A waiter at the session's
+    head as this process knows it neither reads before waiting nor at its
+    deadline.
     """
     validate_session_id(session_id)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + query.wait_seconds
+    deadline = (loop.time() if since is None else since) + query.wait_seconds
     current = hub()
     if query.wait_seconds <= 0 or not current.is_watching(session_id):
         # Often there is something to return at once: answer without joining
         # the session's group.
-        page = await aread_page(session_id, query)
+        page: Page = await asyncio.shield(
+            current.shared_read((session_id, query), partial(aread_page, session_id, query))
+        )
         if page.events or page.has_more or query.wait_seconds <= 0:
             return page
+        if current.draining:
+            return replace(page, timed_out=True)
         query = replace(query, after=page.next_cursor)
     async with current.watch(session_id) as watch:
         while True:
-            # Subscribed, then read: a commit after this read wakes us.
-            signal = watch.signal()
-            page = await _read_watched(watch, session_id, query)
-            query = replace(query, after=page.next_cursor)
-            if page.events or page.has_more:
-                return page
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return replace(page, timed_out=True)
+            # Taken before the read: a commit during the read resolves it.
+            news = watch.news(deadline)
             try:
-                await asyncio.wait_for(signal.wait(), remaining)
-            except TimeoutError:
-                return replace(page, timed_out=True)
+                page = await _read_unless_known(watch, session_id, query)
+                query = replace(query, after=page.next_cursor)
+                if page.events or page.has_more:
+                    return page
+                if current.draining or not await news:
+                    return replace(page, timed_out=True)
+            finally:
+                news.cancel()
 
 
 async def follow(
@@ -345,20 +387,26 @@ async def follow(
 ) -> AsyncGenerator[Page | None, None]:
     """
     Every page after `query.after` (which must be a checked cursor, see
-    `start_cursor`), then each new one as it commits, forever. Pages may be
+    `start_cursor`), then each new one as it commits. Pages may be
     empty when only the cursor moved. Yields None after `idle_seconds`
-    without news. Use it inside `contextlib.aclosing`.
+    without news. Use it inside `contextlib.aclosing`. Ends when the process
+    shuts down (see `EventHub.drain`), after a last read.
     """
-    async with hub().watch(session_id) as watch:
+    loop = asyncio.get_running_loop()
+    current = hub()
+    async with current.watch(session_id) as watch:
         while True:
-            signal = watch.signal()
-            page = await _read_watched(watch, session_id, query)
-            if page.events or page.next_cursor != query.after:
-                yield page
-            query = replace(query, after=page.next_cursor)
-            if page.has_more:
-                continue
+            news = watch.news(None if idle_seconds is None else loop.time() + idle_seconds)
             try:
-                await asyncio.wait_for(signal.wait(), idle_seconds)
-            except TimeoutError:
-                yield None
+                page = await _read_unless_known(watch, session_id, query)
+                if page.events or page.next_cursor != query.after:
+                    yield page
+                query = replace(query, after=page.next_cursor)
+                if page.has_more:
+                    continue
+                if current.draining:
+                    return
+                if not await news:
+                    yield None
+            finally:
+                news.cancel()

@@ -37,16 +37,17 @@ Authorize = Callable[[], Awaitable[object]]
 
 
 async def respond_page(
-    session_id: str, params: Mapping[str, str], authorize: Authorize
+    session_id: str, params: Mapping[str, str], authorize: Authorize, since: float | None = None
 ) -> tuple[int, dict[str, Any]]:
     """
     Status and JSON body of `GET .../artifact-events`. `authorize` applies
     the access policy (`attachments.access`) first; it raises the 404 of an
-    unknown session for a caller who may not read this one.
+    unknown session for a caller who may not read this one. `wait_seconds`
+    counts from `since` (event-loop time the request arrived), else from now.
     """
     try:
         await authorize()
-        page = await poll(session_id, parse_query(params))
+        page = await poll(session_id, parse_query(params), since)
     except ApiError as exc:
         return exc.status_code, error_payload(exc)
     return 200, page.to_json()

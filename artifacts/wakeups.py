@@ -13,6 +13,15 @@ by at most that interval.
 Sharing one channel and one re-check per process keeps the cost of idle
 waiters flat: a thousand long-polls on one session are one group member
 and one query per interval, not a thousand.
+
+The channel layer is best effort. When it fails (Redis stopped or
+unreachable), waiters stay and are served by the re-check alone; the hub
+probes the layer and, once it answers again, rejoins every group at once,
+since a restarted Redis has forgotten them. A restart that the client library
+hid from us by reconnecting shows up as news that the re-check found and no
+notification brought; the hub then rejoins that session's group. Sockets that
+have groups of their own (the control socket) join and leave through the hub
+(`join`, `leave`, `layer_available`) so they follow the same rules.
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -43,23 +53,85 @@ MEMBERSHIP_REFRESH_SECONDS = 3600.0
 # Group joins and leaves in flight at once: a thousand waiters arriving
 # together must not take a thousand connections from the layer's pool.
 MEMBERSHIP_CONCURRENCY = 16
+# While the layer is down it is probed at this interval, growing to the cap:
+# prompt enough that "back" means "back within half a second".
+PROBE_FIRST_SECONDS = 0.05
+PROBE_MAX_SECONDS = 0.5
+# A group that nobody joins; leaving it is a cheap round trip to the layer.
+PROBE_GROUP = "artifact-events.probe"
+PROBE_CHANNEL = "artifact-events.probe"
+# Waiters' deadlines are kept to this resolution (seconds), so that those
+# falling due together are answered together.
+DEADLINE_RESOLUTION = 0.05
+# The WebSocket close code for "the server is restarting; reconnect".
+SERVICE_RESTART = 1012
+
+
+class Closable(Protocol):
+    async def close(self, code: int | bool | None = None) -> None: ...
+
+
+class Deadlines:
+    """
+    Futures that resolve to False at their deadline, in batches: deadlines
+    are rounded up to the next `DEADLINE_RESOLUTION` slot and each slot has
+    one timer, so ten thousand waiters that time out together cost one timer
+    and one pass, not ten thousand timers and tasks.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[int, list[asyncio.Future[bool]]] = {}
+
+    def add(self, future: asyncio.Future[bool], deadline: float) -> None:
+        slot = math.ceil(deadline / DEADLINE_RESOLUTION)
+        batch = self._slots.get(slot)
+        if batch is None:
+            batch = self._slots[slot] = []
+            asyncio.get_running_loop().call_at(slot * DEADLINE_RESOLUTION, self._expire, slot)
+        batch.append(future)
+
+    def _expire(self, slot: int) -> None:
+        for future in self._slots.pop(slot, ()):
+            if not future.done():
+                future.set_result(False)
 
 
 class SessionWatch:
     """What this process knows about one session's stream, shared by its local waiters."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, deadlines: Deadlines) -> None:
         self.session_id = session_id
         self.head = 0
+        # True once the session is known to be purged: its head means nothing.
+        self.gone = False
         self.users = 0
         self.subscribed = False
         self.lock = asyncio.Lock()
-        self._signal = asyncio.Event()
+        self._deadlines = deadlines
+        self._waiters: set[asyncio.Future[bool]] = set()
         self._reads: dict[Hashable, asyncio.Task[Any]] = {}
 
-    def signal(self) -> asyncio.Event:
-        """The event the next change sets. Take it *before* reading the database."""
-        return self._signal
+    def knows_nothing_after(self, cursor: int | None) -> bool:
+        """
+        Whether this process knows there is nothing after `cursor`: the cursor
+        is the session's head as last read or announced, so a reader there can
+        wait without reading. A commit whose notification was lost is found by
+        the next re-check, which wakes it.
+        """
+        return self.subscribed and not self.gone and cursor is not None and cursor == self.head
+
+    def news(self, deadline: float | None = None) -> asyncio.Future[bool]:
+        """
+        A future that resolves to True at the next wake-up, or to False at
+        `deadline` (loop time). Take it *before* reading the database, so that
+        a change committed during the read is not missed.
+        """
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.add(future)
+        future.add_done_callback(self._waiters.discard)
+        if deadline is not None:
+            self._deadlines.add(future, deadline)
+        return future
 
     def shared(
         self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
@@ -84,9 +156,11 @@ class SessionWatch:
             self.wake()
 
     def wake(self) -> None:
-        signal, self._signal = self._signal, asyncio.Event()
+        waiters, self._waiters = self._waiters, set()
         self._reads = {}
-        signal.set()
+        for future in waiters:
+            if not future.done():
+                future.set_result(True)
 
 
 def _forget(
@@ -120,12 +194,108 @@ class EventHub:
 
     def __init__(self) -> None:
         self.watches: dict[str, SessionWatch] = {}
+        self.deadlines = Deadlines()
+        self._reads: dict[Hashable, asyncio.Task[Any]] = {}
         self.layer: BaseChannelLayer | None = None
         self.channel: str | None = None
         self._channel_lock = asyncio.Lock()
         self._membership = asyncio.Semaphore(MEMBERSHIP_CONCURRENCY)
         self._receiver: asyncio.Task[None] | None = None
         self._rechecker: asyncio.Task[None] | None = None
+        # Set while the channel layer answers; cleared from its first failure
+        # until the probe finds it back.
+        self._layer_up = asyncio.Event()
+        self._layer_up.set()
+        self._prober: asyncio.Task[None] | None = None
+        # Shutdown: see `drain`.
+        self._draining = False
+        self._sockets: set[Closable] = set()
+        self._requests = 0
+        self._quiet = asyncio.Event()
+
+    @property
+    def draining(self) -> bool:
+        """True once the process is shutting down: live clients are answered and let go."""
+        return self._draining
+
+    def add_socket(self, socket: Closable) -> None:
+        """Count an accepted WebSocket as a live client, closed with 1012 by `drain`."""
+        self._sockets.add(socket)
+
+    def discard_socket(self, socket: Closable) -> None:
+        self._sockets.discard(socket)
+        self._check_quiet()
+
+    @contextlib.contextmanager
+    def live_request(self) -> Iterator[None]:
+        """Count a feed request (long-poll or SSE) in flight until its response has been sent."""
+        self._requests += 1
+        try:
+            yield
+        finally:
+            self._requests -= 1
+            self._check_quiet()
+
+    def _check_quiet(self) -> None:
+        if self._draining and not (self.watches or self._sockets or self._requests):
+            self._quiet.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """
+        Let go of every live client of this loop: waiting long-polls return
+        their current page, event streams end (with a `retry:` hint), sockets
+        close with 1012 (Service Restart), and clients arriving from now on get
+        the same at once. Returns whether all had left within `timeout` seconds.
+        """
+        if not self._draining:
+            self._draining = True
+            for watch in list(self.watches.values()):
+                watch.wake()
+            for socket in list(self._sockets):
+                try:
+                    await socket.close(code=SERVICE_RESTART)
+                except Exception:
+                    # The connection is already going away.
+                    self._sockets.discard(socket)
+        self._check_quiet()
+        try:
+            await asyncio.wait_for(self._quiet.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def layer_is_up(self) -> bool:
+        """False from a failed channel-layer call until the layer answers again."""
+        return self._layer_up.is_set()
+
+    async def layer_available(self) -> None:
+        """Return once the channel layer answers (at once, unless it is known to be down)."""
+        await self._layer_up.wait()
+
+    def shared_read(
+        self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
+    ) -> asyncio.Future[T]:
+        """
+        The result of `read()`, shared with every caller that asks for the same
+        key while it is in flight: long-polls that arrive together on a session
+        this process does not follow yet make one query. Someone that joins a
+        read begun before it arrived may miss a commit made in between; a
+        waiter then finds it when it subscribes (`watch` reads the head after
+        joining). Await it through `asyncio.shield`.
+        """
+        task = self._reads.get(key)
+        if task is None:
+            task = self._reads[key] = asyncio.ensure_future(read())
+            task.add_done_callback(_forget(self._reads, key))
+        return task
+
+    def known_head(self, session_id: str) -> int | None:
+        """The session's last sequence as this process knows it, if it follows the session."""
+        watch = self.watches.get(session_id)
+        if watch is None or not watch.subscribed or watch.gone:
+            return None
+        return watch.head
 
     def is_watching(self, session_id: str) -> bool:
         """Whether this process already follows the session (joining it is then cheap)."""
@@ -139,7 +309,7 @@ class EventHub:
         if watch is None:
             if not self.watches:
                 self._start()
-            watch = self.watches[session_id] = SessionWatch(session_id)
+            watch = self.watches[session_id] = SessionWatch(session_id, self.deadlines)
         watch.users += 1
         try:
             async with watch.lock:
@@ -147,8 +317,81 @@ class EventHub:
                     await self._subscribe(watch)
             yield watch
         finally:
-            # Shielded: a cancelled waiter must still leave the group.
-            await asyncio.shield(self._release(watch))
+            watch.users -= 1
+            if not watch.users:
+                # Shielded: a cancelled waiter must still leave the group.
+                await asyncio.shield(self._release(watch))
+
+    async def join(self, layer: BaseChannelLayer, group: str, channel: str) -> bool:
+        """
+        Add `channel` to `group`, best effort: False (and the layer marked
+        down, to be probed) if the layer failed or is known to be down.
+        Whoever gets False joins again after `layer_available()`.
+        """
+        if not self.layer_is_up:
+            return False
+        try:
+            async with self._membership:
+                await layer.group_add(group, channel)
+        except Exception as exc:
+            self.layer_failed(layer, exc)
+            return False
+        return True
+
+    async def leave(self, layer: BaseChannelLayer, group: str, channel: str) -> None:
+        """Remove `channel` from `group`, best effort (a layer that is down forgets by itself)."""
+        if not self.layer_is_up:
+            return
+        try:
+            async with self._membership:
+                await layer.group_discard(group, channel)
+        except Exception as exc:
+            self.layer_failed(layer, exc)
+
+    def layer_failed(self, layer: BaseChannelLayer, exc: BaseException) -> None:
+        """
+        Note that a call to the channel layer failed: until a probe finds it
+        back, waiters rely on the database re-check and nobody calls the layer.
+        """
+        if self._prober is not None and not self._prober.done():
+            return
+        self._layer_up.clear()
+        logger.warning(
+            "Channel layer unavailable (%s: %s); artifact-event waiters rely on database "
+            "re-checks until it is back.",
+            type(exc).__name__,
+            exc,
+        )
+        self._prober = asyncio.create_task(self._probe_until_back(layer))
+
+    async def _probe_until_back(self, layer: BaseChannelLayer) -> None:
+        delay = PROBE_FIRST_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PROBE_MAX_SECONDS)
+            try:
+                await layer.group_discard(PROBE_GROUP, PROBE_CHANNEL)
+                rejoined = await self._rejoin_all(layer)
+            except Exception:
+                continue
+            break
+        self._layer_up.set()
+        logger.warning("Channel layer is back; rejoined %d artifact-event groups.", rejoined)
+
+    async def _rejoin_all(self, layer: BaseChannelLayer) -> int:
+        """Join the group of every watched session again; raises if the layer fails."""
+        target = self.layer
+        if target is None or target is not layer or self.channel is None:
+            return 0
+        channel = self.channel
+        watches = [watch for watch in self.watches.values() if watch.subscribed]
+
+        async def rejoin(watch: SessionWatch) -> None:
+            async with self._membership:
+                await target.group_add(events_group(watch.session_id), channel)
+
+        await asyncio.gather(*(rejoin(watch) for watch in watches))
+        return len(watches)
 
     def _start(self) -> None:
         # The layer is looked up afresh on each start, so settings changes
@@ -166,12 +409,10 @@ class EventHub:
     async def _subscribe(self, watch: SessionWatch) -> None:
         layer = self.layer
         if layer is not None:
-            try:
-                channel = await self._channel(layer)
-                async with self._membership:
-                    await layer.group_add(events_group(watch.session_id), channel)
-            except Exception:
-                logger.exception("Could not join the events group; relying on re-checks.")
+            channel = await self._channel(layer)
+            # A layer that is down is skipped: the probe joins every watched
+            # session's group once it is back.
+            await self.join(layer, events_group(watch.session_id), channel)
         # Known heads come from the database after joining, so nothing that
         # commits from here on can go unnoticed.
         heads = await session_heads([watch.session_id])
@@ -186,33 +427,27 @@ class EventHub:
             return self.channel
 
     async def _release(self, watch: SessionWatch) -> None:
-        watch.users -= 1
-        if watch.users:
-            return
         async with watch.lock:
             if watch.users:
                 return
             if watch.subscribed and self.layer is not None and self.channel is not None:
-                try:
-                    async with self._membership:
-                        await self.layer.group_discard(events_group(watch.session_id), self.channel)
-                except Exception:
-                    logger.exception("Could not leave the events group.")
+                await self.leave(self.layer, events_group(watch.session_id), self.channel)
             watch.subscribed = False
             if watch.users == 0 and self.watches.get(watch.session_id) is watch:
                 del self.watches[watch.session_id]
                 if not self.watches:
                     self._stop()
+                    self._check_quiet()
 
     async def _receive_forever(self, layer: BaseChannelLayer, channel: str) -> None:
         while True:
+            await self._layer_up.wait()
             try:
                 message = await layer.receive(channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("Channel layer receive failed; retrying.")
-                await asyncio.sleep(1)
+            except Exception as exc:
+                self.layer_failed(layer, exc)
                 continue
             self.notify(message)
 
@@ -224,6 +459,7 @@ class EventHub:
         if watch is None:
             return
         if message.get("purged"):
+            watch.gone = True
             watch.wake()
         else:
             sequence = message.get("sequence")
@@ -238,7 +474,7 @@ class EventHub:
             await self.recheck()
             if loop.time() - refreshed > MEMBERSHIP_REFRESH_SECONDS:
                 refreshed = loop.time()
-                await self._refresh_memberships()
+                await self._refresh_memberships(list(self.watches))
 
     async def recheck(self) -> None:
         """Compare every watched session with the database, waking waiters that missed news."""
@@ -250,24 +486,32 @@ class EventHub:
         except Exception:
             logger.exception("Could not re-check artifact event heads.")
             return
+        missed: list[str] = []
         for session_id in session_ids:
             watch = self.watches.get(session_id)
             if watch is None:
                 continue
             if session_id in heads:
+                if heads[session_id] > watch.head and watch.subscribed:
+                    missed.append(session_id)
                 watch.advance(heads[session_id])
             else:
                 # Purged: waiters re-read and answer 404.
+                watch.gone = True
                 watch.wake()
+        if missed:
+            # The news came without its notification: the layer may have lost
+            # our membership (a Redis restart hidden by a reconnect), or only
+            # the message. Joining again is idempotent, so do it either way.
+            await self._refresh_memberships(missed)
 
-    async def _refresh_memberships(self) -> None:
+    async def _refresh_memberships(self, session_ids: list[str]) -> None:
         if self.layer is None or self.channel is None:
             return
-        for watch in list(self.watches.values()):
-            if watch.subscribed:
-                with contextlib.suppress(Exception):
-                    async with self._membership:
-                        await self.layer.group_add(events_group(watch.session_id), self.channel)
+        for session_id in session_ids:
+            watch = self.watches.get(session_id)
+            if watch is not None and watch.subscribed:
+                await self.join(self.layer, events_group(session_id), self.channel)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventHub] = weakref.WeakKeyDictionary()

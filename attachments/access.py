@@ -240,11 +240,24 @@ def request_from_scope(scope: dict[str, Any]) -> HttpRequest:
     return ASGIRequest(http_scope, io.BytesIO())
 
 
+def _authorize_scope(
+    scope: dict[str, Any], session_id: object, target: links.LinkTarget | None
+) -> Session:
+    return session_for(_credentials_from_scope(scope), session_id, target)
+
+
 async def authorize_scope(
     scope: dict[str, Any], session_id: object, target: links.LinkTarget | None = None
 ) -> Session:
-    """`session_for()` with the credentials of an ASGI HTTP or WebSocket scope."""
-    return await asession_for(await credentials_from_scope(scope), session_id, target)
+    """
+    `session_for()` with the credentials of an ASGI HTTP or WebSocket scope,
+    in one trip to a worker thread of the pool rather than two through the
+    single thread shared with Django's sync code: ten thousand live clients
+    connecting at once must not queue behind one thread.
+    """
+    return await database_sync_to_async(_authorize_scope, thread_sensitive=False)(
+        scope, session_id, target
+    )
 
 
 def authorize_scope_sync(

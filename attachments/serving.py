@@ -11,6 +11,14 @@ it whole into a list first, which would hold a whole file in memory. The next
 chunk is read only when the server has taken the last one, so memory stays
 flat where the server applies backpressure to `send` (Uvicorn does); Daphne
 does not, and queues whatever a slow client has not yet taken.
+
+A file's body goes faster around Django when `FileBodyMiddleware` wraps the
+Django application: the view then returns the headers only and leaves the
+open file to the middleware, which has the server send it itself where the
+server offers the ASGI `http.response.pathsend` extension (Granian: the
+kernel copies the file), and otherwise streams it in large reads, each read
+overlapping the sending of the one before (Django's own ASGI handler would cut
+every chunk into 64 KiB messages).
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import base64
 import io
 import os
 import re
+import secrets
 import threading
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from django.core.handlers.asgi import ASGIRequest
@@ -46,6 +55,14 @@ CHUNK_BYTES = 1 << 20
 # A slow source (a compressor) hands over what it has after this long, so the
 # first bytes leave early and the stream keeps moving.
 MAX_BATCH_SECONDS = 0.02
+# Reads of a file body sent by `FileBodyMiddleware`: fewer, larger messages
+# cost the server less per byte; two are in memory at a time per response.
+FILE_READ_BYTES = 4 << 20
+# Where `FileBodyMiddleware` offers its slot to the view, in the ASGI scope.
+FILE_BODY_SCOPE_KEY = "mac.file_body"
+# The response header by which a view hands its file to the middleware; the
+# middleware removes it, so it never leaves the process.
+FILE_BODY_HEADER = "X-Mac-File-Body"
 
 OCTET_STREAM = "application/octet-stream"
 _MIME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
@@ -391,11 +408,13 @@ def _respond(
     last_modified: int | None,
     body: Callable[[int, int], Iterator[bytes]],
     close: Callable[[], None],
+    file: io.FileIO | None = None,
 ) -> HttpResponseBase:
     """
     The response for a body of `size` bytes (None: unknown, so no ranges)
     that `body(start, length)` yields on demand; `close` releases what the
-    body holds, whether or not it is sent.
+    body holds, whether or not it is sent. A body that is `file` as it is
+    goes to `FileBodyMiddleware` when it wraps the application.
     """
     try:
         conditional = _conditional(request, headers, etag, last_modified)
@@ -417,17 +436,25 @@ def _respond(
             if byte_range is not None:
                 headers["Content-Range"] = byte_range.content_range(size)
             headers["Content-Length"] = str(byte_range.length if byte_range else size)
+        status = 206 if byte_range else 200
+        start = byte_range.start if byte_range else 0
+        length = byte_range.length if byte_range else (-1 if size is None else size)
+        slot = _file_body_slot(request)
         if request.method == "HEAD":
             close()
             content = streaming_body(request, iter(()))
+        elif file is not None and slot is not None and length >= 0:
+            handed: HttpResponseBase = _FileBodyResponse(status, close)
+            handed[FILE_BODY_HEADER] = slot.offer(file, start, length)
+            for name, value in headers.items():
+                handed[name] = value
+            return handed
         else:
-            start = byte_range.start if byte_range else 0
-            length = byte_range.length if byte_range else (-1 if size is None else size)
             content = streaming_body(request, body(start, length), close)
     except BaseException:
         close()
         raise
-    response = StreamingHttpResponse(content, status=206 if byte_range else 200)
+    response = StreamingHttpResponse(content, status=status)
     for name, value in headers.items():
         response[name] = value
     return response
@@ -522,6 +549,7 @@ def serve_artifact(
         last_modified=last_modified,
         body=lambda start, length: read_chunks(file, start, length),
         close=file.close,
+        file=file,
     )
 
 
@@ -547,3 +575,174 @@ def serve_archive(request: HttpRequest, archive: SessionArchive, filename: str) 
         body=archive.chunks,
         close=lambda: None,
     )
+
+
+# Sending file bodies around Django ---------------------------------------------
+
+Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _FileBody:
+    file: io.FileIO
+    start: int
+    length: int
+
+
+class FileBodySlot:
+    """
+    Where a view leaves the open file of its response for `FileBodyMiddleware`
+    (one per request). The token in the response header must match, so a
+    response that some middleware replaced on the way out (an error page, a
+    304) is sent as it is.
+    """
+
+    def __init__(self, pathsend: bool) -> None:
+        self.pathsend = pathsend
+        self._token = ""
+        self._body: _FileBody | None = None
+
+    def offer(self, file: io.FileIO, start: int, length: int) -> str:
+        """Leave `length` bytes of `file` from `start` to be sent; the header value to set."""
+        self._token = secrets.token_hex(8)
+        self._body = _FileBody(file, start, length)
+        return self._token
+
+    def take(self, token: str) -> _FileBody | None:
+        body, self._body = self._body, None
+        return body if body is not None and secrets.compare_digest(token, self._token) else None
+
+
+class _FileBodyResponse(HttpResponse):
+    """The headers of a file response whose body `FileBodyMiddleware` sends."""
+
+    def __init__(self, status: int, on_close: Callable[[], None]) -> None:
+        super().__init__(status=status)
+        self._on_close = on_close
+
+    def close(self) -> None:
+        # Django closes the response once the last body message is sent, that
+        # is once the middleware has sent the whole file.
+        try:
+            self._on_close()
+        finally:
+            super().close()
+
+
+def _file_body_slot(request: HttpRequest) -> FileBodySlot | None:
+    scope = getattr(request, "scope", None)
+    slot = scope.get(FILE_BODY_SCOPE_KEY) if isinstance(scope, dict) else None
+    return slot if isinstance(slot, FileBodySlot) else None
+
+
+class FileBodyMiddleware:
+    """
+    ASGI middleware, around the Django application, that sends the bodies of
+    file responses itself (see the module docstring): with the server's
+    `http.response.pathsend` for a whole file where the server offers it,
+    otherwise in `FILE_READ_BYTES` reads.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extensions = scope.get("extensions") or {}
+        slot = FileBodySlot(pathsend="http.response.pathsend" in extensions)
+        pending: _FileBody | None = None
+        marker = FILE_BODY_HEADER.lower().encode("latin-1")
+
+        async def send_file_bodies(message: Message) -> None:
+            nonlocal pending
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                token = next((value for name, value in headers if name.lower() == marker), None)
+                if token is not None:
+                    pending = slot.take(token.decode("latin-1"))
+                    message = {**message, "headers": [h for h in headers if h[0].lower() != marker]}
+                await send(message)
+            elif pending is not None and message["type"] == "http.response.body":
+                if not message.get("more_body"):
+                    body, pending = pending, None
+                    await _send_file(send, body, slot.pathsend)
+            else:
+                await send(message)
+
+        await self.app({**scope, FILE_BODY_SCOPE_KEY: slot}, receive, send_file_bodies)
+
+
+# The open file by its descriptor: the server opens the very file the view
+# checked and opened, even if its path has since been replaced by a link
+# (workflow nodes write in the session directory).
+_PROC_FD = "/proc/self/fd"
+# Granian opens a pathsend path only after the application has returned, so
+# the descriptor named in it is a duplicate held this long afterwards...
+PATHSEND_HOLD_SECONDS = 10.0
+# ...and at most this many at once; past that, bodies are streamed.
+PATHSEND_MAX_HELD = 1024
+
+
+class _HeldDescriptors:
+    """Duplicates of open files, kept open for the server to open by /proc path, then closed."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def hold(self, fd: int) -> int:
+        held = os.dup(fd)
+        self.count += 1
+        asyncio.get_running_loop().call_later(PATHSEND_HOLD_SECONDS, self._release, held)
+        return held
+
+    def _release(self, held: int) -> None:
+        self.count -= 1
+        os.close(held)
+
+
+_held = _HeldDescriptors()
+
+
+async def _send_file(send: Send, body: _FileBody, pathsend: bool) -> None:
+    fd = body.file.fileno()
+    whole = body.start == 0 and body.length == os.fstat(fd).st_size
+    if pathsend and whole and _held.count < PATHSEND_MAX_HELD and os.path.isdir(_PROC_FD):
+        held = _held.hold(fd)
+        await send({"type": "http.response.pathsend", "path": f"{_PROC_FD}/{held}"})
+        return
+    loop = asyncio.get_running_loop()
+    offset, remaining = body.start, body.length
+
+    def read(at: int, size: int) -> bytes:
+        return os.pread(fd, size, at)
+
+    next_read = loop.run_in_executor(None, read, offset, min(FILE_READ_BYTES, remaining))
+    try:
+        while remaining > 0:
+            chunk = await next_read
+            if not chunk:
+                # The file shrank after Content-Length was sent: end the
+                # connection rather than let the client take a short body as whole.
+                raise OSError(f"{body.file.name!r} ended {remaining} bytes early.")
+            offset += len(chunk)
+            remaining -= len(chunk)
+            if remaining > 0:
+                # The next read overlaps the sending of this chunk.
+                next_read = loop.run_in_executor(
+                    None, read, offset, min(FILE_READ_BYTES, remaining)
+                )
+            await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+    finally:
+        # The client left mid-way: the file closes after this returns, so
+        # let the read in flight finish first.
+        if not next_read.done():
+            await asyncio.wait([next_read])
+        if not next_read.cancelled():
+            next_read.exception()
+    if body.length == 0:
+        await send({"type": "http.response.body", "body": b""})

@@ -25,12 +25,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from artifacts.asgi import EventFeedMiddleware  # noqa: E402
+from artifacts.asgi import EventFeedMiddleware, ShutdownMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
 from attachments.asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
 from attachments.buffering import guard_daphne  # noqa: E402
 from attachments.conf import conf as attachments_conf  # noqa: E402
 from attachments.reconcile import reconcile_in_background  # noqa: E402
+from attachments.serving import FileBodyMiddleware  # noqa: E402
 
 # Daphne reads (and Twisted parses) whole bodies before the application
 # sees them: refuse over-long ones before that (attachments.buffering).
@@ -41,13 +42,16 @@ if attachments_conf.RECONCILE_AT_START:
     # safe beside workers that are serving.
     reconcile_in_background()
 
-application = ProtocolTypeRouter(
-    {
-        "http": JSONServerErrorMiddleware(
-            EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app))
-        ),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+# Outermost: answers the lifespan, and drains live clients on shutdown.
+application = ShutdownMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": JSONServerErrorMiddleware(
+                EventFeedMiddleware(StreamingUploadMiddleware(FileBodyMiddleware(django_asgi_app)))
+            ),
+            "websocket": AllowedHostsOriginValidator(
+                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

@@ -42,6 +42,7 @@ Environment:
     MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
+    MAC_SHUTDOWN_GRACE       seconds from SIGTERM to exit; live clients are let go at once (10)
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
     MAC_DB_POOL_SIZE         PostgreSQL connections pooled per worker process; 0: no pool (20)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
@@ -311,3 +312,4 @@ if (_link_age := _env_int("MAC_SIGNED_LINK_MAX_AGE")) is not None:
 ATTACHMENTS_SESSION_CREATE_RATE = os.environ.get("MAC_SESSION_CREATE_RATE", "").strip() or None
 ARTIFACTS_EVENT_RETENTION = _env_int("MAC_EVENT_RETENTION")
 ARTIFACTS_RECHECK_SECONDS = _env_float("MAC_EVENT_RECHECK_SECONDS", 1.0)
+ARTIFACTS_SHUTDOWN_GRACE = _env_float("MAC_SHUTDOWN_GRACE", 10.0)

@@ -37,6 +37,17 @@ COMMANDS = {
 }
 DEFAULT_SERVER = "uvicorn"
 SERVER_KINDS = list(COMMANDS)
+# The servers' own commands as an operator types them (lifespan on), for the
+# tests of what must work whatever the command line.
+PLAIN_COMMANDS = {
+    "uvicorn-plain": [
+        sys.executable, "-m", "uvicorn", "macproject.asgi:application", "--port", "{port}",
+    ],
+    "granian": [
+        sys.executable, "-m", "granian", "--interface", "asgi", "--port", "{port}",
+        "macproject.asgi:application",
+    ],
+}
 
 
 def free_port() -> int:
@@ -80,7 +91,7 @@ class ServerProcess:
 @contextlib.contextmanager
 def run_server(kind: str, warehouse: Path, log_dir: Path, **env: str) -> Iterator[ServerProcess]:
     port = free_port()
-    command = [part.format(port=port) for part in COMMANDS[kind]]
+    command = [part.format(port=port) for part in {**COMMANDS, **PLAIN_COMMANDS}[kind]]
     environment = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "macproject.settings",

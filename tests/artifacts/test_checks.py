@@ -33,7 +33,12 @@ def test_retention_may_be_a_count():
 
 @pytest.mark.parametrize(
     "name",
-    ["ARTIFACTS_RECHECK_SECONDS", "ARTIFACTS_MAX_WAIT_SECONDS", "ARTIFACTS_SSE_KEEPALIVE_SECONDS"],
+    [
+        "ARTIFACTS_RECHECK_SECONDS",
+        "ARTIFACTS_MAX_WAIT_SECONDS",
+        "ARTIFACTS_SSE_KEEPALIVE_SECONDS",
+        "ARTIFACTS_SHUTDOWN_GRACE",
+    ],
 )
 @pytest.mark.parametrize("value", [0, -1, "1", None, False])
 def test_durations_must_be_positive_numbers(name, value):

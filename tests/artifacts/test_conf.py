@@ -14,6 +14,7 @@ NAMES = [
     "ARTIFACTS_MAX_PAGE_SIZE",
     "ARTIFACTS_MAX_SCAN_EVENTS",
     "ARTIFACTS_SSE_KEEPALIVE_SECONDS",
+    "ARTIFACTS_SHUTDOWN_GRACE",
     "ARTIFACTS_FEED_MIDDLEWARE",
 ]
 
@@ -29,6 +30,7 @@ def test_defaults_when_unset():
         assert conf.MAX_PAGE_SIZE == 200
         assert conf.MAX_SCAN_EVENTS == 10_000
         assert conf.SSE_KEEPALIVE_SECONDS == 15
+        assert conf.SHUTDOWN_GRACE == 10
         assert conf.FEED_MIDDLEWARE == (
             "django.middleware.security.SecurityMiddleware",
             "corsheaders.middleware.CorsMiddleware",
@@ -47,13 +49,17 @@ def test_the_reference_settings_read_the_environment(monkeypatch):
 
     monkeypatch.setenv("MAC_EVENT_RETENTION", "500")
     monkeypatch.setenv("MAC_EVENT_RECHECK_SECONDS", "0.5")
+    monkeypatch.setenv("MAC_SHUTDOWN_GRACE", "3")
     try:
         reloaded = importlib.reload(reference)
         assert reloaded.ARTIFACTS_EVENT_RETENTION == 500
         assert reloaded.ARTIFACTS_RECHECK_SECONDS == 0.5
+        assert reloaded.ARTIFACTS_SHUTDOWN_GRACE == 3
     finally:
         monkeypatch.delenv("MAC_EVENT_RETENTION")
         monkeypatch.delenv("MAC_EVENT_RECHECK_SECONDS")
+        monkeypatch.delenv("MAC_SHUTDOWN_GRACE")
         reloaded = importlib.reload(reference)
     assert reloaded.ARTIFACTS_EVENT_RETENTION is None
     assert reloaded.ARTIFACTS_RECHECK_SECONDS == 1.0
+    assert reloaded.ARTIFACTS_SHUTDOWN_GRACE == 10

@@ -142,3 +142,71 @@ async def test_waiters_woken_together_at_one_cursor_share_one_read(settings, mon
     pages = await asyncio.wait_for(asyncio.gather(*waiters), 10)
     assert [sequences(p.events) for p in pages] == [[1]] * 30
     assert reads == [("fan-out", 0)]
+
+
+async def test_a_drain_answers_waiting_long_polls_ends_streams_and_turns_new_waiters_away():
+    await database_sync_to_async(new_session)("draining")
+    current = hub()
+    waiter = asyncio.create_task(poll("draining", FeedQuery(after=0, wait_seconds=30)))
+    pages: list = []
+
+    async def stream():
+        async with aclosing(follow("draining", FeedQuery(after=0))) as feed:
+            async for page in feed:
+                pages.append(page)
+
+    follower = asyncio.create_task(stream())
+    while current.watches.get("draining") is None or current.watches["draining"].users < 2:
+        await asyncio.sleep(0.01)
+
+    assert await current.drain(5)
+    page = await asyncio.wait_for(waiter, 1)
+    assert (page.events, page.timed_out) == ([], True)
+    await asyncio.wait_for(follower, 1)
+    assert current.watches == {}
+    # Arriving during the shutdown: answered at once, not held.
+    late = await asyncio.wait_for(poll("draining", FeedQuery(after=0, wait_seconds=30)), 1)
+    assert late.timed_out
+
+
+async def test_waiters_at_the_known_head_make_no_query_before_waiting_or_at_their_deadline(
+    settings, monkeypatch
+):
+    from artifacts import feed
+
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    await database_sync_to_async(new_session)("known-head")
+    keeper = asyncio.create_task(poll("known-head", FeedQuery(after=0, wait_seconds=30)))
+    while not hub().is_watching("known-head"):
+        await asyncio.sleep(0.01)
+    reads: list[int | None] = []
+    real = feed.aread_page
+
+    async def counting(session_id, query):
+        reads.append(query.after)
+        return await real(session_id, query)
+
+    monkeypatch.setattr(feed, "aread_page", counting)
+    pages = await asyncio.gather(
+        *(poll("known-head", FeedQuery(after=0, wait_seconds=0.3)) for _ in range(50))
+    )
+    assert all(p.timed_out and p.events == [] and p.next_cursor == 0 for p in pages)
+    assert reads == []
+    keeper.cancel()
+
+
+async def test_a_waiter_that_skipped_its_read_still_gets_an_event_whose_notification_was_lost(
+    settings,
+):
+    settings.CHANNEL_LAYERS = DROPPING_LAYER
+    settings.ARTIFACTS_RECHECK_SECONDS = 0.3
+    session = await database_sync_to_async(new_session)("lossy-known")
+    keeper = asyncio.create_task(poll("lossy-known", FeedQuery(after=0, wait_seconds=30)))
+    while not hub().is_watching("lossy-known"):
+        await asyncio.sleep(0.01)
+    waiter = asyncio.create_task(poll("lossy-known", FeedQuery(after=0, wait_seconds=20)))
+    committed = await add_later(session, 0.1, "a.txt")
+    page = await asyncio.wait_for(waiter, 5)
+    assert sequences(page.events) == [1]
+    assert time.monotonic() - committed < 0.3 + 1.5
+    await keeper
