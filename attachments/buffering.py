@@ -98,6 +98,8 @@ def guard_daphne() -> None:
         def wait_for_room(self) -> Any:
             """An awaitable that completes once the transport takes more (a producer gate)."""
             gate = getattr(self, "_gate", None)
+            if getattr(self, "_connection_lost", False):
+                return _done()
             if gate is None:
                 gate = self._gate = _Gate()
                 self.registerProducer(gate, True)
@@ -107,7 +109,8 @@ def guard_daphne() -> None:
             # A paused download must not wait for a client that left.
             gate = getattr(self, "_gate", None)
             if gate is not None:
-                gate.resumeProducing()
+                gate.close()
+            self._connection_lost = True
             super().connectionLost(reason)
 
         def unregister_gate(self) -> None:
@@ -144,6 +147,10 @@ def _pace_replies() -> None:
     server.Server.handle_reply = paced_handle_reply
 
 
+async def _done() -> None:
+    return None
+
+
 class _Gate:
     """A streaming producer for Twisted: paused while the transport's buffer is full."""
 
@@ -152,9 +159,16 @@ class _Gate:
 
         self._open = asyncio.Event()
         self._open.set()
+        self._closed = False
+
+    def close(self) -> None:
+        """The connection is gone: never pause again."""
+        self._closed = True
+        self._open.set()
 
     def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
-        self._open.clear()
+        if not self._closed:
+            self._open.clear()
 
     def resumeProducing(self) -> None:  # noqa: N802 (Twisted's name)
         self._open.set()
