@@ -12,6 +12,7 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from .checks import check_settings
+        from .checks import check_sandbox, check_settings
 
         checks.register(check_settings, checks.Tags.compatibility)
+        checks.register(check_sandbox, checks.Tags.security)

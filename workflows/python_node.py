@@ -1,10 +1,12 @@
 """
 Running a python node as a subprocess of the server.
 
-The node runs in the workspace, in its own process group (killed whole on
-timeout, cancel, or when it ends, so nothing it started lingers), with CPU
-and memory limits and an environment built from an allowlist: the server's
-secrets (SECRET_KEY, DATABASE_URL, REDIS_URL, ...) never reach it. Its
+The node runs in the workspace, confined by `workflows.sandbox` (it sees its
+session's workspace and the interpreter, not the server, its secrets or other
+sessions), in its own process group (killed whole on timeout, cancel, or
+when it ends, so nothing it started lingers), with CPU and memory limits and
+an environment built from an allowlist: the server's secrets (SECRET_KEY,
+DATABASE_URL, REDIS_URL, ...) never reach it. Its
 stdout and stderr are streamed to the session's /ws clients as `node_log`
 messages, line by line, in batches.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import attachments
 
 from . import node as node_module
+from . import sandbox
 from .conf import conf
 from .loader import NodeSpec
 
@@ -130,21 +133,31 @@ async def run_python_node(
             cpu_seconds=cpu_seconds,
             memory_bytes=conf.NODE_MEMORY_BYTES,
         )
+        confined = sandbox.confine(
+            [conf.PYTHON, "-P", "-m", "workflows.node", str(scratch / "context.json"), script],
+            env,
+            workspace=workspace,
+            scratch=scratch,
+            script=spec.script,
+            network=spec.network,
+            packages_root=PACKAGES_ROOT,
+        )
+        if confined.signal_exit_codes:
+            # In its own PID namespace the node's parent is bwrap, not the server.
+            confined.env.pop(node_module.PARENT_ENV, None)
         process = await asyncio.create_subprocess_exec(
-            conf.PYTHON,
-            "-P",
-            "-m",
-            "workflows.node",
-            str(scratch / "context.json"),
-            script,
+            *confined.argv,
             cwd=workspace,
-            env=env,
+            env=confined.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            **confined.popen,
         )
-        return await _supervise(process, timeout, cancelled, log, scratch)
+        return await _supervise(
+            process, timeout, cancelled, log, scratch, confined.signal_exit_codes
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -155,6 +168,7 @@ async def _supervise(
     cancelled: asyncio.Event,
     log: LogSink,
     scratch: Path,
+    signal_exit_codes: bool = False,
 ) -> NodeOutcome:
     pgid = process.pid  # start_new_session: the node leads its own group
     live_process_groups.add(pgid)
@@ -192,6 +206,8 @@ async def _supervise(
                 except TimeoutError:
                     pass
     code = process.returncode
+    if signal_exit_codes and code is not None and 128 < code < 128 + 65:
+        code = -(code - 128)
     if reason == "cancelled":
         return NodeOutcome("cancelled", code, "Cancelled.")
     if reason == "timeout":

@@ -168,7 +168,9 @@ async def test_human_input_with_attachments_reaches_the_next_node(workflows_dir,
 
 
 async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_dir, tmp_path):
-    pid_file = tmp_path / "child.pid"
+    # The child is found by a marker on its command line: inside the sandbox's
+    # PID namespace the node sees other process ids than the host does.
+    marker = f"mac-test-child-{tmp_path.name}"
     write_workflow(
         workflows_dir,
         "slow",
@@ -176,11 +178,12 @@ async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_d
         nodes:
           - id: sleeper
             type: python
-            timeout: 1
+            timeout: 3
             code: |
-              import subprocess, time
-              child = subprocess.Popen(["sleep", "60"])
-              open({str(pid_file)!r}, "w").write(str(child.pid))
+              import subprocess, sys, time
+              child = subprocess.Popen(
+                  [sys.executable, "-c", "import time; time.sleep(60)", {marker!r}]
+              )
               print("sleeping", flush=True)
               time.sleep(60)
           - id: never
@@ -189,13 +192,28 @@ async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_d
     """,
     )
     async with asgi_client() as client:
-        run = await finished(client, (await execute(client, workflow="slow"))["run_id"])
+        started = await execute(client, workflow="slow")
+        await until(lambda: _processes_with(marker), timeout=10)
+        run = await finished(client, started["run_id"])
     assert run["status"] == "failed"
     assert [n["status"] for n in run["nodes"]] == ["failed", "skipped"]
-    assert "Timed out after 1 s" in run["nodes"][0]["error"]
+    assert "Timed out after 3 s" in run["nodes"][0]["error"]
     assert "Timed out" in run["error"]
-    child = int(pid_file.read_text())
-    await until(lambda: not _alive(child), timeout=10)
+    await until(lambda: not any(_alive(pid) for pid in _processes_with(marker)), timeout=10)
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker.encode() in cmdline.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def _alive(pid: int) -> bool:
