@@ -86,6 +86,7 @@ def node_environment(
         "MAC_NODE_ID": node_id,
         node_module.CONTEXT_ENV: str(scratch / "context.json"),
         node_module.OUTPUT_ENV: str(scratch / "output.json"),
+        node_module.ERROR_ENV: str(scratch / "error.txt"),
         node_module.PARENT_ENV: str(os.getpid()),
     }
     if cpu_seconds:
@@ -213,7 +214,7 @@ async def _supervise(
     if reason == "timeout":
         return NodeOutcome("failed", code, f"Timed out after {timeout:g} s; the node was killed.")
     if code != 0:
-        return NodeOutcome("failed", code, _failure(code, tail))
+        return NodeOutcome("failed", code, _failure(code, tail, scratch))
     try:
         raw = (scratch / "output.json").read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -224,7 +225,12 @@ async def _supervise(
         return NodeOutcome("failed", code, "set_output() wrote a value that is not JSON.")
 
 
-def _failure(code: int | None, tail: collections.deque[str]) -> str:
+def _failure(code: int | None, tail: collections.deque[str], scratch: Path) -> str:
+    """
+    How the node ended, and its own message: what it raised or passed to
+    SystemExit, else its last line on stderr. Never a traceback: that (with
+    whatever paths it names) stays in the node's log.
+    """
     if code is not None and code < 0:
         try:
             name = signal.Signals(-code).name
@@ -235,8 +241,11 @@ def _failure(code: int | None, tail: collections.deque[str]) -> str:
             what += " (CPU time limit)"
     else:
         what = f"Exited with code {code}"
-    details = "\n".join(tail)
-    return f"{what}." + (f"\n{details}" if details else "")
+    try:
+        message = (scratch / "error.txt").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        message = next((line.strip() for line in reversed(tail) if line.strip()), "")
+    return f"{what}." + (f"\n{message}" if message else "")
 
 
 async def _pump(

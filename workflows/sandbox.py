@@ -200,7 +200,8 @@ def _bwrap_command(
     for directory in _interpreter_dirs():
         command += ["--ro-bind", directory, directory]
     for package in PACKAGES:
-        command += ["--ro-bind", os.path.join(packages_root, package), f"{PACKAGES_MOUNT}/{package}"]
+        source = os.path.join(packages_root, package)
+        command += ["--ro-bind", source, f"{PACKAGES_MOUNT}/{package}"]
     if script is not None:
         folder = os.path.dirname(os.path.realpath(script))
         command += ["--ro-bind", folder, folder]

@@ -270,7 +270,7 @@ async def _status_is(client, run_id: str, status: str) -> bool:
     return (await run_status(client, run_id))["status"] == status
 
 
-async def test_a_crashing_node_fails_the_run_with_its_traceback(workflows_dir):
+async def test_a_crashing_node_fails_the_run_with_its_own_message(workflows_dir):
     write_workflow(
         workflows_dir,
         "crash",
@@ -280,19 +280,45 @@ async def test_a_crashing_node_fails_the_run_with_its_traceback(workflows_dir):
             type: python
             code: |
               print("about to fail")
-              raise RuntimeError("the data is wrong")
+              def check(data):
+                  raise RuntimeError("the data is wrong")
+              check(None)
     """,
     )
     async with asgi_client() as client:
         started = await execute(client, workflow="crash")
-        run = await finished(client, started["run_id"])
-        second = await execute(client, workflow="crash", session_id=started["session_id"])
-        await finished(client, second["run_id"])
+        async with Listener(started["session_id"]) as ws:
+            run = await finished(client, started["run_id"])
+            second = await execute(client, workflow="crash", session_id=started["session_id"])
+            await finished(client, second["run_id"])
+            logged = await ws.wait_for("node_log", lambda m: m["data"]["stream"] == "stderr")
     node = run["nodes"][0]
     assert (run["status"], node["status"], node["exit_code"]) == ("failed", "failed", 1)
-    assert "Exited with code 1" in node["error"]
-    assert "RuntimeError: the data is wrong" in node["error"]
+    assert node["error"] == "Exited with code 1.\nRuntimeError: the data is wrong"
+    assert run["error"] == "Node 'boom' failed: " + node["error"]
+    # The traceback goes to the node's log, from the script's own frames on.
+    trace = "\n".join(logged["data"]["lines"])
+    assert "Traceback" in trace and "in check" in trace
+    assert "runpy" not in trace and "workflows/node.py" not in trace
     assert (await Session.objects.aget(session_id=started["session_id"])).status == "failed"
+
+
+async def test_a_node_that_exits_with_a_message_shows_it(workflows_dir):
+    write_workflow(
+        workflows_dir,
+        "refuse",
+        """
+        nodes:
+          - id: refuse
+            type: python
+            code: raise SystemExit("No CSV attachment was given to this run.")
+    """,
+    )
+    async with asgi_client() as client:
+        run = await finished(client, (await execute(client, workflow="refuse"))["run_id"])
+    assert run["nodes"][0]["error"] == (
+        "Exited with code 1.\nNo CSV attachment was given to this run."
+    )
 
 
 async def test_nodes_get_no_server_secrets_and_run_in_the_workspace(

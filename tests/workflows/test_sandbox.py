@@ -169,7 +169,8 @@ def test_the_check_warns_when_nodes_run_unconfined(settings):
     assert "workflows.W010" in ids
     settings.WORKFLOWS_SANDBOX = "user"
     settings.WORKFLOWS_SANDBOX_USER = "no-such-user-here"
-    warnings = [m for m in checks.run_checks(tags=[checks.Tags.security]) if m.id == "workflows.W010"]
+    messages = checks.run_checks(tags=[checks.Tags.security])
+    warnings = [m for m in messages if m.id == "workflows.W010"]
     assert warnings and "no user" in warnings[0].hint
 
 
