@@ -215,9 +215,11 @@ class ArtifactView(FileResponseMixin, APIView):
         },
     )
     def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
-        session = self.get_session(links.LinkTarget(session_id, artifact_id))
         mode = query.choice(request.query_params, "mode", ("meta", "stream"), default="meta")
         download = query.boolean(request.query_params, "download", default=False)
+        # A signed link opens the mode and disposition it was made for, no other.
+        variant = links.artifact_variant(mode, download)
+        session = self.get_session(links.LinkTarget(session_id, artifact_id, variant))
         artifact = resolve_artifact(session, artifact_id)
         if mode == "stream":
             return serve_artifact(request._request, artifact, as_attachment=download)
@@ -313,9 +315,11 @@ class ArtifactLinkView(SignedLinkMixin, APIView):
         session = self.get_session()
         artifact = resolve_artifact(session, artifact_id)
         params = {"mode": "stream"}
-        if query.boolean(request.query_params, "download", default=False):
+        download = query.boolean(request.query_params, "download", default=False)
+        if download:
             params["download"] = "true"
-        target = links.LinkTarget(session.session_id, artifact.artifact_id)
+        variant = links.artifact_variant("stream", download)
+        target = links.LinkTarget(session.session_id, artifact.artifact_id, variant)
         return self.link_response(request, target, "attachments:artifact", params)
 
 
