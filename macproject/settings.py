@@ -36,7 +36,12 @@ Environment:
     MAC_SESSION_CREATE_RATE  e.g. 30/minute: POST /api/sessions per client (default: no limit)
     MAC_CORS_ALLOWED_ORIGINS comma list of origins allowed to call /api/ from a browser
                              (default: none, CORS off)
-    MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
+    MAC_SECRET_KEY           the key of signed links and Django sessions (default: the file below)
+    MAC_SECRET_KEY_FILE      a file holding that key, owner-only; scripts/serve generates
+                             it once (default: none: a placeholder refused outside DEBUG)
+    MAC_SANDBOX              how python nodes are confined: auto, bwrap, user, none (auto)
+    MAC_SANDBOX_USER         the unprivileged user of the `user` mode
+    MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
@@ -49,6 +54,9 @@ import os
 from pathlib import Path
 
 import dj_database_url
+
+from macproject.secret_key import PLACEHOLDER as PLACEHOLDER_SECRET_KEY
+from macproject.secret_key import read_key_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -70,9 +78,16 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
-# A key generated per process would break signed values across workers, so
-# deployments must set one; the embedded default is for a laptop.
-SECRET_KEY = os.environ.get("MAC_SECRET_KEY") or "insecure-embedded-default-set-MAC_SECRET_KEY"
+# A key generated per process would break signed values across workers, so the
+# key comes from MAC_SECRET_KEY, or from the per-installation file that
+# scripts/serve generates once (MAC_SECRET_KEY_FILE). The placeholder is for
+# tests and DEBUG only: the check attachments.E030 refuses it otherwise.
+if os.environ.get("MAC_SECRET_KEY"):
+    SECRET_KEY = os.environ["MAC_SECRET_KEY"]
+elif os.environ.get("MAC_SECRET_KEY_FILE"):
+    SECRET_KEY = read_key_file(os.environ["MAC_SECRET_KEY_FILE"])
+else:
+    SECRET_KEY = PLACEHOLDER_SECRET_KEY
 DEBUG = _env_bool("MAC_DEBUG", False)
 ALLOWED_HOSTS = [h for h in os.environ.get("MAC_ALLOWED_HOSTS", "*").split(",") if h]
 
@@ -243,6 +258,10 @@ if _env_int("MAC_CLAMD_MAX_BYTES") is not None:
 WORKFLOWS_DIR = os.environ.get("MAC_WORKFLOWS_DIR") or None
 if os.environ.get("MAC_NODE_TIMEOUT"):
     WORKFLOWS_NODE_TIMEOUT = float(os.environ["MAC_NODE_TIMEOUT"])
+if os.environ.get("MAC_SANDBOX"):
+    WORKFLOWS_SANDBOX = os.environ["MAC_SANDBOX"].strip()
+if os.environ.get("MAC_SANDBOX_USER"):
+    WORKFLOWS_SANDBOX_USER = os.environ["MAC_SANDBOX_USER"].strip()
 if os.environ.get("MAC_NODE_MEMORY_BYTES"):
     WORKFLOWS_NODE_MEMORY_BYTES = _env_int("MAC_NODE_MEMORY_BYTES")
 if (_inline_max := _env_int("MAC_INLINE_DATA_URI_MAX_BYTES")) is not None:
