@@ -41,6 +41,11 @@ Environment:
                              it once (default: none: a placeholder refused outside DEBUG)
     MAC_SANDBOX              how python nodes are confined: auto, bwrap, user, none (auto)
     MAC_SANDBOX_USER         the unprivileged user of the `user` mode
+    MAC_HEADER_TIMEOUT       seconds for a request's line and headers to arrive (10)
+    MAC_BODY_IDLE_TIMEOUT    seconds a request body may stall while it is read (30)
+    MAC_KEEP_ALIVE_TIMEOUT   seconds an idle kept-alive connection stays open (5)
+    MAC_MAX_HEADER_BYTES     largest request line and headers, in bytes (65536)
+                             (the four above: the default server, macproject.server)
     MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
@@ -258,6 +263,11 @@ if _env_int("MAC_CLAMD_MAX_BYTES") is not None:
 WORKFLOWS_DIR = os.environ.get("MAC_WORKFLOWS_DIR") or None
 if os.environ.get("MAC_NODE_TIMEOUT"):
     WORKFLOWS_NODE_TIMEOUT = float(os.environ["MAC_NODE_TIMEOUT"])
+# Connection limits of the default server (macproject.server).
+SERVER_HEADER_TIMEOUT = _env_float("MAC_HEADER_TIMEOUT", 10)
+SERVER_BODY_IDLE_TIMEOUT = _env_float("MAC_BODY_IDLE_TIMEOUT", 30)
+SERVER_KEEP_ALIVE_TIMEOUT = _env_float("MAC_KEEP_ALIVE_TIMEOUT", 5)
+SERVER_MAX_HEADER_BYTES = _env_int("MAC_MAX_HEADER_BYTES") or 64 * 1024
 if os.environ.get("MAC_SANDBOX"):
     WORKFLOWS_SANDBOX = os.environ["MAC_SANDBOX"].strip()
 if os.environ.get("MAC_SANDBOX_USER"):
