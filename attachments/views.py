@@ -10,7 +10,6 @@ from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,6 +26,7 @@ from .conf import conf
 from .exceptions import InvalidParameter, JSONErrorsMixin
 from .lookup import resolve_artifact
 from .models import Session
+from .parsers import JSONParser
 from .quotas import Usage, quota_fields, usage
 from .records import record_upload
 from .schema import SESSION_ERRORS, binary, errors, query as query_param

@@ -217,6 +217,12 @@ MAC_SERVE_STATIC = _env_bool("MAC_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON parser with a nesting bound and no infinities (attachments.parsers).
+    "DEFAULT_PARSER_CLASSES": [
+        "attachments.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
