@@ -358,6 +358,30 @@ async def test_nodes_get_no_server_secrets_and_run_in_the_workspace(
     assert output["root"].endswith("/code_workspace")
 
 
+async def test_names_a_node_cannot_record_are_skipped_without_failing_the_run(
+    workflows_dir, warehouse
+):
+    write_workflow(
+        workflows_dir,
+        "names",
+        """
+        nodes:
+          - id: names
+            type: python
+            code: |
+              import os
+              open(os.path.join(b".", b"bad-\\xff.txt"), "wb").write(b"x")
+              open("..\\\\..\\\\zipslip.txt", "w").write("slip")
+              open("result.json", "w").write("{}")
+    """,
+    )
+    async with asgi_client() as client:
+        run = await finished(client, (await execute(client, workflow="names"))["run_id"])
+    assert run["status"] == "completed", run
+    recorded = [a["name"] for a in manifest(run["session_id"], warehouse)]
+    assert recorded == ["result.json"]
+
+
 async def test_a_node_over_its_memory_limit_fails(workflows_dir, settings):
     settings.WORKFLOWS_NODE_MEMORY_BYTES = 512 << 20
     write_workflow(
