@@ -19,11 +19,12 @@ from .access import (
     DjangoUserAuthentication,
     authorize_request,
     credentials_from_request,
+    may_propose_session_id,
     owner_for_new_session,
 )
 from .archive import SessionArchive, changed_paths
 from .conf import conf
-from .exceptions import InvalidParameter, JSONErrorsMixin
+from .exceptions import InvalidParameter, JSONErrorsMixin, SessionIdNotAllowed
 from .lookup import resolve_artifact
 from .models import Session
 from .parsers import JSONParser
@@ -108,9 +109,10 @@ class SessionScopedMixin(AccessPolicyMixin):
 
 class SessionListView(AccessPolicyMixin, APIView):
     """
-    Create a session, optionally with a proposed id. Anyone may; the answer
-    carries the session's `token`, the only time it is shown. A signed-in
-    user owns the session created.
+    Create a session. Anyone may; the answer carries the session's `token`,
+    the only time it is shown. A signed-in user owns the session created.
+    Proposing an id needs a signed-in user or a JWT naming it (token policy):
+    else 403 `session_id_not_allowed`, whether or not the id exists.
     """
 
     parser_classes = [JSONParser]
@@ -119,13 +121,18 @@ class SessionListView(AccessPolicyMixin, APIView):
     @extend_schema(
         auth=[],
         request=SessionCreateSerializer,
-        responses={201: SessionSerializer, **errors(400, 409, 429)},
+        responses={201: SessionSerializer, **errors(400, 403, 409, 429)},
     )
     def post(self, request: Request) -> Response:
-        owner = owner_for_new_session(credentials_from_request(request))
+        credentials = credentials_from_request(request)
+        owner = owner_for_new_session(credentials)
         body = SessionCreateSerializer(data=request.data if request.data else {})
         body.is_valid(raise_exception=True)
-        session = create_session(body.validated_data.get("session_id"), owner=owner)
+        proposed = body.validated_data.get("session_id")
+        if proposed is not None and not may_propose_session_id(credentials, proposed):
+            # Refused before the id is looked up: the answer is the same whether it exists.
+            raise SessionIdNotAllowed()
+        session = create_session(proposed, owner=owner)
         return Response(
             {**SessionSerializer(session).data, "token": session.token},
             status=status.HTTP_201_CREATED,
