@@ -156,6 +156,19 @@ async def test_a_node_that_declares_network_gets_it(workflows_dir, warehouse, li
     assert report["other_session"]["ok"] is False
 
 
+async def test_without_the_sandbox_the_same_probes_get_through(
+    workflows_dir, warehouse, listener, settings
+):
+    # The control: the probes are real escapes, which only the sandbox stops.
+    settings.WORKFLOWS_SANDBOX = "none"
+    async with asgi_client() as client:
+        report = await _probe(client, workflows_dir, warehouse, listener)
+    # (/proc shows the environment the server started with: readable, whatever it holds.)
+    assert report["server_environ"]["ok"] is True
+    assert report["other_session"]["ok"] is True
+    assert report["network"]["ok"] is True
+
+
 def test_the_check_says_which_isolation_is_active(settings):
     settings.WORKFLOWS_SANDBOX = "auto"
     messages = checks.run_checks(tags=[checks.Tags.security])
