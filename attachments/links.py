@@ -4,9 +4,10 @@ Signed, expiring links to one artifact or to the session zip.
 A link carries `sig=<expires_in>:<timestamp>:<signature>`, made by Django's
 `TimestampSigner` with a salt per purpose that also names the session and
 the artifact (and, for an artifact, its `mode` and `download` flag), so a
-signature opens exactly the URL it was made for and nothing else. It expires after the `expires_in` it was made with, and never
-later than `ATTACHMENTS_SIGNED_LINK_MAX_AGE` (lowering that setting shortens
-links already handed out). Rotating `SECRET_KEY` (without keeping the old one
+signature opens exactly the URL it was made for and nothing else. It
+expires after the `expires_in` it was made with, and never later than
+`ATTACHMENTS_SIGNED_LINK_MAX_AGE` (lowering that setting shortens links
+already handed out). Rotating `SECRET_KEY` (without keeping the old one
 in `SECRET_KEY_FALLBACKS`) revokes them all.
 """
 

@@ -130,7 +130,7 @@ def _report_error(message: str) -> None:
 
 
 def _print_script_traceback(exc: BaseException, script: str) -> None:
-    """The traceback to stderr (the node's log), from the script's frames on: not this bootstrap's."""
+    """The traceback to stderr (the node's log), from the script's own frames on."""
     summary = traceback.TracebackException.from_exception(exc)
     frames = list(summary.stack)
     for index, frame in enumerate(frames):

@@ -76,7 +76,7 @@ def test_a_body_that_stalls_closes_the_connection(limited):
     with connect(limited) as sock:
         sock.sendall(
             b"POST /api/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\""
+            b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a"'
         )
         response = read_until_closed(sock)
     # No session was created from half a body: no 201.
