@@ -17,7 +17,6 @@ commit. The message is only a hint to re-read the database; see
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import PurePosixPath
 
 from asgiref.sync import async_to_sync
@@ -73,7 +72,12 @@ def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
         )
         _apply_retention(stream)
         stream.save(update_fields=["last_sequence", "trimmed_through"])
-    transaction.on_commit(partial(announce, public_id, event.sequence), robust=True)
+    sequence = event.sequence
+
+    def announce_event() -> None:
+        announce(public_id, sequence)
+
+    transaction.on_commit(announce_event)
     return event
 
 
@@ -89,14 +93,22 @@ def _apply_retention(stream: EventStream) -> None:
 def forget_session(session: Session) -> None:
     """Drop a purged session's events, and tell its waiters so they answer 404."""
     ArtifactEvent.objects.filter(session=session).delete()
-    transaction.on_commit(partial(announce, session.session_id, 0, purged=True), robust=True)
+    session_id = session.session_id
+
+    def announce_purge() -> None:
+        announce(session_id, 0, purged=True)
+
+    transaction.on_commit(announce_purge)
 
 
 def announce(session_id: str, sequence: int, purged: bool = False) -> None:
-    """Tell every process waiting on this session that it has events up to `sequence`."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
+    """
+    Tell every process waiting on this session that it has events up to
+    `sequence`. Best effort, and never raises: it runs after the commit, and
+    a follower that misses it finds the events at its next database re-check
+    (`ARTIFACTS_EVENT_RECHECK_SECONDS`). A connection the layer dropped (a
+    Redis restart) is retried once, on a fresh connection.
+    """
     message: dict[str, object] = {
         "type": NOTIFICATION_TYPE,
         "session_id": session_id,
@@ -104,4 +116,19 @@ def announce(session_id: str, sequence: int, purged: bool = False) -> None:
     }
     if purged:
         message["purged"] = True
-    async_to_sync(layer.group_send)(events_group(session_id), message)
+    for attempt in (1, 2):
+        try:
+            layer = get_channel_layer()
+            if layer is None:
+                return
+            async_to_sync(layer.group_send)(events_group(session_id), message)
+            return
+        except Exception:  # noqa: BLE001 (best effort: logged, never raised)
+            if attempt == 2:
+                logger.warning(
+                    "Could not announce events of session %s up to %d; followers will "
+                    "find them at their next re-check",
+                    session_id,
+                    sequence,
+                    exc_info=True,
+                )

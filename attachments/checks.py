@@ -44,7 +44,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                     id="attachments.E002",
                 )
             )
-    for name, minimum in (("ATTACHMENTS_LOCK_TIMEOUT", 0), ("ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1)):
+    for name, minimum in (("ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1),):
         value = getattr(settings, name, minimum)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
             errors.append(

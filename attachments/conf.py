@@ -7,8 +7,11 @@ The attachments app's settings, each read live from Django settings so that
     ATTACHMENTS_AUTO_CLEAN        drop a session's attachments/ when it completes (False)
     ATTACHMENTS_SESSION_MAX_BYTES quota: total bytes of a session's attachments, or None (None)
     ATTACHMENTS_SESSION_MAX_FILES quota: number of a session's attachments, or None (None)
-    ATTACHMENTS_LOCK_TIMEOUT      seconds to wait for a manifest lock before failing (30)
+    ATTACHMENTS_RECONCILE_AT_START  reconcile the warehouse when a worker starts (True); see
+                                  attachments.reconcile
     ATTACHMENTS_UPLOAD_BUFFER_BYTES  bytes gathered before each disk write of an upload (1 MiB)
+    ATTACHMENTS_TUS_EXPIRY        seconds a resumable (tus) upload may stay unfinished after its
+                                  last byte arrived before it is removed (86400)
     ATTACHMENTS_DIRECT_IO         write uploads larger than one buffer with O_DIRECT where the
                                   filesystem accepts it (True); turn off on network
                                   filesystems where uncached writes are synchronous
@@ -74,8 +77,12 @@ class Settings:
         return bool(getattr(settings, "ATTACHMENTS_AUTO_CLEAN", False))
 
     @property
-    def LOCK_TIMEOUT(self) -> float:
-        return float(getattr(settings, "ATTACHMENTS_LOCK_TIMEOUT", 30))
+    def TUS_EXPIRY(self) -> int:
+        return int(getattr(settings, "ATTACHMENTS_TUS_EXPIRY", 86400))
+
+    @property
+    def RECONCILE_AT_START(self) -> bool:
+        return bool(getattr(settings, "ATTACHMENTS_RECONCILE_AT_START", True))
 
     @property
     def UPLOAD_BUFFER_BYTES(self) -> int:

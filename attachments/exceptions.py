@@ -90,10 +90,65 @@ class UploadTooLarge(ApiError):
     default_code = "upload_too_large"
 
 
-class StorageBusy(ApiError):
+class InsufficientStorage(ApiError):
+    status_code = 507
+    default_detail = "The server's storage is full; nothing was kept. Retry later."
+    default_code = "insufficient_storage"
+
+
+class ServiceUnavailable(ApiError):
+    """A backing service (the database) is unreachable; the answer carries Retry-After."""
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The session's storage is busy; retry shortly."
-    default_code = "storage_busy"
+    default_detail = (
+        "A service the server needs is unavailable; nothing was changed. Retry shortly."
+    )
+    default_code = "service_unavailable"
+    retry_after = 2
+
+
+def classify_server_error(exc: BaseException) -> ApiError | None:
+    """
+    The API error for a failure of the server's own resources, or None for a
+    bug: a full disk is 507, an unreachable database or channel layer 503.
+    """
+    import errno
+
+    from django.db import DatabaseError, InterfaceError, OperationalError
+
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage()
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return ServiceUnavailable(
+            "The database is unavailable; nothing was changed. Retry shortly."
+        )
+    if isinstance(exc, DatabaseError) and "connection" in str(exc).lower():
+        return ServiceUnavailable(
+            "The database is unavailable; nothing was changed. Retry shortly."
+        )
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return ServiceUnavailable()
+    return None
+
+
+def server_error_response(
+    exc: BaseException,
+) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+    """Status, JSON body and extra headers for an error the server could not handle."""
+    classified = classify_server_error(exc)
+    if classified is None:
+        return (
+            500,
+            {"detail": "The server failed to handle this request.", "code": "server_error"},
+            [],
+        )
+    headers = []
+    retry_after = getattr(classified, "retry_after", None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return classified.status_code, error_payload(classified), headers
 
 
 class InvalidParameter(ApiError):
@@ -143,10 +198,16 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
     if not isinstance(exc, exceptions.APIException):
-        return None
+        classified = classify_server_error(exc)
+        if classified is None:
+            return None
+        exc = classified
     response = exception_handler(exc, context)
     if response is not None:
         response.data = error_payload(exc)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response["Retry-After"] = str(retry_after)
     return response
 
 

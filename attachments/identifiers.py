@@ -19,24 +19,25 @@ def new_attachment_id() -> str:
     return new_id(ATTACHMENT_PREFIX)
 
 
-def new_session_id() -> str:
-    # Never a leading "-": an id that reads as an option trips command lines
-    # (`macctl list -abc...`, `rm`, `grep`).
+def _not_an_option(nbytes: int) -> str:
+    # Never a leading "-": a value that reads as an option trips command lines
+    # (`macctl list -abc...`, `macctl --token -abc...`, `rm`, `grep`).
     while True:
-        session_id = secrets.token_urlsafe(16)
-        if not session_id.startswith("-"):
-            return session_id
+        value = secrets.token_urlsafe(nbytes)
+        if not value.startswith("-"):
+            return value
+
+
+def new_session_id() -> str:
+    return _not_an_option(16)
 
 
 def new_session_token() -> str:
-    """A session's secret: 32 random bytes, URL-safe (43 characters)."""
-    return secrets.token_urlsafe(32)
+    """A session's secret: 32 random bytes, URL-safe (43 characters), never starting with '-'."""
+    return _not_an_option(32)
 
 
 def hash_token(token: str) -> str:
     """What is stored of a session token: its sha256, hex."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
-
-def is_attachment_id(value: object) -> bool:
-    return isinstance(value, str) and value.startswith(ATTACHMENT_PREFIX) and bool(ID_RE.match(value))

@@ -6,35 +6,60 @@ Every writer, in any process (server workers, workflow nodes), goes through
 read-modify-write and replaces the file atomically, so no writer loses
 another's entry and no reader ever sees half a file. No Django import here:
 workflow nodes use this module in their own processes.
+
+The lock is `flock(2)` on a file beside the manifest: a waiter blocks in the
+kernel until the holder lets go (or dies: the kernel releases the lock of a
+killed process), and never polls.
+
+Reading and writing cost O(1) in the number of entries once a process has
+seen the manifest: the parsed document is cached, and a cached copy is known
+to be current while the file is the one this process last read or wrote:
+same inode, size and modification time, and the same `updated_at` (to the
+microsecond, written by every save) in its first line, read with one small
+read. The manifest is only ever replaced by a rename, never changed in place.
+Each entry is serialised once and its text reused.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import re
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from .mime import detect_mime, kind_for_mime
-from .paths import MANIFEST_NAME, attachments_dir
+from .paths import MANIFEST_NAME, STAGING_DIRNAME, attachments_dir
 
 MANIFEST_VERSION = 1
 LOCK_NAME = ".attachments_manifest.lock"
 # The temporary file each save writes before renaming it over the manifest.
 TEMP_PREFIX = ".manifest-"
 TEMP_SUFFIX = ".tmp"
+# How many sessions' manifests one process keeps parsed.
+CACHE_SESSIONS = 256
 
 
 def is_manifest_internal(name: str) -> bool:
-    """True for the lock and temporary files kept beside the manifest, not for its content."""
-    return name == LOCK_NAME or (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
+    """
+    True for what the attachments directory holds besides attachments and the
+    manifest itself: the lock, temporary manifests, and the staging directory
+    where uploads are received before they are recorded.
+    """
+    return (
+        name == LOCK_NAME
+        or name == STAGING_DIRNAME
+        or (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
+    )
 
 
 class ManifestError(Exception):
@@ -45,8 +70,10 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AttachmentEntry:
+    """One attachment as the manifest records it. Immutable: change one with `replace()`."""
+
     attachment_id: str
     name: str
     path: str  # relative to the session directory, with forward slashes
@@ -60,8 +87,15 @@ class AttachmentEntry:
     node_id: str | None = None
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __hash__(self) -> int:
+        # The metadata dict is not hashable; these fields tell entries apart well enough.
+        return hash((self.attachment_id, self.sha256, self.updated_at))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> AttachmentEntry:
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def for_new_file(
@@ -101,6 +135,18 @@ class AttachmentEntry:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# The JSON text of each entry, made once per entry object.
+_entry_text: weakref.WeakKeyDictionary[AttachmentEntry, str] = weakref.WeakKeyDictionary()
+
+
+def _text_of(entry: AttachmentEntry) -> str:
+    text = _entry_text.get(entry)
+    if text is None:
+        text = json.dumps(entry.to_dict(), ensure_ascii=False)
+        _entry_text[entry] = text
+    return text
+
+
 @dataclasses.dataclass
 class ManifestDocument:
     session_id: str
@@ -120,11 +166,18 @@ class ManifestDocument:
                 return
         self.attachments.append(entry)
 
+    def append(self, entry: AttachmentEntry) -> None:
+        """Add an entry known to be new (a fresh attachment id), without a search."""
+        self.attachments.append(entry)
+
     def remove(self, attachment_id: str) -> AttachmentEntry | None:
         for index, existing in enumerate(self.attachments):
             if existing.attachment_id == attachment_id:
                 return self.attachments.pop(index)
         return None
+
+    def copy(self) -> ManifestDocument:
+        return ManifestDocument(self.session_id, list(self.attachments), self.updated_at)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,24 +187,123 @@ class ManifestDocument:
             "attachments": [entry.to_dict() for entry in self.attachments],
         }
 
+    def to_json(self) -> str:
+        """The document as JSON text, one attachment per line."""
+        head = json.dumps(
+            {
+                "version": MANIFEST_VERSION,
+                "session_id": self.session_id,
+                "updated_at": self.updated_at,
+            },
+            ensure_ascii=False,
+        )
+        if not self.attachments:
+            return head[:-1] + ', "attachments": []}\n'
+        body = ",\n".join(_text_of(entry) for entry in self.attachments)
+        return head[:-1] + ', "attachments": [\n' + body + "\n]}\n"
+
+
+@dataclasses.dataclass
+class _Cached:
+    identity: tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+    updated_at: str
+    document: ManifestDocument
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+_HEAD_BYTES = 512
+_UPDATED_AT = re.compile(rb'"updated_at":\s*"([^"]*)"')
+
+
+def _updated_at_in_head(head: bytes) -> str | None:
+    match = _UPDATED_AT.search(head)
+    return match.group(1).decode("utf-8", "replace") if match else None
+
+
+class _DocumentCache:
+    """The manifests this process read or wrote last, while they are still the current file."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        self._mutex = threading.Lock()
+
+    def get(self, key: str, fd: int) -> ManifestDocument | None:
+        with self._mutex:
+            cached = self._entries.get(key)
+        if cached is None or cached.identity != _identity(os.fstat(fd)):
+            return None
+        if _updated_at_in_head(os.pread(fd, _HEAD_BYTES, 0)) != cached.updated_at:
+            return None
+        with self._mutex:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+        return cached.document.copy()
+
+    def put(
+        self, key: str, identity: tuple[int, int, int, int], document: ManifestDocument
+    ) -> None:
+        cached = _Cached(identity, document.updated_at, document.copy())
+        with self._mutex:
+            self._entries.pop(key, None)
+            self._entries[key] = cached
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def forget(self, key: str) -> None:
+        with self._mutex:
+            self._entries.pop(key, None)
+
+
+_cache = _DocumentCache(CACHE_SESSIONS)
+
+
+@dataclasses.dataclass
+class PreparedManifest:
+    """A new manifest written and fsync'd under a temporary name, not yet in place."""
+
+    temp_path: Path
+    fd: int
+    document: ManifestDocument
+
 
 class Manifest:
     """A session's manifest file and the lock that guards it."""
 
-    def __init__(self, session_path: Path, session_id: str, lock_timeout: float = 30.0) -> None:
+    def __init__(self, session_path: Path, session_id: str) -> None:
         self.session_id = session_id
         self.directory = attachments_dir(session_path)
         self.path = self.directory / MANIFEST_NAME
-        self._lock = FileLock(self.directory / LOCK_NAME, timeout=lock_timeout)
+        self.lock_path = self.directory / LOCK_NAME
+        self._key = os.fspath(self.path)
 
     def read(self) -> ManifestDocument:
         """The manifest as last written; an absent file is an empty manifest."""
         try:
-            raw = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
+            _cache.forget(self._key)
             return ManifestDocument(session_id=self.session_id, attachments=[])
         try:
-            data = json.loads(raw)
+            cached = _cache.get(self._key, fd)
+            if cached is not None:
+                return cached
+            identity = _identity(os.fstat(fd))
+            document = self._parse(fd)
+        finally:
+            os.close(fd)
+        _cache.put(self._key, identity, document)
+        return document
+
+    def _parse(self, fd: int) -> ManifestDocument:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        try:
+            data = json.loads(b"".join(chunks))
             entries = [AttachmentEntry.from_dict(item) for item in data.get("attachments", [])]
         except (ValueError, TypeError, AttributeError) as exc:
             raise ManifestError(f"{self.path} is not a valid manifest: {exc}") from exc
@@ -162,6 +314,17 @@ class Manifest:
         )
 
     @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the inter-process lock; waiting blocks in the kernel."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @contextlib.contextmanager
     def locked(self) -> Iterator[ManifestDocument]:
         """
         Hold the inter-process lock and yield the current document. Nothing
@@ -169,8 +332,7 @@ class Manifest:
         that must stay consistent with the manifest (the ORM mirror) can
         decide whether the change happens at all.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock:
+        with self.lock():
             yield self.read()
 
     @contextlib.contextmanager
@@ -181,25 +343,53 @@ class Manifest:
             self.save(document)
 
     def save(self, document: ManifestDocument) -> None:
-        """Replace the file atomically (temp file, fsync, rename). Call it under the lock."""
-        document.updated_at = utc_now_iso()
-        self._write(document)
+        """Replace the file atomically (temp file, fsync, rename, fsync). Call it under the lock."""
+        self.install(self.prepare(document))
 
-    def _write(self, document: ManifestDocument) -> None:
-        payload = json.dumps(document.to_dict(), ensure_ascii=False, indent=2).encode("utf-8")
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
+    def prepare(self, document: ManifestDocument) -> PreparedManifest:
+        """
+        Write `document` to a temporary file beside the manifest and fsync
+        it. This is the step that needs disk space; `install()` only renames.
+        Call it under the lock.
+        """
+        document.updated_at = utc_now_iso()
+        payload = document.to_json().encode("utf-8")
+        fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
         try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(payload)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, self.path)
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
         except BaseException:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
+                os.unlink(temp_name)
             raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
+        return PreparedManifest(Path(temp_name), fd, document)
+
+    def install(self, prepared: PreparedManifest) -> None:
+        """Rename a prepared manifest into place and make the rename durable."""
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            os.replace(prepared.temp_path, self.path)
+        except BaseException:
+            self.discard(prepared)
+            raise
+        identity = _identity(os.fstat(prepared.fd))
+        os.close(prepared.fd)
+        _cache.put(self._key, identity, prepared.document)
+        sync_directory(self.directory)
+
+    def discard(self, prepared: PreparedManifest) -> None:
+        """Throw away a prepared manifest that will not be installed."""
+        os.close(prepared.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(prepared.temp_path)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so that renames and new names in it survive a crash."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -56,6 +56,11 @@ class Session(models.Model):
         verbose_name=_("owner"),
     )
 
+    # What the session's live attachments take, moved in the transactions
+    # that record or remove them (see attachments.quotas).
+    used_files = models.PositiveIntegerField(_("files used"), default=0, editable=False)
+    used_bytes = models.PositiveBigIntegerField(_("bytes used"), default=0, editable=False)
+
     objects = SessionQuerySet.as_manager()
 
     # The secret token, set only on the instance that `create_session()` returns.
@@ -118,3 +123,40 @@ class Attachment(models.Model):
     @property
     def file_path(self) -> Path:
         return paths.safe_join(self.session.directory, self.path)
+
+
+class ResumableUpload(models.Model):
+    """
+    A tus upload in progress: its bytes are in the session's staging
+    directory (`attachments/.staging/<attachment_id>/`), invisible to
+    listings, zips and quotas until the last byte arrives and it is recorded
+    like any other upload.
+    """
+
+    upload_id = models.CharField(_("upload id"), max_length=64, unique=True)
+    session = models.ForeignKey(
+        Session, on_delete=models.CASCADE, related_name="resumable_uploads", verbose_name=_("session")
+    )
+    attachment_id = models.CharField(_("attachment id"), max_length=80, unique=True)
+    name = models.CharField(_("name"), max_length=paths.MAX_DISPLAY_NAME_CHARS)
+    filename = models.CharField(_("file name on disk"), max_length=255)
+    length = models.PositiveBigIntegerField(_("length"))
+    offset = models.PositiveBigIntegerField(_("offset"), default=0)
+    created_at = models.DateTimeField(_("created at"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires at"), db_index=True)
+
+    class Meta:
+        verbose_name = _("resumable upload")
+        verbose_name_plural = _("resumable uploads")
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.offset}/{self.length})"
+
+    @property
+    def directory(self) -> Path:
+        return paths.staging_dir(self.session.directory) / self.attachment_id
+
+    @property
+    def file_path(self) -> Path:
+        return self.directory / self.filename

@@ -19,6 +19,8 @@ SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 WORKSPACE_DIRNAME = "code_workspace"
 ATTACHMENTS_DIRNAME = "attachments"
 MANIFEST_NAME = "attachments_manifest.json"
+# Under attachments/: where files are received before they are recorded.
+STAGING_DIRNAME = ".staging"
 
 # ext4 and most filesystems cap a name at 255 bytes; leave room for suffixes.
 MAX_NAME_BYTES = 200
@@ -117,6 +119,33 @@ def workspace_dir(session_path: Path) -> Path:
 
 def attachments_dir(session_path: Path) -> Path:
     return workspace_dir(session_path) / ATTACHMENTS_DIRNAME
+
+
+def staging_dir(session_path: Path) -> Path:
+    """Where uploads are written until recorded; listings, zips and quotas never look here."""
+    return attachments_dir(session_path) / STAGING_DIRNAME
+
+
+def lock_directory(directory: Path, blocking: bool = True) -> int | None:
+    """
+    Open `directory` and take an exclusive `flock` on it: the descriptor
+    (closing it releases the lock), or None when another process holds it and
+    `blocking` is false. Staging directories are held this way while their
+    file is written, so reconciliation can tell an upload in progress from
+    one whose process died.
+    """
+    import fcntl  # POSIX only
+
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def manifest_path(session_path: Path) -> Path:

@@ -3,8 +3,12 @@ Per-session quotas (bytes and files) and the upload limit, as one allowance.
 
 While a body streams, the allowance caps how many bytes are kept, so nothing
 over a limit is ever kept; when the file is recorded, the quota is checked
-again under the session's row lock, because uploads running side by side
-each saw the usage from before the others.
+again under the session's row lock (`attachments.committing`), because
+uploads running side by side each saw the usage from before the others.
+
+Usage is kept as two counters on the session's row, moved in the same
+transaction as the rows they count, so reading it costs the same whatever
+the session holds.
 """
 
 from __future__ import annotations
@@ -31,10 +35,28 @@ class QuotaExceeded(UploadTooLarge):
 
 
 def usage(session: Session) -> Usage:
+    """What the session's live attachments take, as last committed."""
+    row = Session.objects.filter(pk=session.pk).values("used_files", "used_bytes").first()
+    if row is None:
+        return Usage(files=0, bytes=0)
+    return Usage(files=row["used_files"], bytes=row["used_bytes"])
+
+
+def counted_usage(session: Session) -> Usage:
+    """Usage summed from the rows, for resetting the counters after a bulk change."""
     totals = session.attachments.filter(purged_at__isnull=True).aggregate(
         files=Count("id"), bytes=Sum("size")
     )
     return Usage(files=totals["files"], bytes=totals["bytes"] or 0)
+
+
+def reset_usage(session: Session) -> Usage:
+    """Set the counters from the rows. Call it in the transaction that changed them."""
+    current = counted_usage(session)
+    Session.objects.filter(pk=session.pk).update(
+        used_files=current.files, used_bytes=current.bytes
+    )
+    return current
 
 
 def quota_fields(current: Usage) -> dict[str, Any]:
@@ -50,7 +72,7 @@ def quota_fields(current: Usage) -> dict[str, Any]:
     }
 
 
-def _quota_error(current: Usage, detail: str) -> QuotaExceeded:
+def quota_error(current: Usage, detail: str) -> QuotaExceeded:
     return QuotaExceeded(detail, **quota_fields(current))
 
 
@@ -72,7 +94,7 @@ class Allowance:
     def exceeded(self) -> UploadTooLarge:
         """The error for an upload that went over `max_bytes`."""
         if self.by_quota:
-            return _quota_error(
+            return quota_error(
                 self.usage,
                 "The upload would exceed the session's quota of bytes; nothing was kept.",
             )
@@ -88,27 +110,10 @@ def upload_allowance(session: Session) -> Allowance:
     current = usage(session)
     max_files, quota_bytes = conf.SESSION_MAX_FILES, conf.SESSION_MAX_BYTES
     if max_files is not None and current.files >= max_files:
-        raise _quota_error(current, "The session already holds as many files as its quota allows.")
+        raise quota_error(current, "The session already holds as many files as its quota allows.")
     limit, by_quota = conf.MAX_UPLOAD_BYTES, False
     if quota_bytes is not None:
         room = max(0, quota_bytes - current.bytes)
         if limit is None or room < limit:
             limit, by_quota = room, True
     return Allowance(session, current, limit, by_quota)
-
-
-def check_room_for(session: Session, size: int) -> None:
-    """
-    Refuse a file of `size` bytes that no longer fits. Call it inside the
-    transaction that records the file, after locking the session's row.
-    """
-    max_files, max_bytes = conf.SESSION_MAX_FILES, conf.SESSION_MAX_BYTES
-    if max_files is None and max_bytes is None:
-        return
-    current = usage(session)
-    if max_files is not None and current.files + 1 > max_files:
-        raise _quota_error(current, "The session already holds as many files as its quota allows.")
-    if max_bytes is not None and current.bytes + size > max_bytes:
-        raise _quota_error(
-            current, "The upload would exceed the session's quota of bytes; nothing was kept."
-        )

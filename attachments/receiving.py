@@ -1,7 +1,8 @@
 """
-Receiving an upload: bytes go straight to their final place on disk and are
-hashed in the same pass. Used by both the Django upload handler below and the
-streaming ASGI path (`attachments.asgi`).
+Receiving an upload: bytes go straight to disk, under the session's staging
+directory, and are hashed in the same pass; recording the file moves it into
+place with one rename. Used by the upload service (`attachments.uploads`) on
+both the streaming ASGI path and the Django path.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from django.core.files.uploadedfile import UploadedFile
-from django.core.files.uploadhandler import FileUploadHandler, StopFutureHandlers, StopUpload
-
 from . import paths
 from .conf import conf
+from .exceptions import InsufficientStorage
 from .identifiers import new_attachment_id
 from .mime import SNIFF_BYTES
 
@@ -81,17 +80,21 @@ class _UploadFile:
                         self._direct = self._set_direct(True)
                     self._write_buffer()
 
-    def close(self, sync: bool) -> None:
-        """With `sync`, write what is left and fsync; otherwise just let go. Idempotent."""
+    def close(self, flush: bool, sync: bool = True) -> None:
+        """
+        With `flush`, write what is left (and with `sync`, fsync); otherwise
+        just let go. Idempotent.
+        """
         if self._fd < 0:
             return
         try:
-            if sync:
+            if flush:
                 if self._direct:
                     # The tail is seldom a whole number of blocks.
                     self._direct = self._set_direct(False)
                 self._write_buffer()
-                os.fsync(self._fd)
+                if sync:
+                    os.fsync(self._fd)
         finally:
             fd, self._fd = self._fd, -1
             os.close(fd)
@@ -138,28 +141,95 @@ class LimitExceeded(Exception):
         self.limit = limit
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
 @dataclasses.dataclass
 class ReceivedFile:
-    """A file fully written to its final place, not yet recorded anywhere."""
+    """
+    A file fully written under the session's staging directory (fsync'd, or
+    to be by `sync()` before it is recorded),
+    not yet recorded anywhere. Listings, zips, quotas and the workspace hook
+    never see it there. While this process holds it, an exclusive `flock` on
+    its staging directory tells reconciliation (`attachments.reconcile`) that
+    it is in use; a crash releases the lock, and the leftover is removed.
+    """
 
     attachment_id: str
     name: str  # as the client gave it, for display
-    path: Path  # absolute
-    directory: Path  # attachments/<attachment_id>, removed whole on discard
+    filename: str  # the safe name on disk
+    path: Path  # absolute: in the staging directory, then, once published, in its final place
+    directory: Path  # the directory holding `path`, removed whole on discard
     size: int
     sha256: str
     head: bytes  # the first bytes, for MIME detection without a re-read
     claimed: bool = False
+    lock_fd: int = -1
+    synced: bool = True  # False: written, but its fsync is left to `sync()`
+
+    def sync(self) -> None:
+        """Make the file's bytes durable (recording does it, beside the manifest's fsync)."""
+        if self.synced:
+            return
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.synced = True
+
+    def final_directory(self) -> Path:
+        """attachments/<attachment_id>, where the file lives once recorded."""
+        return (
+            self.directory.parent.parent / self.attachment_id if self.is_staged else self.directory
+        )
+
+    @property
+    def is_staged(self) -> bool:
+        return self.directory.parent.name == paths.STAGING_DIRNAME
+
+    def publish(self) -> None:
+        """Move the file's directory from staging to its final place (one rename)."""
+        if not self.is_staged:
+            return
+        final = self.final_directory()
+        os.rename(self.directory, final)
+        self.directory = final
+        self.path = final / self.filename
+
+    def unpublish(self) -> None:
+        """Undo `publish()`: back to staging, before the commit point."""
+        if self.is_staged:
+            return
+        staged = self.directory.parent / paths.STAGING_DIRNAME / self.attachment_id
+        try:
+            os.rename(self.directory, staged)
+        except OSError:
+            return  # gone: nothing to move back
+        self.directory = staged
+        self.path = staged / self.filename
+
+    def release(self) -> None:
+        """Let go of the staging lock: the file is recorded, or gone."""
+        if self.lock_fd >= 0:
+            fd, self.lock_fd = self.lock_fd, -1
+            os.close(fd)
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        self.release()
 
 
 class UploadSink:
     """
-    Writes one upload into `attachments/<new id>/<safe name>`, hashing as it
-    goes. Either `finish()` returns the `ReceivedFile`, or `abort()` removes
-    every trace of it.
+    Writes one upload into `attachments/.staging/<new id>/<safe name>`,
+    hashing as it goes. Either `finish()` returns the `ReceivedFile`, or
+    `abort()` removes every trace of it. A full disk raises
+    `InsufficientStorage`, with the partial file already removed.
     """
 
     def __init__(
@@ -167,14 +237,24 @@ class UploadSink:
     ) -> None:
         self.attachment_id = new_attachment_id()
         self.name = paths.display_name(client_name)
-        self.directory = paths.safe_join(attachments_path, self.attachment_id)
-        self.path = paths.safe_join(self.directory, paths.sanitize_filename(client_name))
+        self.filename = paths.sanitize_filename(client_name)
+        staging = attachments_path / paths.STAGING_DIRNAME
+        self.directory = paths.safe_join(staging, self.attachment_id)
+        self.path = paths.safe_join(self.directory, self.filename)
         self.max_bytes = max_bytes
         self.size = 0
         self._hash = hashlib.sha256()
         self._head = bytearray()
-        self.directory.mkdir(parents=True)
-        self._file = _UploadFile(self.path, conf.UPLOAD_BUFFER_BYTES, conf.DIRECT_IO)
+        self._lock_fd = -1
+        try:
+            self.directory.mkdir(parents=True)
+            self._lock_fd = paths.lock_directory(self.directory) or -1
+            self._file = _UploadFile(self.path, conf.UPLOAD_BUFFER_BYTES, conf.DIRECT_IO)
+        except BaseException as exc:
+            self._remove()
+            if is_disk_full(exc):
+                raise InsufficientStorage() from exc
+            raise
 
     def write(self, data: Chunk) -> None:
         self.write_chunks((data,))
@@ -192,101 +272,60 @@ class UploadSink:
             if len(self._head) >= SNIFF_BYTES:
                 break
             self._head += chunk[: SNIFF_BYTES - len(self._head)]
-        if size >= PARALLEL_HASH_MIN_BYTES:
-            hashed = _hashers.submit(_hash_chunks, self._hash, chunks)
-            try:
+        try:
+            if size >= PARALLEL_HASH_MIN_BYTES:
+                hashed = _hashers.submit(_hash_chunks, self._hash, chunks)
+                try:
+                    self._file.write(chunks)
+                finally:
+                    # Wait even if the write failed: the caller may reuse the chunks.
+                    hashed.exception()
+                hashed.result()
+            else:
+                _hash_chunks(self._hash, chunks)
                 self._file.write(chunks)
-            finally:
-                # Wait even if the write failed: the caller may reuse the chunks.
-                hashed.exception()
-            hashed.result()
-        else:
-            _hash_chunks(self._hash, chunks)
-            self._file.write(chunks)
+        except OSError as exc:
+            self.abort()
+            if is_disk_full(exc):
+                raise InsufficientStorage() from exc
+            raise
         self.size += size
 
-    def finish(self) -> ReceivedFile:
-        self._file.close(sync=True)
-        return ReceivedFile(
+    def finish(self, sync: bool = False) -> ReceivedFile:
+        """
+        The received file, all of it written. Its fsync is left to
+        `ReceivedFile.sync()` unless `sync`: recording runs it in parallel
+        with the other fsyncs of the commit.
+        """
+        try:
+            self._file.close(flush=True, sync=sync)
+        except OSError as exc:
+            self.abort()
+            if is_disk_full(exc):
+                raise InsufficientStorage() from exc
+            raise
+        received = ReceivedFile(
             attachment_id=self.attachment_id,
             name=self.name,
+            filename=self.filename,
             path=self.path,
             directory=self.directory,
             size=self.size,
             sha256=self._hash.hexdigest(),
             head=bytes(self._head),
+            lock_fd=self._lock_fd,
+            synced=sync,
         )
+        self._lock_fd = -1  # handed over
+        return received
 
     def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._file.close(sync=False)
+        with contextlib.suppress(OSError, AttributeError):
+            self._file.close(flush=False)
+        self._remove()
+
+    def _remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class StreamedUploadedFile(UploadedFile):
-    """What `request.FILES` holds for a file that `AttachmentUploadHandler` received."""
-
-    def __init__(self, received: ReceivedFile, content_type: str | None) -> None:
-        super().__init__(
-            file=None, name=received.name, content_type=content_type, size=received.size
-        )
-        self.received = received
-
-    def open(self, mode: str | None = None) -> StreamedUploadedFile:
-        self.file = open(self.received.path, mode or "rb")  # noqa: SIM115
-        return self
-
-
-class AttachmentUploadHandler(FileUploadHandler):
-    """
-    A Django upload handler that streams each file of a multipart body into
-    the session's attachments directory and hashes it on the way, so no copy
-    is kept in memory or in a temporary file.
-
-    Set it on a request before touching `request.FILES`; afterwards,
-    `received` lists every file it wrote, and `limit_exceeded` tells whether
-    it stopped because of `max_bytes`.
-    """
-
-    def __init__(
-        self, attachments_path: Path, max_bytes: int | None, request: Any = None
-    ) -> None:
-        super().__init__(request)
-        self.attachments_path = attachments_path
-        self.max_bytes = max_bytes
-        self.received: list[ReceivedFile] = []
-        self.limit_exceeded: int | None = None
-        self._sink: UploadSink | None = None
-
-    def new_file(self, field_name: str, file_name: str, *args: Any, **kwargs: Any) -> None:
-        super().new_file(field_name, file_name, *args, **kwargs)
-        self._sink = UploadSink(self.attachments_path, file_name, self.max_bytes)
-        raise StopFutureHandlers()
-
-    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
-        assert self._sink is not None
-        try:
-            self._sink.write(raw_data)
-        except LimitExceeded as exc:
-            self._sink = None
-            self.limit_exceeded = exc.limit
-            raise StopUpload(connection_reset=True) from exc
-        return None
-
-    def file_complete(self, file_size: int) -> StreamedUploadedFile | None:
-        if self._sink is None:
-            return None
-        received = self._sink.finish()
-        self._sink = None
-        self.received.append(received)
-        return StreamedUploadedFile(received, self.content_type)
-
-    def upload_interrupted(self) -> None:
-        if self._sink is not None:
-            self._sink.abort()
-            self._sink = None
-
-    def discard_unclaimed(self) -> None:
-        for received in self.received:
-            if not received.claimed:
-                received.discard()
+        if self._lock_fd >= 0:
+            fd, self._lock_fd = self._lock_fd, -1
+            os.close(fd)

@@ -1,7 +1,7 @@
 """
-Recording attachments: the manifest entry and its ORM mirror, written together
-under the manifest's inter-process lock so that the two never disagree for
-long and no concurrent writer loses an entry.
+The ORM mirror of the manifests: bringing a session's rows in line with its
+manifest (files that workflow nodes registered, `rebuild_attachments`), and
+auto-clean. Uploads are recorded by `attachments.committing`.
 """
 
 from __future__ import annotations
@@ -10,99 +10,24 @@ import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 from django.db import transaction
 from django.utils import timezone
-from filelock import Timeout
 
 from . import paths
+from .committing import manifest_for, mirror_fields
 from .conf import conf
-from .exceptions import SessionNotFound, StorageBusy
-from .manifest import LOCK_NAME, AttachmentEntry, Manifest, ManifestError
+from .manifest import (
+    AttachmentEntry,
+    Manifest,
+    ManifestDocument,
+    ManifestError,
+    is_manifest_internal,
+)
 from .models import Attachment, Session
-from .quotas import check_room_for
-from .receiving import ReceivedFile
-from .scanning import scan_file
+from .quotas import reset_usage
 
 logger = logging.getLogger(__name__)
-
-
-def manifest_for(session: Session) -> Manifest:
-    return Manifest(session.directory, session.session_id, lock_timeout=conf.LOCK_TIMEOUT)
-
-
-def _relative(session: Session, path: Path) -> str:
-    return path.relative_to(session.directory).as_posix()
-
-
-def _mirror_fields(entry: AttachmentEntry) -> dict[str, object]:
-    return {
-        "name": entry.name,
-        "path": entry.path,
-        "mime": entry.mime,
-        "kind": entry.kind,
-        "size": entry.size,
-        "sha256": entry.sha256,
-        "source": entry.source,
-        "node_id": entry.node_id or "",
-        "metadata": entry.metadata,
-        "created_at": datetime.fromisoformat(entry.created_at),
-        "updated_at": datetime.fromisoformat(entry.updated_at),
-        "purged_at": None,
-    }
-
-
-def record_upload(
-    session: Session, received: ReceivedFile, source: str = Attachment.Source.USER_UPLOAD
-) -> Attachment:
-    """
-    Record a received file in the manifest and the database. On any failure
-    the file is removed and neither record keeps a trace of it.
-    """
-    try:
-        metadata = scan_file(received.path)
-    except BaseException:
-        received.discard()
-        raise
-    entry = AttachmentEntry.for_new_file(
-        attachment_id=received.attachment_id,
-        name=received.name,
-        path=_relative(session, received.path),
-        head=received.head,
-        size=received.size,
-        sha256=received.sha256,
-        source=source,
-        metadata=metadata,
-    )
-    manifest = manifest_for(session)
-    try:
-        with manifest.locked() as document:
-            document.upsert(entry)
-            try:
-                with transaction.atomic():
-                    # The row lock keeps a purge from slipping in between.
-                    live = Session.objects.live().select_for_update().filter(pk=session.pk)
-                    if not list(live.values_list("pk", flat=True)):
-                        raise SessionNotFound()
-                    check_room_for(session, entry.size)
-                    attachment = Attachment.objects.create(
-                        session=session, attachment_id=entry.attachment_id, **_mirror_fields(entry)
-                    )
-                    manifest.save(document)
-            except BaseException:
-                if document.remove(entry.attachment_id) and manifest.path.exists():
-                    manifest.save(document)
-                raise
-    except Timeout:
-        received.discard()
-        raise StorageBusy() from None
-    except BaseException:
-        received.discard()
-        raise
-    received.claimed = True
-    return attachment
 
 
 @dataclass
@@ -110,23 +35,59 @@ class SyncReport:
     created: int = 0
     updated: int = 0
     removed: int = 0
+    completed: int = 0  # manifest entries written back from rows
+
+
+def entry_for_row(row: Attachment) -> AttachmentEntry:
+    """The manifest entry a row mirrors, for writing a lost entry back."""
+    return AttachmentEntry(
+        attachment_id=row.attachment_id,
+        name=row.name,
+        path=row.path,
+        mime=row.mime,
+        kind=row.kind,
+        size=row.size,
+        sha256=row.sha256,
+        source=row.source,
+        created_at=row.created_at.isoformat(timespec="microseconds"),
+        updated_at=row.updated_at.isoformat(timespec="microseconds"),
+        node_id=row.node_id or None,
+        metadata=row.metadata,
+    )
 
 
 def sync_session_from_manifest(session: Session) -> SyncReport:
     """
-    Make the session's attachment rows match its manifest exactly: the
-    manifest is the source of truth. Running it twice changes nothing.
+    Make the session's manifest and attachment rows agree. The manifest is
+    the source of truth for what it lists (files registered by workflow
+    nodes, or a database restored from the manifests); a live row it lacks
+    is written back to it when the row's file exists (an upload committed
+    just before a crash), and removed otherwise. Running it twice changes
+    nothing.
     """
-    report = SyncReport()
     manifest = manifest_for(session)
-    with manifest.locked() as document, transaction.atomic():
+    with manifest.locked() as document:
+        return sync_locked(session, manifest, document)
+
+
+def sync_locked(session: Session, manifest: Manifest, document: ManifestDocument) -> SyncReport:
+    """`sync_session_from_manifest` for a caller that holds the manifest's lock."""
+    report = SyncReport()
+    with transaction.atomic():
         existing = {a.attachment_id: a for a in session.attachments.all()}
+        listed = {entry.attachment_id for entry in document.attachments}
+        for key, row in existing.items():
+            if key not in listed and row.purged_at is None and _file_exists(session, row.path):
+                document.append(entry_for_row(row))
+                report.completed += 1
+        if report.completed:
+            manifest.save(document)
         # Rows marked purged (auto-clean) stay as tombstones; every change
         # goes through save() or delete() per row, so the receivers that
         # turn rows into artifact events see each one.
         purged = {k for k, a in existing.items() if a.purged_at is not None}
         for entry in document.attachments:
-            fields = _mirror_fields(entry)
+            fields = mirror_fields(entry)
             row = existing.pop(entry.attachment_id, None)
             if row is None:
                 Attachment.objects.create(
@@ -142,7 +103,15 @@ def sync_session_from_manifest(session: Session) -> SyncReport:
         if stale:
             report.removed = len(stale)
             Attachment.objects.filter(pk__in=stale).delete()
+        reset_usage(session)
     return report
+
+
+def _file_exists(session: Session, relative: str) -> bool:
+    try:
+        return paths.safe_join(session.directory, relative).is_file()
+    except paths.UnsafePath:
+        return False
 
 
 def purge_attachments(session: Session) -> int:
@@ -168,10 +137,14 @@ def purge_attachments(session: Session) -> int:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target, ignore_errors=True)
         manifest.path.unlink(missing_ok=True)
-    # The lock file goes last, and the directory only if nothing else is left.
-    if directory.is_dir() and all(p.name == LOCK_NAME for p in directory.iterdir()):
-        (directory / LOCK_NAME).unlink(missing_ok=True)
+        reset_usage(session)
+    # The directory goes only if nothing but its internals is left (an
+    # upload in flight keeps it).
+    if directory.is_dir() and all(is_manifest_internal(p.name) for p in directory.iterdir()):
         with contextlib.suppress(OSError):
+            (paths.staging_dir(session.directory)).rmdir()
+            for p in directory.iterdir():
+                p.unlink()
             directory.rmdir()
     return purged
 

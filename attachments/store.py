@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ from .mime import SNIFF_BYTES, detect_mime, kind_for_mime
 SESSION_DIR_ENV = "MAC_SESSION_DIR"
 SESSION_ID_ENV = "MAC_SESSION_ID"
 NODE_ID_ENV = "MAC_NODE_ID"
-LOCK_TIMEOUT_ENV = "MAC_LOCK_TIMEOUT"
 
 # The metadata key naming the workspace file an attachment was copied from.
 ORIGIN_KEY = "origin"
@@ -83,15 +83,13 @@ def _copy_with_digest(source: Path, target: Path) -> FileDigest:
 class AttachmentStore:
     """A session's attachments, as seen from its directory on disk."""
 
-    def __init__(
-        self, session_dir: str | os.PathLike[str], session_id: str, lock_timeout: float = 30.0
-    ) -> None:
+    def __init__(self, session_dir: str | os.PathLike[str], session_id: str) -> None:
         # Resolved once, so that paths checked with `resolve_inside` relate to it.
         self.session_dir = Path(os.path.realpath(session_dir))
         self.session_id = session_id
         self.workspace = paths.workspace_dir(self.session_dir)
         self.attachments = paths.attachments_dir(self.session_dir)
-        self.manifest = Manifest(self.session_dir, session_id, lock_timeout=lock_timeout)
+        self.manifest = Manifest(self.session_dir, session_id)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> AttachmentStore:
@@ -103,7 +101,7 @@ class AttachmentStore:
             raise RuntimeError(
                 f"{exc.args[0]} is not set: from_env() works inside a workflow node."
             ) from None
-        return cls(session_dir, session_id, float(env.get(LOCK_TIMEOUT_ENV) or 30))
+        return cls(session_dir, session_id)
 
     # Reading
 
@@ -162,9 +160,25 @@ class AttachmentStore:
             return self._register_in_place(source_path, display, source, node_id, extra)
 
         attachment_id = new_attachment_id()
-        directory = paths.safe_join(self.attachments, attachment_id)
-        target = paths.safe_join(directory, paths.sanitize_filename(display))
-        directory.mkdir(parents=True)
+        filename = paths.sanitize_filename(display)
+        with self._staging_directory(attachment_id) as staged:
+            return self._register_staged(
+                staged, source_path, display, filename, attachment_id, source, node_id, extra, move
+            )
+
+    def _register_staged(
+        self,
+        staged: Path,
+        source_path: Path,
+        display: str,
+        filename: str,
+        attachment_id: str,
+        source: str,
+        node_id: str | None,
+        extra: dict[str, Any],
+        move: bool,
+    ) -> AttachmentEntry:
+        target = paths.safe_join(staged, filename)
         try:
             if move:
                 os.replace(source_path, target)
@@ -174,21 +188,28 @@ class AttachmentStore:
             origin = self._origin_of(source_path)
             if origin is not None and not move:
                 extra.setdefault(ORIGIN_KEY, origin)
-            entry = self._new_entry(attachment_id, display, target, digest, source, node_id, extra)
-            with self.manifest.edit() as document:
+            with self.manifest.locked() as document:
                 # The workspace hook may have registered the original in place
                 # already: the copy takes over that entry instead of adding a
                 # second attachment for the same file.
                 adopted = self._in_place_twin(document, origin, digest.sha256)
                 if adopted is not None:
-                    entry.attachment_id = adopted.attachment_id
-                    entry.created_at = adopted.created_at
+                    attachment_id = adopted.attachment_id
+                final = paths.safe_join(self.attachments, attachment_id)
+                entry = self._new_entry(
+                    attachment_id, display, final / filename, digest, source, node_id, extra
+                )
+                if adopted is not None:
+                    entry = entry.replace(created_at=adopted.created_at)
+                os.rename(staged, final)
+                staged = final
                 document.upsert(entry)
+                self.manifest.save(document)
         except BaseException:
             if move and target.exists() and not source_path.exists():
                 with contextlib.suppress(OSError):
                     os.replace(target, source_path)
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(staged, ignore_errors=True)
             raise
         return entry
 
@@ -205,23 +226,33 @@ class AttachmentStore:
         node_id = node_id if node_id is not None else os.environ.get(NODE_ID_ENV) or None
         display = paths.display_name(name)
         attachment_id = new_attachment_id()
-        directory = paths.safe_join(self.attachments, attachment_id)
-        target = paths.safe_join(directory, paths.sanitize_filename(display))
-        directory.mkdir(parents=True)
-        try:
-            with open(target, "xb") as out:
+        filename = paths.sanitize_filename(display)
+        final = paths.safe_join(self.attachments, attachment_id)
+        with self._staging_directory(attachment_id) as staged, contextlib.ExitStack() as undo:
+            undo.callback(shutil.rmtree, staged, True)
+            with open(staged / filename, "xb") as out:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
             digest = FileDigest(len(data), hashlib.sha256(data).hexdigest(), data[:SNIFF_BYTES])
             entry = self._new_entry(
-                attachment_id, display, target, digest, source, node_id, dict(metadata or {})
+                attachment_id,
+                display,
+                final / filename,
+                digest,
+                source,
+                node_id,
+                dict(metadata or {}),
             )
-            with self.manifest.edit() as document:
-                document.upsert(entry)
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
+            with self.manifest.locked() as document:
+                os.rename(staged, final)
+                try:
+                    document.append(entry)
+                    self.manifest.save(document)
+                except BaseException:
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+            undo.pop_all()
         return entry
 
     def remove(self, attachment_id: str) -> AttachmentEntry | None:
@@ -257,10 +288,27 @@ class AttachmentStore:
             dict(existing.metadata) if existing else {},
         )
         if existing is not None:
-            entry.created_at = existing.created_at
+            entry = entry.replace(created_at=existing.created_at)
         return entry
 
     # Internals
+
+    @contextlib.contextmanager
+    def _staging_directory(self, attachment_id: str) -> Iterator[Path]:
+        """
+        A new directory under staging for a file being written, invisible to
+        listings and zips until it is renamed into place under the manifest
+        lock. It is held with `paths.lock_directory` meanwhile: should this
+        process die, reconciliation removes it.
+        """
+        staged = paths.safe_join(paths.staging_dir(self.session_dir), attachment_id)
+        staged.mkdir(parents=True)
+        fd = paths.lock_directory(staged)
+        try:
+            yield staged
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def _checked_source(self, path: str | os.PathLike[str]) -> Path:
         candidate = Path(path)
@@ -321,8 +369,7 @@ class AttachmentStore:
                     new_attachment_id(), display, path, digest, source, node_id, metadata
                 )
             else:
-                entry = dataclasses.replace(
-                    existing,
+                entry = existing.replace(
                     name=display,
                     size=digest.size,
                     sha256=digest.sha256,
@@ -332,7 +379,7 @@ class AttachmentStore:
                     metadata={**existing.metadata, **metadata},
                     updated_at=utc_now_iso(),
                 )
-                entry.kind = kind_for_mime(entry.mime)
+                entry = entry.replace(kind=kind_for_mime(entry.mime))
             document.upsert(entry)
         return entry
 

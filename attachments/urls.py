@@ -12,6 +12,14 @@ urlpatterns = [
     path("sessions/<str:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
     path("uploads/<str:session_id>", views.UploadView.as_view(), name="uploads"),
     path(
+        "uploads/<str:session_id>/tus/", views.ResumableUploadsView.as_view(), name="tus-uploads"
+    ),
+    path(
+        "uploads/<str:session_id>/tus/<str:upload_id>",
+        views.ResumableUploadView.as_view(),
+        name="tus-upload",
+    ),
+    path(
         "sessions/<str:session_id>/artifacts/<str:artifact_id>",
         views.ArtifactView.as_view(),
         name="artifact",

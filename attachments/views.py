@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import urlencode
+from django.utils.http import http_date, urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -14,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import links, query
+from . import links, paths, query, resumable
 from .access import (
     DjangoUserAuthentication,
     authorize_request,
@@ -29,14 +30,14 @@ from .lookup import resolve_artifact
 from .models import Session
 from .parsers import JSONParser
 from .quotas import Usage, quota_fields, usage
-from .records import record_upload
-from .schema import SESSION_ERRORS, binary, errors, query as query_param
+from .schema import SESSION_ERRORS, binary, errors
+from .schema import query as query_param
 from .selection import FileFilters
 from .serializers import AttachmentSerializer, SessionCreateSerializer, SessionSerializer
 from .serving import data_uri, serve_archive, serve_artifact
 from .sessions import create_session, purge_session
 from .throttling import SessionCreateThrottle
-from .uploads import FILE_FIELD, receive_upload
+from .uploads import FILE_FIELD, accept_upload, receive_upload, streamed_upload
 
 
 class LimitsView(JSONErrorsMixin, APIView):
@@ -155,9 +156,9 @@ class SessionDetailView(SessionScopedMixin, APIView):
 class UploadView(SessionScopedMixin, APIView):
     """
     POST a file (multipart/form-data, field `file`) into the session; GET the
-    session's attachments. The body is never parsed by DRF: it is either
-    streamed to disk by `StreamingUploadMiddleware` or read by
-    `AttachmentUploadHandler`, straight into the attachments directory.
+    session's attachments. The body is never parsed by DRF: the upload
+    service (`attachments.uploads`) receives it, streamed by
+    `StreamingUploadMiddleware` or read here, straight into staging.
     """
 
     parser_classes: list[Any] = []
@@ -181,12 +182,17 @@ class UploadView(SessionScopedMixin, APIView):
                 "Upload", {"file": serializers.FileField(help_text="One file.")}
             )
         },
-        responses={201: AttachmentSerializer, **errors(400, 404, 413, 415, 422, 503)},
+        responses={201: AttachmentSerializer, **errors(400, 404, 413, 415, 422, 503, 507)},
     )
     def post(self, request: Request, session_id: str) -> Response:
-        session = self.get_session()
+        streamed = streamed_upload(request._request)
+        if streamed is not None and streamed.error is not None:
+            raise streamed.error
+        # A streamed body's session was resolved and authorised before it was read.
+        session = streamed.session if streamed is not None else None
+        session = session or self.get_session()
         received = receive_upload(request._request, session)
-        attachment = record_upload(session, received)
+        attachment = accept_upload(session, received)
         return Response(AttachmentSerializer(attachment).data, status=status.HTTP_201_CREATED)
 
 
@@ -338,3 +344,133 @@ class SessionDownloadLinkView(SignedLinkMixin, APIView):
         session = self.get_session()
         target = links.LinkTarget(session.session_id)
         return self.link_response(request, target, "attachments:session-download", {})
+
+
+class ResumableUploadMixin(SessionScopedMixin):
+    """
+    The tus 1.0 endpoints (`attachments.resumable`). Every answer carries
+    Tus-Resumable; every request but OPTIONS must send it.
+    """
+
+    parser_classes: list[Any] = []
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        if request.method != "OPTIONS":
+            resumable.check_version(request.headers.get("Tus-Resumable"))
+
+    def finalize_response(
+        self, request: Request, response: HttpResponseBase, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        response["Tus-Resumable"] = resumable.TUS_VERSION
+        return response
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        response = Response(status=status.HTTP_204_NO_CONTENT)
+        response["Tus-Version"] = resumable.TUS_VERSION
+        response["Tus-Extension"] = resumable.EXTENSIONS
+        response["Tus-Checksum-Algorithm"] = ",".join(sorted(resumable.CHECKSUMS))
+        limit = resumable.remaining_bytes(self.get_session())
+        if limit is not None:
+            response["Tus-Max-Size"] = str(limit)
+        return response
+
+    def patch_body(self, request: Request, writer: Any) -> Any:
+        """Append the request's body with `writer`; the upload, recorded if that was all of it."""
+        whole = False
+        try:
+            for chunk in _request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES):
+                writer.write(chunk)
+            whole = True
+        finally:
+            upload = resumable.finish_patch(writer, whole)
+        return upload
+
+    def upload_headers(self, upload: Any, response: HttpResponseBase) -> HttpResponseBase:
+        response["Upload-Offset"] = str(upload.offset)
+        response["Upload-Length"] = str(upload.length)
+        response["Upload-Expires"] = http_date(upload.expires_at.timestamp())
+        response["Cache-Control"] = "no-store"
+        if upload.offset == upload.length:
+            # Not part of tus: where the finished upload can be found.
+            response["Attachment-Id"] = upload.attachment_id
+        return response
+
+
+def _request_chunks(request: Any, size: int) -> Any:
+    while chunk := request.read(size):
+        yield chunk
+
+
+class ResumableUploadsView(ResumableUploadMixin, APIView):
+    """
+    tus 1.0: OPTIONS tells what the server supports and the largest upload
+    the session takes now (`Tus-Max-Size`); POST creates an upload
+    (`Upload-Length`, `Upload-Metadata` with `filename`), with its first bytes
+    in the body when sent as application/offset+octet-stream.
+    """
+
+    @extend_schema(
+        request=None,
+        responses={201: None, **errors(400, 404, 409, 412, 413, 415, 423, 460, 507)},
+    )
+    def post(self, request: Request, session_id: str) -> Response:
+        session = self.get_session()
+        if request.headers.get("Upload-Defer-Length"):
+            raise resumable.InvalidTusHeader(
+                "Upload-Defer-Length", "Send Upload-Length: deferred lengths are not supported."
+            )
+        length = resumable.parse_length("Upload-Length", request.headers.get("Upload-Length"))
+        metadata = resumable.parse_metadata(request.headers.get("Upload-Metadata"))
+        upload = resumable.create_upload(session, length, metadata)
+        response = Response(status=status.HTTP_201_CREATED)
+        response["Location"] = request.build_absolute_uri(
+            reverse("attachments:tus-upload", args=[session.session_id, upload.upload_id])
+        )
+        if request.content_type == resumable.OFFSET_CONTENT_TYPE or length == 0:
+            checksum = resumable.parse_checksum(request.headers.get("Upload-Checksum"))
+            upload = self.patch_body(request, resumable.PatchWriter(upload, 0, checksum))
+        return self.upload_headers(upload, response)
+
+
+class ResumableUploadView(ResumableUploadMixin, APIView):
+    """
+    tus 1.0: one upload. HEAD gives its offset, PATCH appends bytes at
+    `Upload-Offset` (the last byte records the attachment), DELETE removes it.
+    """
+
+    def get_upload(self) -> Any:
+        return resumable.find_upload(self.get_session(), self.kwargs["upload_id"])
+
+    @extend_schema(request=None, responses={200: None, **errors(404, 410, 412)})
+    def head(self, request: Request, session_id: str, upload_id: str) -> Response:
+        return self.upload_headers(self.get_upload(), Response(status=status.HTTP_200_OK))
+
+    @extend_schema(
+        request={resumable.OFFSET_CONTENT_TYPE: OpenApiTypes.BINARY},
+        responses={204: None, **errors(400, 404, 409, 410, 412, 413, 415, 422, 423, 460, 507)},
+    )
+    def patch(self, request: Request, session_id: str, upload_id: str) -> Response:
+        streamed = streamed_upload(request._request)
+        if streamed is not None:
+            # The ASGI fast path wrote the body already (attachments.asgi).
+            if streamed.error is not None:
+                raise streamed.error
+            upload = streamed.resumable
+        else:
+            writer = resumable.open_patch(self.get_session(), upload_id, request.headers)
+            upload = self.patch_body(request, writer)
+        return self.upload_headers(upload, Response(status=status.HTTP_204_NO_CONTENT))
+
+    @extend_schema(request=None, responses={204: None, **errors(404, 410, 412, 423)})
+    def delete(self, request: Request, session_id: str, upload_id: str) -> Response:
+        upload = self.get_upload()
+        lock = paths.lock_directory(upload.directory, blocking=False)
+        if lock is None:
+            raise resumable.UploadLocked()
+        try:
+            resumable.terminate(upload)
+        finally:
+            os.close(lock)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -60,6 +60,28 @@ class _ProgressReader:
         return data
 
 
+RESUMABLE_CHUNK_BYTES = 8 << 20
+
+
+def default_state_file() -> Path:
+    """Where resumable uploads remember their URLs: $XDG_CACHE_HOME/macctl/uploads.json."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "macctl" / "uploads.json"
+
+
+class _SessionFingerprint:
+    """tuspy's content fingerprint, scoped to one server and session."""
+
+    def __init__(self, endpoint: str) -> None:
+        from tusclient.fingerprint.fingerprint import Fingerprint
+
+        self.endpoint = endpoint
+        self.content = Fingerprint()
+
+    def get_fingerprint(self, fs: IO[bytes]) -> str:
+        return f"{self.endpoint}|{self.content.get_fingerprint(fs)}"
+
+
 class Client:
     def __init__(self, server: str, token: str | None = None, timeout: float = 60) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -121,6 +143,63 @@ class Client:
         with open(path, "rb") as stream:
             files = {"file": (path.name, _ProgressReader(stream, progress))}
             return self._json("POST", f"/api/uploads/{session_id}", files=files, timeout=None)
+
+    def upload_resumable(
+        self,
+        session_id: str,
+        path: Path,
+        progress: Progress | None = None,
+        chunk_size: int = RESUMABLE_CHUNK_BYTES,
+        state_file: Path | None = None,
+    ) -> dict[str, Any]:
+        """
+        Upload with the tus protocol (tuspy), in chunks with checksums. The
+        upload's URL is remembered in `state_file` (default: the user's
+        cache), so running this again after an interruption resumes where
+        the server's offset says, in the same session, with the same file.
+        """
+        from tusclient import client as tus
+        from tusclient.exceptions import TusCommunicationError
+        from tusclient.storage.filestorage import FileStorage
+
+        state_file = state_file or default_state_file()
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        storage = FileStorage(str(state_file))
+        endpoint = f"{self.http.base_url}/api/uploads/{session_id}/tus/"
+        try:
+            client = tus.TusClient(endpoint, headers=dict(self.http.headers.items()))
+            uploader = client.uploader(
+                str(path),
+                chunk_size=chunk_size,
+                metadata={"filename": path.name},
+                store_url=True,
+                url_storage=storage,
+                fingerprinter=_SessionFingerprint(endpoint),
+                upload_checksum=True,
+            )
+            reported = uploader.offset
+            if progress and reported:
+                progress(reported)
+            size = uploader.get_file_size()
+            while uploader.offset < size or uploader.url is None:
+                uploader.upload_chunk()
+                if progress:
+                    progress(uploader.offset - reported)
+                reported = uploader.offset
+            attachment_id = (
+                uploader.request.response_headers.get("attachment-id")
+                if (uploader.request is not None)
+                else None
+            )
+            if attachment_id is None:
+                head = self._check(self.http.head(uploader.url, headers={"Tus-Resumable": "1.0.0"}))
+                attachment_id = head.headers.get("Attachment-Id")
+            storage.remove_item(uploader._get_fingerprint())
+        except TusCommunicationError as exc:
+            raise ApiError(exc.status_code or 0, "tus_error", str(exc)) from exc
+        finally:
+            storage.close()
+        return self.artifact_meta(session_id, str(attachment_id))
 
     def list_uploads(self, session_id: str) -> list[dict[str, Any]]:
         return self._json("GET", f"/api/uploads/{session_id}")["attachments"]

@@ -81,9 +81,11 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
     with _progress() as progress:
         for path in paths:
             task = progress.add_task(path.name, total=path.stat().st_size)
-            results.append(
-                client.upload(args.session_id, path, lambda n, t=task: progress.advance(t, n))
-            )
+            advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
+            if args.resume:
+                results.append(client.upload_resumable(args.session_id, path, advance))
+            else:
+                results.append(client.upload(args.session_id, path, advance))
     _print_json(results if len(results) > 1 else results[0])
     return 0
 
@@ -178,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="Upload files into a session, with progress bars.")
     upload.add_argument("session_id")
     upload.add_argument("files", nargs="+")
+    upload.add_argument(
+        "--resume",
+        action="store_true",
+        help="Upload with the tus protocol in 8 MiB chunks; after an interruption, the same "
+        "command continues where the server's offset says.",
+    )
     upload.set_defaults(handler=cmd_upload)
 
     listing = commands.add_parser("list", help="List a session's attachments.")

@@ -77,11 +77,20 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from artifacts.asgi import EventFeedMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
-from attachments.asgi import StreamingUploadMiddleware  # noqa: E402
+from attachments.asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
+from attachments.conf import conf as attachments_conf  # noqa: E402
+from attachments.reconcile import reconcile_in_background  # noqa: E402
+
+if attachments_conf.RECONCILE_AT_START:
+    # What a crash of this or another worker left (attachments.reconcile);
+    # safe beside workers that are serving.
+    reconcile_in_background()
 
 application = ProtocolTypeRouter(
     {
-        "http": EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app)),
+        "http": JSONServerErrorMiddleware(
+            EventFeedMiddleware(StreamingUploadMiddleware(django_asgi_app))
+        ),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(
                 URLRouter([*websocket_urlpatterns, re_path(r"", unknown_socket)])

@@ -12,6 +12,8 @@ Environment:
     MAC_SESSION_QUOTA_BYTES  total bytes of one session's attachments (default: no quota)
     MAC_SESSION_QUOTA_FILES  number of one session's attachments (default: no quota)
     MAC_DIRECT_IO            0 to write uploads through the page cache (e.g. on NFS); default 1
+    MAC_RECONCILE_AT_START   0 to skip reconciling the warehouse when a worker starts; default 1
+    MAC_TUS_EXPIRY           seconds an unfinished resumable upload is kept after its last byte
     MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
     MAC_CLAMD_ADDRESS        unix:///run/clamav/clamd.ctl (default) or tcp://host:3310
@@ -50,6 +52,7 @@ Environment:
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
     DATABASE_URL             e.g. postgres://root@127.0.0.1:5432/test (default SQLite)
+    MAC_DB_POOL_SIZE         PostgreSQL connections pooled per worker process; 0: no pool (20)
     REDIS_URL                e.g. redis://127.0.0.1:6379/0 (default in-memory layer)
 """
 
@@ -59,6 +62,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from corsheaders.defaults import default_headers as cors_default_headers
 
 from macproject.secret_key import PLACEHOLDER as PLACEHOLDER_SECRET_KEY
 from macproject.secret_key import read_key_file
@@ -146,7 +150,29 @@ CORS_EXPOSE_HEADERS = [
     "ETag",
     "Repr-Digest",
     "Retry-After",
+    # tus (resumable uploads) clients in a browser read these.
+    "Location",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Expires",
+    "Attachment-Id",
 ]
+# What tus clients send beside the usual headers.
+CORS_ALLOW_HEADERS = [
+    *cors_default_headers,
+    "tus-resumable",
+    "upload-length",
+    "upload-offset",
+    "upload-metadata",
+    "upload-checksum",
+    "upload-defer-length",
+]
+CORS_ALLOW_METHODS = ["DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"]
 
 ROOT_URLCONF = "macproject.urls"
 APPEND_SLASH = False
@@ -177,12 +203,29 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several server threads write at once; WAL and a busy timeout turn
-    # "database is locked" into a short wait.
+    # "database is locked" into a short wait. synchronous=FULL keeps every
+    # commit durable in WAL mode too (NORMAL may lose the last ones on power loss).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+        }
     )
     # Threads cannot share an in-memory database, so tests get a file.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool per worker process: a request borrows a connection instead of
+    # opening one (most of a short request's time without it).
+    # MAC_DB_POOL_SIZE=0 turns it off (e.g. behind PgBouncer).
+    _pool_size = _env_int("MAC_DB_POOL_SIZE")
+    _pool_size = 20 if _pool_size is None else _pool_size
+    if _pool_size > 0:
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": _pool_size,
+            "timeout": 10,
+        }
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
@@ -261,6 +304,9 @@ ATTACHMENTS_AUTO_CLEAN = _env_bool("MAC_AUTO_CLEAN_ATTACHMENTS")
 ATTACHMENTS_SESSION_MAX_BYTES = _env_int("MAC_SESSION_QUOTA_BYTES")
 ATTACHMENTS_SESSION_MAX_FILES = _env_int("MAC_SESSION_QUOTA_FILES")
 ATTACHMENTS_DIRECT_IO = _env_bool("MAC_DIRECT_IO", True)
+ATTACHMENTS_RECONCILE_AT_START = _env_bool("MAC_RECONCILE_AT_START", True)
+if (_tus_expiry := _env_int("MAC_TUS_EXPIRY")) is not None:
+    ATTACHMENTS_TUS_EXPIRY = _tus_expiry
 ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]
 ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")
 ATTACHMENTS_CLAMD_ADDRESS = os.environ.get("MAC_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+
+from attachments.exceptions import server_error_response
 
 
 def _wants_json(request: HttpRequest) -> bool:
@@ -28,9 +32,12 @@ def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
-    if _wants_json(request):
-        return JsonResponse(
-            {"detail": "The server failed to handle this request.", "code": "server_error"},
-            status=500,
-        )
+    # Django calls this while handling the exception, so it is still at hand:
+    # a full disk or a database outage gets its own status (507, 503).
+    status, payload, headers = server_error_response(sys.exc_info()[1] or Exception())
+    if _wants_json(request) or status != 500:
+        response = JsonResponse(payload, status=status)
+        for name, value in headers:
+            response[name.decode()] = value.decode()
+        return response
     return defaults.server_error(request)

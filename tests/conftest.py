@@ -5,6 +5,11 @@ from pathlib import Path
 
 import pytest
 
+# Reconciliation at start runs on a thread of its own, against whatever
+# database the process has: not in the test process, nor in the servers tests
+# start (they inherit this), except where a test asks for it.
+os.environ.setdefault("MAC_RECONCILE_AT_START", "0")
+
 # .ci/run sets this for its PostgreSQL + Redis pass: there, a test marked
 # `services` that does not run is a failure, not a skip.
 REQUIRE_SERVICES = os.environ.get("MAC_REQUIRE_SERVICES") == "1"

@@ -57,6 +57,10 @@ def test_every_operation_documents_its_json_errors():
             assert any(code.startswith("4") for code in operation["responses"]), (method, path)
 
 
+# tus PATCH bodies are raw bytes, like application/octet-stream.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
+
 @pytest.fixture(scope="module")
 def live_api(django_db_setup, django_db_blocker, tmp_path_factory):
     """One real server for the module's tests, which are transactional: their rows are flushed."""

@@ -16,7 +16,6 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from attachments.conf import conf as attachments_conf
 from attachments.models import Attachment, Session
 from attachments.paths import safe_join
 
@@ -235,6 +234,14 @@ def fail_if_orphaned(run: WorkflowRun, reason: str = RESTART_REASON) -> bool:
     return True
 
 
+def interrupted_runs(repair: bool) -> list[str]:
+    """Active runs whose worker is gone; with `repair`, marked failed (a reconciliation step)."""
+    if repair:
+        return fail_interrupted_runs()
+    active = WorkflowRun.objects.filter(status__in=WorkflowRun.ACTIVE)
+    return [run.run_id for run in active if is_orphaned(run)]
+
+
 def fail_interrupted_runs() -> list[str]:
     """Mark failed every active run whose worker is gone; returns their ids."""
     failed = []
@@ -254,6 +261,3 @@ def ensure_recovered() -> None:
             fail_interrupted_runs()
             _recovered = True
 
-
-def auto_clean_enabled() -> bool:
-    return attachments_conf.AUTO_CLEAN

@@ -49,9 +49,7 @@ class Runner:
         self.run = run
         self.session: Session = run.session
         self.workflow = Workflow.from_spec(run.spec)
-        self.store = AttachmentStore(
-            self.session.directory, self.session.session_id, attachments_conf.LOCK_TIMEOUT
-        )
+        self.store = AttachmentStore(self.session.directory, self.session.session_id)
         self.nodes = {node.node_id: node for node in run.nodes.all()}
         rows = {
             a.attachment_id: a

@@ -52,7 +52,7 @@ class Reply:
 
 
 class DjangoPath:
-    """Uploads parsed by Django with AttachmentUploadHandler (test client, WSGI, plain ASGI)."""
+    """Uploads read by the Django view (test client, WSGI, plain ASGI)."""
 
     name = "django"
 
@@ -135,11 +135,11 @@ def row_ids(session: Session) -> list[str]:
 def attach(session: Session, name: str, content: bytes) -> Attachment:
     """Record `content` as an upload named `name` in the session, as the upload view would."""
     from attachments.receiving import UploadSink
-    from attachments.records import record_upload
+    from attachments.uploads import accept_upload
 
     sink = UploadSink(session.directory / "code_workspace" / "attachments", name)
     sink.write(content)
-    return record_upload(session, sink.finish())
+    return accept_upload(session, sink.finish())
 
 
 def response_body(response) -> bytes:

@@ -84,7 +84,8 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing():
     sent = asyncio.run(run_app(StreamingUploadMiddleware(django_app), scope, messages))
     assert sent == [] and reached_django == []
     assert uploaded_files(session) == []
-    assert not any((session.directory / "code_workspace/attachments").iterdir())
+    attachments = session.directory / "code_workspace/attachments"
+    assert [p for p in attachments.rglob("*") if not p.is_dir()] == []
     assert manifest_ids(session) == [] and row_ids(session) == []
 
 

@@ -32,7 +32,7 @@ def test_defaults_when_unset():
         assert conf.WAREHOUSE_DIR == Path("WareHouse").absolute()
         assert conf.MAX_UPLOAD_BYTES is None
         assert conf.AUTO_CLEAN is False
-        assert conf.LOCK_TIMEOUT == 30
+        assert conf.RECONCILE_AT_START is True
         assert conf.UPLOAD_BUFFER_BYTES == 1 << 20
         assert conf.INLINE_DATA_URI_MAX_BYTES == 65536
         assert conf.ZIP_COMPRESS_LEVEL == 6

@@ -171,3 +171,11 @@ def test_generated_session_ids_are_valid_and_never_read_as_options():
     ids = [new_session_id() for _ in range(2000)]
     assert all(paths.is_valid_session_id(i) and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_generated_session_tokens_never_read_as_options():
+    from attachments.identifiers import new_session_token
+
+    tokens = [new_session_token() for _ in range(2000)]
+    assert not any(t.startswith("-") for t in tokens)
+    assert len(set(tokens)) == len(tokens) and {len(t) for t in tokens} == {43}

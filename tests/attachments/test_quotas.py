@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from attachments.quotas import QuotaExceeded, check_room_for
+from attachments.quotas import QuotaExceeded
+from attachments.receiving import UploadSink
+from attachments.uploads import accept_upload
 
-from .builders import DjangoPath, StreamingPath, manifest_ids, multipart, new_session, uploaded_files
+from .builders import (
+    DjangoPath,
+    StreamingPath,
+    manifest_ids,
+    multipart,
+    new_session,
+    uploaded_files,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,14 +71,24 @@ def test_the_smaller_of_upload_limit_and_quota_applies(client, settings):
     assert (reply.status, reply.body["code"]) == (413, "upload_too_large")
 
 
+def received(session, content: bytes):
+    sink = UploadSink(session.directory / "code_workspace/attachments", "late.bin")
+    sink.write(content)
+    return sink.finish()
+
+
 def test_recording_rechecks_the_quota_for_uploads_that_ran_side_by_side(settings):
     settings.ATTACHMENTS_SESSION_MAX_BYTES = 1000
     session = new_session()
+    # Both streamed while the session was empty; the first is recorded first.
+    too_late, fits = received(session, b"y" * 400), received(session, b"z" * 300)
     assert upload(DjangoPath(), session, b"x" * 700).status == 201
     with pytest.raises(QuotaExceeded):
-        # What a second upload that streamed while the first ran meets at record time.
-        check_room_for(session, 400)
-    check_room_for(session, 300)
+        accept_upload(session, too_late)
+    assert not too_late.path.exists()
+    accept_upload(session, fits)
+    assert len(manifest_ids(session)) == 2
+    assert sorted(p.name for p in uploaded_files(session)) == ["f.bin", "late.bin"]
 
 
 def test_limits_are_announced_before_sending(settings):

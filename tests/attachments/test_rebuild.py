@@ -52,14 +52,31 @@ def test_is_idempotent():
     assert "0 created, 0 updated, 0 removed" in rebuild()
 
 
-def test_removes_rows_the_manifest_no_longer_has():
+def test_removes_rows_whose_entry_and_file_are_gone():
     session = new_session()
     kept = upload(session, "a.md", b"# A")
     dropped = upload(session, "b.md", b"# B")
     with manifest_for(session).edit() as document:
         document.remove(dropped["attachment_id"])
+    (session.directory / dropped["path"]).unlink()
     assert "1 removed" in rebuild(session.session_id)
     assert list(Attachment.objects.values_list("attachment_id", flat=True)) == [kept["attachment_id"]]
+
+
+def test_writes_back_the_entry_of_a_row_whose_file_is_there():
+    # What a crash between an upload's commit and its manifest rename leaves.
+    session = new_session()
+    first = upload(session, "a.md", b"# A")
+    second = upload(session, "b.md", b"# B")
+    with manifest_for(session).edit() as document:
+        document.remove(second["attachment_id"])
+    before = snapshot(session)
+    assert "0 removed" in rebuild(session.session_id)
+    manifest = json.loads(manifest_for(session).path.read_text())
+    entries = {entry["attachment_id"]: entry for entry in manifest["attachments"]}
+    assert set(entries) == {first["attachment_id"], second["attachment_id"]}
+    assert entries[second["attachment_id"]]["sha256"] == second["sha256"]
+    assert snapshot(session) == before
 
 
 def test_recreates_sessions_found_only_on_disk():

@@ -359,3 +359,48 @@ def test_a_first_visit_by_link_asks_too(server, page):
         assert page.is_hidden("#workspace")
         page.click("#link-open")
         page.locator("#current-session-id", has_text=theirs["session_id"]).wait_for()
+
+
+def test_a_large_file_goes_by_tus_through_a_cut_connection_and_a_reload(server, page, tmp_path):
+    import hashlib
+
+    big = tmp_path / "big.bin"
+    data = os.urandom(20 * 1024 * 1024 + 123)  # three 8 MiB chunks
+    big.write_bytes(data)
+    seen = {"POST": 0, "PATCH": 0, "cut": 0}
+
+    def tus_traffic(route, request):
+        seen[request.method] = seen.get(request.method, 0) + 1
+        if request.method == "PATCH" and seen["PATCH"] == 2 and not seen["cut"]:
+            seen["cut"] += 1
+            route.abort("connectionreset")  # the connection drops mid-upload
+        else:
+            route.continue_()
+
+    with serving(server, page) as s:
+        session_id = open_new_session(page, s.url)
+        token = page.evaluate("sessionStorage.getItem('mac.dashboard.token') || ''") or None
+        page.route("**/tus/**", tus_traffic)
+        page.set_input_files("#file-input", str(big))
+        item = page.locator("#uploads .upload[data-resumable=true]")
+        item.wait_for()
+        # Pause once the first chunk is in, then reload the page: the upload is
+        # remembered and, given the same file again, resumes from the server's offset.
+        page.wait_for_function("() => (document.querySelector('#uploads .upload progress') || {}).value > 0")
+        item.locator(".upload-pause").click()
+        page.wait_for_selector("#uploads .upload[data-state=paused]")
+        shot(page, "20-tus-paused")
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        page.wait_for_selector("#connection[data-state=live]")
+        page.set_input_files("#file-input", str(big))
+        page.wait_for_selector("#uploads .upload[data-state=done] >> text=big.bin")
+        wait_for_feed_row(page, "big.bin")
+        shot(page, "21-tus-done")
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        listed = httpx.get(f"{s.url}/api/uploads/{session_id}", headers=headers).json()["attachments"]
+        (attachment,) = [a for a in listed if a["name"] == "big.bin"]
+        assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
+        assert seen["POST"] == 1, seen  # one upload, resumed, never started again
+        assert seen["cut"] == 1

@@ -143,3 +143,47 @@ def test_the_token_from_the_environment(live):
     result = macctl(live.url, "list", created["session_id"], env={"MAC_TOKEN": created["token"]})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+def test_upload_resume_continues_an_interrupted_upload(live, tmp_path: Path):
+    from tusclient import client as tus
+    from tusclient.storage.filestorage import FileStorage
+
+    from attachments.models import ResumableUpload
+    from macclient.api import _SessionFingerprint
+
+    created = json.loads(macctl(live.url, "session", "create").stdout)
+    session_id, token = created["session_id"], created["token"]
+    path = tmp_path / "big.bin"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    path.write_bytes(data)
+    cache = tmp_path / "cache"
+    # What an interrupted `macctl upload --resume` leaves: a part sent, its URL remembered.
+    (cache / "macctl").mkdir(parents=True)
+    storage = FileStorage(str(cache / "macctl" / "uploads.json"))
+    endpoint = f"{live.url}/api/uploads/{session_id}/tus/"
+    partial = tus.TusClient(endpoint, headers={"Authorization": f"Bearer {token}"}).uploader(
+        str(path),
+        chunk_size=1024 * 1024,
+        metadata={"filename": "big.bin"},
+        store_url=True,
+        url_storage=storage,
+        fingerprinter=_SessionFingerprint(endpoint),
+    )
+    partial.upload_chunk()
+    storage.close()
+    assert partial.offset == 1024 * 1024
+
+    resumed = macctl(
+        live.url,
+        "upload",
+        "--resume",
+        session_id,
+        str(path),
+        env={"MAC_TOKEN": token, "XDG_CACHE_HOME": str(cache)},
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert result["name"] == "big.bin" and result["sha256"] == hashlib.sha256(data).hexdigest()
+    # It went on with the same upload rather than starting another.
+    assert ResumableUpload.objects.count() == 1

@@ -43,3 +43,22 @@ def test_fails_runs_of_dead_workers_only():
     assert list(dead.nodes.values_list("status", flat=True)) == ["failed", "skipped"]
     assert dead.session.status == "failed"
     assert alive.status == "waiting_for_input"
+
+
+def test_check_warehouse_reports_and_repairs_runs_left_in_flight():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = active_run(f"{socket.gethostname()}:{gone.pid}:old")
+    alive = active_run("another-host:1:x")
+    out = io.StringIO()
+    try:
+        call_command("check_warehouse", stdout=out)
+    except SystemExit:
+        pass
+    assert f"run left in flight by a stopped worker: {dead.run_id}" in out.getvalue()
+    dead.refresh_from_db()
+    assert dead.status == "waiting_for_input"  # only reported
+    call_command("check_warehouse", "--repair", stdout=io.StringIO())
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    assert (dead.status, alive.status) == ("failed", "waiting_for_input")

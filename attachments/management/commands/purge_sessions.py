@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from attachments.models import Session
+from attachments.models import ResumableUpload, Session
+from attachments.resumable import purge_expired
 from attachments.sessions import purge_session
 
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -23,8 +24,8 @@ def parse_age(value: str) -> timedelta:
 class Command(BaseCommand):
     help = (
         "Purge sessions last updated longer ago than --older-than: their directories and "
-        "records go, their ids answer 404. Schedule it (cron, a systemd timer) as the "
-        "warehouse's cleanup job."
+        "records go, their ids answer 404. Resumable uploads past their expiry go too. "
+        "Schedule it (cron, a systemd timer) as the warehouse's cleanup job."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -44,3 +45,9 @@ class Command(BaseCommand):
             count += 1
         verb = "would be purged" if dry_run else "purged"
         self.stdout.write(self.style.SUCCESS(f"{count} session(s) {verb}."))
+        expired = ResumableUpload.objects.filter(expires_at__lte=timezone.now())
+        if dry_run:
+            uploads = expired.count()
+        else:
+            uploads = purge_expired()
+        self.stdout.write(f"{uploads} expired resumable upload(s) {verb}.")

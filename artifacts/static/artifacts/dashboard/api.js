@@ -165,6 +165,55 @@ export function uploadFile(path, file, onProgress) {
   return { promise, abort: () => xhr.abort() };
 }
 
+/**
+ * Upload one file with the tus protocol (the vendored tus-js-client), in
+ * chunks, so that a dropped connection is retried and a page reload resumes
+ * from the server's offset: the upload's URL is remembered in localStorage
+ * under a fingerprint of the session and the file. Resolves to the
+ * attachment's metadata. Returns { promise, pause, resume }.
+ */
+export function resumableUpload(sessionId, file, onProgress) {
+  let upload = null;
+  const promise = new Promise((resolve, reject) => {
+    let attachmentId = null;
+    upload = new window.tus.Upload(file, {
+      endpoint: new URL(apiPath(`uploads/${encodeURIComponent(sessionId)}/tus/`), location.origin).href,
+      chunkSize: RESUMABLE_CHUNK_BYTES,
+      retryDelays: [0, 1000, 3000, 5000, 10000],
+      metadata: { filename: file.name, filetype: file.type || "" },
+      storeFingerprintForResuming: true,
+      removeFingerprintOnSuccess: true,
+      fingerprint: async (f) => ["mac-tus", sessionId, f.name, f.type, f.size, f.lastModified].join("|"),
+      onBeforeRequest: (request) => {
+        for (const [name, value] of Object.entries(authHeaders(request.getMethod()))) request.setHeader(name, value);
+      },
+      onAfterResponse: (_request, response) => {
+        attachmentId = response.getHeader("Attachment-Id") || attachmentId;
+      },
+      onProgress: (loaded, total) => onProgress(loaded, total),
+      onError: (error) => {
+        const response = error.originalResponse;
+        const status = response ? response.getStatus() : 0;
+        reject(new ApiError(status, parseJson(response ? response.getBody() : "") || { detail: error.message }));
+      },
+      onSuccess: async () => {
+        try {
+          resolve(await api(`sessions/${encodeURIComponent(sessionId)}/artifacts/${encodeURIComponent(attachmentId)}`));
+        } catch (error) {
+          reject(error);
+        }
+      },
+    });
+    upload.findPreviousUploads().then((previous) => {
+      if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+      upload.start();
+    }, reject);
+  });
+  return { promise, pause: () => upload.abort(), resume: () => upload.start() };
+}
+
+const RESUMABLE_CHUNK_BYTES = 8 * 1024 * 1024;
+
 async function readJson(response) {
   if (response.status === 204) return null;
   return parseJson(await response.text());

@@ -1,10 +1,13 @@
 // Drag-and-drop and file-picker uploads, a few at a time, each with its own
 // progress bar and, when the server refuses it, the server's own sentence.
 
-import { uploadFile } from "./api.js";
+import { resumableUpload, uploadFile } from "./api.js";
 import { formatBytes, h } from "./dom.js";
 
 const PARALLEL_UPLOADS = 3;
+// Files from this size on go by tus: chunked, resumable after a dropped
+// connection or a reload, with a pause button.
+export const RESUMABLE_FROM_BYTES = 8 * 1024 * 1024;
 
 export class Uploads {
   constructor({ dropzone, input, list, limitNote, onUploaded }) {
@@ -80,14 +83,20 @@ export class Uploads {
 
   async send({ file, item, sessionId }) {
     item.element.dataset.state = "uploading";
-    const upload = uploadFile(`uploads/${encodeURIComponent(sessionId)}`, file, (loaded, total) => {
+    const progress = (loaded, total) => {
       item.progress.max = total;
       item.progress.value = loaded;
       item.status.textContent = `${Math.round((loaded / total) * 100)}%`;
-    });
+    };
+    const resumable = file.size >= RESUMABLE_FROM_BYTES && window.tus && window.tus.isSupported;
+    const upload = resumable
+      ? resumableUpload(sessionId, file, progress)
+      : uploadFile(`uploads/${encodeURIComponent(sessionId)}`, file, progress);
+    if (resumable) this.addPause(item, upload);
     try {
       const attachment = await upload.promise;
       item.progress.value = item.progress.max;
+      if (item.pause) item.pause.remove();
       item.element.dataset.state = "done";
       item.status.textContent = "Uploaded";
       if (sessionId === this.sessionId) this.onUploaded(attachment);
@@ -96,7 +105,24 @@ export class Uploads {
     }
   }
 
+  addPause(item, upload) {
+    item.element.dataset.resumable = "true";
+    item.pause = h("button", { type: "button", class: "button small upload-pause" }, "Pause");
+    item.pause.addEventListener("click", () => {
+      const paused = item.element.dataset.state === "paused";
+      item.element.dataset.state = paused ? "uploading" : "paused";
+      item.pause.textContent = paused ? "Pause" : "Resume";
+      if (paused) upload.resume();
+      else {
+        upload.pause();
+        item.status.textContent = "Paused";
+      }
+    });
+    item.status.after(item.pause);
+  }
+
   fail(item, message, status) {
+    if (item.pause) item.pause.remove();
     item.element.dataset.state = "error";
     item.progress.hidden = true;
     item.status.textContent = status ? `Failed (${status})` : "Not sent";

@@ -1,0 +1,312 @@
+"""
+Recording received files: the commit protocol, and group commit.
+
+A batch of files for one session is recorded under the session's manifest
+lock (`flock`, held across processes) in these steps:
+
+1. each file's staging directory is renamed to `attachments/<id>/`;
+2. the new manifest is written to a temporary file and fsync'd. This is the
+   step that needs disk space, so a full disk fails here, with nothing
+   recorded;
+3. one database transaction locks the session's row (a purge cannot slip
+   in), checks the quotas against the session's counters, creates a row per
+   file (the `artifacts` app's receivers append its event in the same
+   transaction) and moves the counters. **Its COMMIT is the commit point.**
+4. the temporary manifest is renamed over the old one and the directory is
+   fsync'd, which also makes the renames of step 1 durable;
+5. every request in the batch is answered.
+
+Before the commit point any failure undoes everything: the files and the
+temporary manifest are removed and each request gets the error. After it,
+nothing is undone: should step 4 fail, the manifest is repaired from the rows
+(`attachments.reconcile`), at once if it can be and at the next start if not.
+A crash leaves files without rows (before the commit point) or rows without
+manifest entries (after it); reconciliation removes the first and completes
+the second.
+
+Group commit: requests that arrive while a batch is being committed queue
+up, and the next batch takes all of them, one manifest rewrite, one
+transaction and one round of fsyncs for the lot. No request polls: a waiter
+blocks on a condition variable (in this process) or in `flock` (across
+processes), and each is answered as soon as its own batch is durable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+from django.db import DatabaseError, connection, transaction
+from django.db.models import F
+
+from .conf import conf
+from .exceptions import SessionNotFound, classify_server_error
+from .manifest import AttachmentEntry, Manifest, PreparedManifest
+from .models import Attachment, Session
+from .quotas import QuotaExceeded, Usage, quota_error
+from .receiving import ReceivedFile
+
+logger = logging.getLogger(__name__)
+
+
+def manifest_for(session: Session) -> Manifest:
+    return Manifest(session.directory, session.session_id)
+
+
+def mirror_fields(entry: AttachmentEntry) -> dict[str, Any]:
+    """The Attachment row's fields for a manifest entry."""
+    return {
+        "name": entry.name,
+        "path": entry.path,
+        "mime": entry.mime,
+        "kind": entry.kind,
+        "size": entry.size,
+        "sha256": entry.sha256,
+        "source": entry.source,
+        "node_id": entry.node_id or "",
+        "metadata": entry.metadata,
+        "created_at": datetime.fromisoformat(entry.created_at),
+        "updated_at": datetime.fromisoformat(entry.updated_at),
+        "purged_at": None,
+    }
+
+
+@dataclasses.dataclass(eq=False)
+class PendingFile:
+    """One received file waiting for its batch, and, once done, its outcome."""
+
+    received: ReceivedFile
+    entry: AttachmentEntry
+    done: bool = False
+    attachment: Attachment | None = None
+    error: BaseException | None = None
+
+    def succeed(self, attachment: Attachment) -> None:
+        self.attachment, self.done = attachment, True
+        self.received.claimed = True
+        self.received.release()
+
+    def fail(self, error: BaseException) -> None:
+        self.error, self.done = error, True
+        self.received.discard()
+
+    def outcome(self) -> Attachment:
+        if self.error is not None:
+            raise self.error
+        assert self.attachment is not None
+        return self.attachment
+
+
+class _SessionQueue:
+    """The files of one session waiting to be committed by this process."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.pending: list[PendingFile] = []
+        self.committing = False
+
+
+# fsync of received files, several at once (a batch's files, and the
+# manifest's fsync on the committing thread meanwhile).
+_syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-fsync")
+
+_queues: weakref.WeakValueDictionary[int, _SessionQueue] = weakref.WeakValueDictionary()
+_queues_mutex = threading.Lock()
+
+
+def _queue_for(session: Session) -> _SessionQueue:
+    with _queues_mutex:
+        queue = _queues.get(session.pk)
+        if queue is None:
+            queue = _queues[session.pk] = _SessionQueue()
+        return queue
+
+
+def commit_upload(session: Session, received: ReceivedFile, entry: AttachmentEntry) -> Attachment:
+    """
+    Record a received file: return its row once its manifest entry, row and
+    event are durable, or raise the error that kept it out (the file is then
+    gone). Concurrent calls for one session are committed together.
+    """
+    queue = _queue_for(session)
+    item = PendingFile(received, entry)
+    with queue.condition:
+        queue.pending.append(item)
+        while queue.committing and not item.done:
+            queue.condition.wait()
+        if item.done:
+            return item.outcome()
+        # Nobody is committing: this request commits everything queued so far.
+        queue.committing = True
+        batch, queue.pending = queue.pending, []
+    try:
+        commit_batch(session, batch)
+    finally:
+        with queue.condition:
+            queue.committing = False
+            queue.condition.notify_all()
+    return item.outcome()
+
+
+def commit_batch(session: Session, batch: list[PendingFile]) -> None:
+    """Run the commit protocol for `batch`; every item ends done, with its row or its error."""
+    try:
+        _commit_with_retry(session, batch)
+    except BaseException as exc:
+        error = classify_server_error(exc) or exc
+        for item in batch:
+            if not item.done:
+                item.fail(error)
+        if not isinstance(exc, Exception):
+            raise
+
+
+def _commit_with_retry(session: Session, batch: list[PendingFile]) -> None:
+    try:
+        _commit_locked(session, batch)
+    except _SyncFailed as exc:
+        for item, error in exc.errors.items():
+            item.fail(classify_server_error(error) or error)
+        _commit_locked(session, [item for item in batch if not item.done])
+    except DatabaseError:
+        # A connection the database dropped (restart, terminated backend)
+        # fails once; a fresh one usually works. Inside an outer transaction
+        # there is nothing to retry with.
+        if connection.in_atomic_block:
+            raise
+        logger.warning("Retrying a commit after a database error", exc_info=True)
+        connection.close()
+        _commit_locked(session, [item for item in batch if not item.done])
+
+
+def _commit_locked(session: Session, batch: list[PendingFile]) -> None:
+    if not batch:
+        return
+    if not Session.objects.live().filter(pk=session.pk).exists():
+        # Purged while the files arrived: its directory went with it.
+        raise SessionNotFound()
+    manifest = manifest_for(session)
+    try:
+        with manifest.lock():
+            _commit_under_lock(session, manifest, batch)
+    except SessionNotFound:
+        # A purge that ran meanwhile removed the directory; taking the lock
+        # made part of it again.
+        shutil.rmtree(session.directory, ignore_errors=True)
+        raise
+
+
+def _commit_under_lock(session: Session, manifest: Manifest, batch: list[PendingFile]) -> None:
+    document = manifest.read()
+    published: list[PendingFile] = []
+    prepared: PreparedManifest | None = None
+    try:
+        for item in batch:
+            try:
+                item.received.publish()
+            except FileNotFoundError:
+                if not Session.objects.live().filter(pk=session.pk).exists():
+                    raise SessionNotFound() from None
+                raise
+            published.append(item)
+        with transaction.atomic():
+            accepted = _record_rows(session, batch)
+            for item, _attachment in accepted:
+                document.append(item.entry)
+            if accepted:
+                prepared = manifest.prepare(document)
+    except BaseException:
+        if prepared is not None:
+            manifest.discard(prepared)
+        for item in published:
+            if not item.done:
+                item.received.discard()
+        raise
+    # The commit point has passed: from here on nothing is undone.
+    if prepared is not None:
+        try:
+            manifest.install(prepared)
+        except OSError:
+            logger.exception(
+                "Recorded %d upload(s), but the manifest could not be replaced", len(accepted)
+            )
+            _repair_manifest(session, manifest)
+    for item, attachment in accepted:
+        item.succeed(attachment)
+
+
+class _SyncFailed(Exception):
+    """Some files of a batch could not be made durable; the rest is committed again without them."""
+
+    def __init__(self, errors: dict[PendingFile, BaseException]) -> None:
+        super().__init__(f"{len(errors)} file(s) could not be fsync'd")
+        self.errors = errors
+
+
+def _repair_manifest(session: Session, manifest: Manifest) -> None:
+    """Write the committed rows' entries back, under the lock the caller holds."""
+    from .records import sync_locked
+
+    try:
+        sync_locked(session, manifest, manifest.read())
+    except Exception:  # noqa: BLE001 (reconciliation at the next start finishes it)
+        logger.exception("Manifest of session %s left for reconciliation", session.session_id)
+
+
+def _record_rows(
+    session: Session, batch: list[PendingFile]
+) -> list[tuple[PendingFile, Attachment]]:
+    """
+    The transaction of step 3. Items refused by a quota are marked done with
+    their error (the rest of the batch goes on); a dead session fails all.
+    """
+    accepted: list[tuple[PendingFile, Attachment]] = []
+    with transaction.atomic():
+        row = (
+            Session.objects.live()
+            .select_for_update()
+            .filter(pk=session.pk)
+            .values("used_files", "used_bytes")
+            .first()
+        )
+        if row is None:
+            raise SessionNotFound()
+        used = Usage(files=row["used_files"], bytes=row["used_bytes"])
+        added_files = added_bytes = 0
+        for item in batch:
+            refusal = _quota_refusal(used, added_files, added_bytes, item.entry.size)
+            if refusal is not None:
+                item.fail(refusal)
+                continue
+            attachment = Attachment.objects.create(
+                session=session,
+                attachment_id=item.entry.attachment_id,
+                **mirror_fields(item.entry),
+            )
+            accepted.append((item, attachment))
+            added_files += 1
+            added_bytes += item.entry.size
+        if accepted:
+            Session.objects.filter(pk=session.pk).update(
+                used_files=F("used_files") + added_files,
+                used_bytes=F("used_bytes") + added_bytes,
+            )
+    return accepted
+
+
+def _quota_refusal(used: Usage, files: int, size_so_far: int, size: int) -> QuotaExceeded | None:
+    current = Usage(files=used.files + files, bytes=used.bytes + size_so_far)
+    max_files, max_bytes = conf.SESSION_MAX_FILES, conf.SESSION_MAX_BYTES
+    if max_files is not None and current.files + 1 > max_files:
+        return quota_error(current, "The session already holds as many files as its quota allows.")
+    if max_bytes is not None and current.bytes + size > max_bytes:
+        return quota_error(
+            current, "The upload would exceed the session's quota of bytes; nothing was kept."
+        )
+    return None

@@ -1,0 +1,261 @@
+"""
+tus against multipart: one large file uploaded both ways to the default
+server (Uvicorn, embedded defaults), and the cost of resuming after the
+server was killed.
+
+The same client sends both (http.client with 1 MiB blocks, the body read from
+a memory map of the file), so the ratio compares the two server paths:
+
+- multipart: one POST /api/uploads/{sid} with the whole file;
+- tus: POST to create, then PATCHes of --chunk-mib each.
+
+Then a tus upload is interrupted half-way by SIGKILL of the server; a new
+server starts, and the client resumes: HEAD for the offset, then the next
+PATCH, which first re-hashes the half already on disk (the digest state
+lived in the killed process). Printed: the time from the new server's first
+answer to the resumed upload's end, against the same half sent without a
+restart.
+
+    .venv/bin/python bench/resumable_upload.py [--size-mib 1024] [--chunk-mib 8] [--runs 3]
+
+Target: tus / multipart >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import http.client
+import json
+import mmap
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+BOUNDARY = "resumablebench0b1f"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(env: dict[str, str], work: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    port = free_port()
+    log = open(work / f"server-{port}.log", "wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "macproject.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--lifespan",
+            "off",
+        ],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((work / f"server-{port}.log").read_text()) from None
+                time.sleep(0.1)
+        yield port, process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        log.close()
+
+
+def request(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, dict, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=MIB)
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    data = response.read()
+    result = response.status, {k.lower(): v for k, v in response.getheaders()}, data
+    connection.close()
+    return result
+
+
+def new_session(port: int) -> tuple[str, dict[str, str]]:
+    status, _h, body = request(
+        port, "POST", "/api/sessions", b"{}", {"Content-Type": "application/json"}
+    )
+    reply = json.loads(body)
+    return reply["session_id"], {"Authorization": f"Bearer {reply['token']}"}
+
+
+def multipart(port: int, data: mmap.mmap) -> float:
+    session_id, auth = new_session(port)
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode()
+    headers = {
+        **auth,
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+        "Content-Length": str(len(head) + len(data) + len(tail)),
+    }
+    view = memoryview(data)
+    body = iter([head, *(view[i : i + MIB] for i in range(0, len(data), MIB)), tail])
+    started = time.perf_counter()
+    status, _h, reply = request(port, "POST", f"/api/uploads/{session_id}", body, headers)
+    elapsed = time.perf_counter() - started
+    assert status == 201, reply
+    return elapsed
+
+
+def tus_create(port: int, size: int) -> tuple[str, dict[str, str]]:
+    session_id, auth = new_session(port)
+    status, headers, reply = request(
+        port,
+        "POST",
+        f"/api/uploads/{session_id}/tus/",
+        b"",
+        {
+            **auth,
+            "Tus-Resumable": "1.0.0",
+            "Upload-Length": str(size),
+            "Upload-Metadata": "filename " + base64.b64encode(b"big.bin").decode(),
+        },
+    )
+    assert status == 201, reply
+    return headers["location"].split(f":{port}", 1)[1], auth
+
+
+def tus_send(
+    port: int, path: str, auth: dict[str, str], data: mmap.mmap, start: int, end: int, chunk: int
+) -> None:
+    view = memoryview(data)
+    offset = start
+    while offset < end:
+        piece = view[offset : min(end, offset + chunk)]
+        status, _h, reply = request(
+            port,
+            "PATCH",
+            path,
+            iter(piece[i : i + MIB] for i in range(0, len(piece), MIB)),
+            {
+                **auth,
+                "Tus-Resumable": "1.0.0",
+                "Content-Type": "application/offset+octet-stream",
+                "Upload-Offset": str(offset),
+                "Content-Length": str(len(piece)),
+            },
+        )
+        assert status == 204, reply
+        offset += len(piece)
+
+
+def tus(port: int, data: mmap.mmap, chunk: int) -> float:
+    started = time.perf_counter()
+    path, auth = tus_create(port, len(data))
+    tus_send(port, path, auth, data, 0, len(data), chunk)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--chunk-mib", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    size, chunk = args.size_mib * MIB, args.chunk_mib * MIB
+    work = Path(tempfile.mkdtemp(prefix="bench-tus-", dir=PROJECT_DIR))
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "macproject.settings",
+        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "MAC_WAREHOUSE_DIR": str(work / "wh"),
+    }
+    env.pop("REDIS_URL", None)
+    try:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True
+        )
+        source = work / "big.bin"
+        with open(source, "wb") as out:
+            for _ in range(args.size_mib):
+                out.write(os.urandom(MIB))
+        with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            multi, resumed = [], []
+            with server(env, work) as (port, _process):
+                for _ in range(args.runs):
+                    multi.append(multipart(port, data))
+                    resumed.append(tus(port, data, chunk))
+            m, t = statistics.median(multi), statistics.median(resumed)
+            print(
+                f"{args.size_mib} MiB, tus in {args.chunk_mib} MiB chunks, medians of {args.runs}:"
+            )
+            print(f"  multipart  {m:6.2f} s  {args.size_mib / m:7.1f} MiB/s")
+            print(f"  tus        {t:6.2f} s  {args.size_mib / t:7.1f} MiB/s")
+            print(f"  tus / multipart throughput: {m / t:.2f}  (target >= 0.8)")
+
+            half = (size // 2 // chunk) * chunk
+            with server(env, work) as (port, process):
+                path, auth = tus_create(port, size)
+                tus_send(port, path, auth, data, 0, half, chunk)
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            with server(env, work) as (port, _process):
+                started = time.perf_counter()
+                status, headers, _ = request(
+                    port, "HEAD", path, None, {**auth, "Tus-Resumable": "1.0.0"}
+                )
+                assert status == 200 and int(headers["upload-offset"]) == half
+                head_seconds = time.perf_counter() - started
+                tus_send(port, path, auth, data, half, size, chunk)
+                after_kill = time.perf_counter() - started
+                path2, auth2 = tus_create(port, size)
+                tus_send(port, path2, auth2, data, 0, half, chunk)
+                started = time.perf_counter()
+                tus_send(port, path2, auth2, data, half, size, chunk)
+                without_kill = time.perf_counter() - started
+            print(f"resume after SIGKILL at {half // MIB} MiB:")
+            print(f"  HEAD for the offset      {head_seconds * 1000:7.1f} ms")
+            print(
+                f"  second half, resumed     {after_kill:7.2f} s (re-hashes {half // MIB} MiB on disk first)"
+            )
+            print(f"  second half, no restart  {without_kill:7.2f} s")
+            print(f"  cost of resuming: {after_kill - without_kill:+.2f} s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,389 @@
+"""
+The write path at concurrency: uploads/s and latency of small uploads.
+
+Starts the default server (Uvicorn) on a throw-away warehouse, then drives it
+from client processes that each hold one keep-alive connection and send
+pre-built multipart bodies over a raw socket (no HTTP library in the loop),
+so the client costs little beside the server on a small machine. Cases:
+
+- 1 client into one session;
+- 16 clients into one session (group commit);
+- 16 clients into 16 sessions;
+- one client into a session that already holds 100 files, and 10,000 files
+  (the cost per upload must not grow with the session);
+- with --postgres: the same on PostgreSQL + Redis, and 16 clients into 16
+  sessions on 1 and on 3 worker processes.
+
+For scale, the same client also drives nginx answering a canned 201 for the
+same requests (a server that does no work): the figures read as a share of
+what the client and the loopback allow. nginx comes from Debian's packages
+(installed with apt-get when missing and run as root).
+
+    .venv/bin/python bench/upload_concurrency.py [--postgres] [--quick]
+
+--postgres uses DATABASE_URL (default postgres://root@127.0.0.1:5432/bench_uploads,
+created if missing) and REDIS_URL (default redis://127.0.0.1:6379/9).
+Every upload is durable before its 201 (file fsync, manifest fsync and
+rename, database commit), as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+FILE_BYTES = 10 * 1024
+BOUNDARY = "benchboundary7d3a9"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def upload_request(host: str, session_id: str, token: str, index: int) -> bytes:
+    content = (f"upload {index} ".encode() * (FILE_BYTES // 8))[:FILE_BYTES]
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="f{index}.txt"\r\n'
+            f"Content-Type: text/plain\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST /api/uploads/{session_id} HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buffer += chunk
+    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        rest += chunk
+    buffer[:] = rest[length:]
+    return status, rest[:length]
+
+
+def client_worker(
+    args: tuple[int, str, list[tuple[str, str]], int, int],
+) -> list[tuple[float, int]]:
+    """One connection sending `count` uploads in turn; (latency, status) of each."""
+    port, host, sessions, count, offset = args
+    results = []
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffer = bytearray()
+    for n in range(count):
+        session_id, token = sessions[(offset + n) % len(sessions)]
+        request = upload_request(host, session_id, token, offset * 100_000 + n)
+        started = time.perf_counter()
+        sock.sendall(request)
+        status, _body = read_response(sock, buffer)
+        results.append((time.perf_counter() - started, status))
+    sock.close()
+    return results
+
+
+def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) -> dict[str, float]:
+    per_client = max(1, total // clients)
+    jobs = [
+        (
+            port,
+            f"127.0.0.1:{port}",
+            sessions if len(sessions) == 1 else [sessions[i % len(sessions)]],
+            per_client,
+            i,
+        )
+        for i in range(clients)
+    ]
+    started = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        outcomes = [r for rs in pool.map(client_worker, jobs) for r in rs]
+    elapsed = time.perf_counter() - started
+    latencies = [lat for lat, status in outcomes if status in (200, 201)]
+    failed = sum(1 for _lat, status in outcomes if status not in (200, 201))
+    return {
+        "count": len(outcomes),
+        "failed": failed,
+        "per_second": len(outcomes) / elapsed,
+        "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else float("nan"),
+        "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
+    }
+
+
+@contextlib.contextmanager
+def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
+    port = free_port()
+    log = open(work / f"server-{port}.log", "wb")
+    command = [
+        PYTHON,
+        "-m",
+        "uvicorn",
+        "macproject.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--lifespan",
+        "off",
+    ]
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((work / f"server-{port}.log").read_text()) from None
+                time.sleep(0.2)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def http_json(port: int, method: str, path: str, body: dict | None = None) -> dict:
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def new_sessions(port: int, count: int) -> list[tuple[str, str]]:
+    sessions = []
+    for _ in range(count):
+        reply = http_json(port, "POST", "/api/sessions", {})
+        sessions.append((reply["session_id"], reply["token"]))
+    return sessions
+
+
+@contextlib.contextmanager
+def nginx_canned(work: Path) -> Iterator[int]:
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx"], check=True)
+    port = free_port()
+    root = work / "nginx"
+    root.mkdir(exist_ok=True)
+    conf = root / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {root}/body;
+    client_max_body_size 10m;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 201 '{{"attachment_id": "att_canned"}}';
+        }}
+    }}
+}}
+"""
+    )
+    process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(root)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+
+
+def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None) -> str:
+    share = ""
+    if ceiling is not None:
+        share = f"  ({figures['per_second'] / ceiling['per_second']:.2f} of {ceiling['per_second']:.0f}/s no-work nginx)"
+    failed = f"  FAILED {figures['failed']}" if figures["failed"] else ""
+    return (
+        f"  {label:<44} {figures['per_second']:7.1f} uploads/s  p50 {figures['p50_ms']:6.1f} ms  "
+        f"p99 {figures['p99_ms']:7.1f} ms{share}{failed}"
+    )
+
+
+def run_config(name: str, env: dict[str, str], work: Path, scale: float, ceilings: dict) -> None:
+    n = lambda value: max(16, int(value * scale))  # noqa: E731
+    print(f"\n{name}")
+    with app_server(env, 1, work) as port:
+        one = new_sessions(port, 1)
+        drive(port, one, 4, 64)  # warm-up: imports, connections, caches
+        print(line("1 client, one session", drive(port, one, 1, n(200)), ceilings["1"]))
+        print(
+            line(
+                "16 clients, one session",
+                drive(port, new_sessions(port, 1), 16, n(1000)),
+                ceilings["16"],
+            )
+        )
+        print(
+            line(
+                "16 clients, 16 sessions",
+                drive(port, new_sessions(port, 16), 16, n(1000)),
+                ceilings["16"],
+            )
+        )
+        small = new_sessions(port, 1)
+        drive(port, small, 4, 100)
+        big = new_sessions(port, 1)
+        drive(port, big, 16, n(10_000))
+        at_100 = drive(port, small, 1, n(200))
+        at_10k = drive(port, big, 1, n(200))
+        files = n(10_000)
+        print(line("1 client, session with 100 files", at_100, None))
+        print(line(f"1 client, session with {files} files", at_10k, None))
+        print(
+            f"  cost ratio {files} : 100 files (p50)          {at_10k['p50_ms'] / at_100['p50_ms']:.2f}  (target <= 1.25)"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL + Redis")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the requests")
+    args = parser.parse_args()
+    scale = 0.1 if args.quick else 1.0
+    work = Path(tempfile.mkdtemp(prefix="bench-uploads-"))
+    base_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "macproject.settings",
+        "MAC_WAREHOUSE_DIR": str(work / "WareHouse"),
+        "MAC_LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    base_env.pop("DATABASE_URL", None)
+    base_env.pop("REDIS_URL", None)
+    try:
+        with nginx_canned(work) as nginx_port:
+            sessions = [("canned", "x")]
+            ceilings = {
+                "1": drive(nginx_port, sessions, 1, 2000),
+                "16": drive(nginx_port, sessions, 16, 8000),
+            }
+        print("no-work server (nginx, canned 201), same client:")
+        print(line("1 client", ceilings["1"], None))
+        print(line("16 clients", ceilings["16"], None))
+
+        embedded = {**base_env, "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}"}
+        subprocess.run(
+            [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=embedded, check=True
+        )
+        run_config(
+            "embedded defaults (SQLite, in-memory layer), 1 worker", embedded, work, scale, ceilings
+        )
+
+        if args.postgres:
+            database = os.environ.get(
+                "DATABASE_URL", "postgres://root@127.0.0.1:5432/bench_uploads"
+            )
+            subprocess.run(
+                ["createdb", "-h", "127.0.0.1", database.rsplit("/", 1)[1]], capture_output=True
+            )
+            pg = {
+                **base_env,
+                "DATABASE_URL": database,
+                "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/9"),
+                "MAC_WAREHOUSE_DIR": str(work / "WareHousePG"),
+            }
+            subprocess.run(
+                [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=pg, check=True
+            )
+            run_config("PostgreSQL + Redis, 1 worker", pg, work, scale, ceilings)
+            print("\nPostgreSQL + Redis, 16 clients into 16 sessions, by worker processes")
+            results = {}
+            for workers in (1, 3):
+                with app_server(pg, workers, work) as port:
+                    sessions16 = new_sessions(port, 16)
+                    drive(port, sessions16, 16, 160)
+                    results[workers] = drive(port, sessions16, 16, max(160, int(1000 * scale)))
+                print(line(f"{workers} worker(s)", results[workers], ceilings["16"]))
+            print(
+                f"  3 workers : 1 worker                          {results[3]['per_second'] / results[1]['per_second']:.2f}  (target >= 1.5)"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

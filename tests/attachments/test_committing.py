@@ -1,0 +1,143 @@
+"""
+The upload's commit protocol and group commit (attachments.committing):
+concurrent writers lose nothing, a refusal before the commit point leaves
+nothing, and what is recorded is the same in the manifest, the rows, the
+events and on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+
+import pytest
+
+from artifacts.models import ArtifactEvent
+from attachments.exceptions import SessionNotFound
+from attachments.models import Attachment, Session
+from attachments.quotas import QuotaExceeded, counted_usage, usage
+from attachments.receiving import UploadSink
+from attachments.sessions import purge_session
+from attachments.uploads import accept_upload
+
+from .builders import new_session
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def receive(session, name: str, content: bytes):
+    sink = UploadSink(session.directory / "code_workspace/attachments", name)
+    sink.write(content)
+    return sink.finish()
+
+
+def manifest_entries(session) -> dict[str, dict]:
+    path = session.directory / "code_workspace/attachments/attachments_manifest.json"
+    return {e["attachment_id"]: e for e in json.loads(path.read_text())["attachments"]}
+
+
+def assert_consistent(session) -> dict[str, dict]:
+    """Manifest = rows = created events = files on disk, entry by entry, with their sha256."""
+    entries = manifest_entries(session)
+    rows = {a.attachment_id: a for a in Attachment.objects.filter(session=session)}
+    events = list(
+        ArtifactEvent.objects.filter(session=session)
+        .order_by("sequence")
+        .values_list("sequence", "attachment_id", "change_type")
+    )
+    assert set(entries) == set(rows)
+    assert sorted(a for _s, a, _c in events) == sorted(rows)
+    assert [s for s, _a, _c in events] == list(range(1, len(events) + 1))
+    for attachment_id, entry in entries.items():
+        data = (session.directory / entry["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] == rows[attachment_id].sha256
+    staging = session.directory / "code_workspace/attachments/.staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert usage(session) == counted_usage(session)
+    return entries
+
+
+def test_many_threads_into_one_session_lose_nothing():
+    session = new_session()
+    threads, per_thread = 12, 8
+    results: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def writer(index: int) -> None:
+        from django.db import connection
+
+        try:
+            start.wait()
+            for n in range(per_thread):
+                content = f"{index}-{n}-".encode() + os.urandom(64)
+                attachment = accept_upload(session, receive(session, f"f{index}-{n}.bin", content))
+                with lock:
+                    results.append(attachment.attachment_id)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    assert len(results) == len(set(results)) == threads * per_thread
+    assert set(assert_consistent(session)) == set(results)
+
+
+def test_concurrent_uploads_over_a_quota_keep_exactly_what_fits(settings):
+    settings.ATTACHMENTS_SESSION_MAX_FILES = 5
+    session = new_session()
+    received = [receive(session, f"f{i}.bin", b"x") for i in range(9)]
+    outcomes: list[object] = [None] * len(received)
+
+    def record(index: int) -> None:
+        from django.db import connection
+
+        try:
+            outcomes[index] = accept_upload(session, received[index])
+        except QuotaExceeded as exc:
+            outcomes[index] = exc
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=record, args=(i,)) for i in range(len(received))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    kept = [o for o in outcomes if isinstance(o, Attachment)]
+    refused = [o for o in outcomes if isinstance(o, QuotaExceeded)]
+    assert (len(kept), len(refused)) == (5, 4)
+    assert set(assert_consistent(session)) == {a.attachment_id for a in kept}
+    for item, outcome in zip(received, outcomes, strict=True):
+        if isinstance(outcome, QuotaExceeded):
+            assert not item.path.exists()
+
+
+def test_a_session_purged_before_the_commit_point_keeps_nothing():
+    session = new_session()
+    item = receive(session, "late.txt", b"too late")
+    purge_session(Session.objects.get(pk=session.pk))
+    with pytest.raises(SessionNotFound):
+        accept_upload(session, item)
+    assert not item.path.exists()
+    assert not Attachment.objects.filter(session=session).exists()
+
+
+def test_usage_counters_follow_uploads_and_purges():
+    from attachments.records import purge_attachments
+
+    session = new_session()
+    accept_upload(session, receive(session, "a.bin", b"a" * 10))
+    accept_upload(session, receive(session, "b.bin", b"b" * 32))
+    assert (usage(session).files, usage(session).bytes) == (2, 42)
+    purge_attachments(session)
+    assert (usage(session).files, usage(session).bytes) == (0, 0)

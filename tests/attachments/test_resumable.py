@@ -1,0 +1,292 @@
+"""
+Resumable uploads, tus 1.0 (attachments.resumable): the protocol's core and
+its creation, creation-with-upload, termination, checksum and expiration
+extensions, error cases included. A finished upload is an attachment like a
+multipart one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from attachments import paths, resumable
+from attachments.models import Attachment, ResumableUpload
+
+from .builders import manifest_ids, new_session, uploaded_files
+
+pytestmark = pytest.mark.django_db(transaction=True)
+TUS = {"HTTP_TUS_RESUMABLE": "1.0.0"}
+
+
+def meta(**fields: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in fields.items())
+
+
+def create(client, session, length: int, name: str = "big.bin", **extra):
+    return client.post(
+        f"/api/uploads/{session.session_id}/tus/",
+        HTTP_UPLOAD_LENGTH=str(length),
+        HTTP_UPLOAD_METADATA=meta(filename=name),
+        **TUS,
+        **extra,
+    )
+
+
+def patch(client, location: str, offset: int, data: bytes, **extra):
+    return client.generic(
+        "PATCH",
+        location,
+        data,
+        content_type="application/offset+octet-stream",
+        HTTP_UPLOAD_OFFSET=str(offset),
+        **TUS,
+        **extra,
+    )
+
+
+def checksum(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm} {base64.b64encode(hashlib.new(algorithm, data).digest()).decode()}"
+
+
+@pytest.fixture
+def client():
+    return APIClient()
+
+
+@pytest.fixture
+def session():
+    return new_session()
+
+
+def test_options_tells_version_extensions_checksums_and_room(client, session, settings):
+    settings.ATTACHMENTS_SESSION_MAX_BYTES = 5000
+    reply = client.options(f"/api/uploads/{session.session_id}/tus/")
+    assert reply.status_code == 204
+    assert reply["Tus-Version"] == "1.0.0" and reply["Tus-Resumable"] == "1.0.0"
+    assert set(reply["Tus-Extension"].split(",")) == {
+        "creation",
+        "creation-with-upload",
+        "termination",
+        "checksum",
+        "expiration",
+    }
+    assert "sha256" in reply["Tus-Checksum-Algorithm"].split(",")
+    assert reply["Tus-Max-Size"] == "5000"
+
+
+def test_upload_in_chunks_becomes_an_attachment(client, session):
+    data = os.urandom(300_000)
+    created = create(client, session, len(data), "report.pdf")
+    assert created.status_code == 201 and created["Upload-Offset"] == "0"
+    location = created["Location"]
+    assert location.startswith("http://") and session.session_id in location
+    assert "Upload-Expires" in created
+    # Nothing is listed, zipped or counted while bytes arrive.
+    first = patch(client, location, 0, data[:100_000])
+    assert (first.status_code, first["Upload-Offset"]) == (204, "100000")
+    assert uploaded_files(session) == [] or all(
+        ".staging" in p.parts for p in uploaded_files(session)
+    )
+    assert manifest_ids(session) == [] and not Attachment.objects.exists()
+    head = client.head(location, **TUS)
+    assert (head.status_code, head["Upload-Offset"], head["Upload-Length"]) == (
+        200,
+        "100000",
+        "300000",
+    )
+    assert head["Cache-Control"] == "no-store"
+    last = patch(client, location, 100_000, data[100_000:])
+    assert (last.status_code, last["Upload-Offset"]) == (204, "300000")
+    attachment = Attachment.objects.get(session=session)
+    assert attachment.name == "report.pdf" and attachment.size == len(data)
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+    assert manifest_ids(session) == [attachment.attachment_id]
+    assert (session.directory / attachment.path).read_bytes() == data
+    # A client that lost the last answer learns every byte arrived.
+    assert client.head(location, **TUS)["Upload-Offset"] == "300000"
+
+
+def test_creation_with_upload_and_an_empty_file(client, session):
+    data = b"all at once"
+    reply = client.post(
+        f"/api/uploads/{session.session_id}/tus/",
+        data,
+        content_type="application/offset+octet-stream",
+        HTTP_UPLOAD_LENGTH=str(len(data)),
+        HTTP_UPLOAD_METADATA=meta(filename="once.txt"),
+        **TUS,
+    )
+    assert (reply.status_code, reply["Upload-Offset"]) == (201, str(len(data)))
+    empty = create(client, session, 0, "empty.txt")
+    assert empty.status_code == 201
+    assert sorted(Attachment.objects.values_list("name", "size")) == [
+        ("empty.txt", 0),
+        ("once.txt", 11),
+    ]
+
+
+def test_a_restart_between_chunks_rehashes_what_is_on_disk(client, session):
+    data = os.urandom(200_000)
+    location = create(client, session, len(data))["Location"]
+    patch(client, location, 0, data[:70_000])
+    resumable._digests._states.clear()  # what a restart or another worker has
+    assert patch(client, location, 70_000, data[70_000:]).status_code == 204
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_without_tus_resumable_is_412(client, session):
+    reply = client.post(f"/api/uploads/{session.session_id}/tus/", HTTP_UPLOAD_LENGTH="10")
+    assert reply.status_code == 412 and reply.json()["code"] == "tus_version_unsupported"
+    assert reply["Tus-Resumable"] == "1.0.0"
+
+
+@pytest.mark.parametrize("length", [None, "-1", "ten", "1" * 30])
+def test_a_bad_upload_length_is_400(client, session, length):
+    extra = {} if length is None else {"HTTP_UPLOAD_LENGTH": length}
+    reply = client.post(f"/api/uploads/{session.session_id}/tus/", **TUS, **extra)
+    assert reply.status_code == 400 and reply.json()["header"] == "Upload-Length"
+
+
+def test_metadata_that_is_not_base64_is_400(client, session):
+    reply = client.post(
+        f"/api/uploads/{session.session_id}/tus/",
+        HTTP_UPLOAD_LENGTH="3",
+        HTTP_UPLOAD_METADATA="filename %%%",
+        **TUS,
+    )
+    assert reply.status_code == 400 and reply.json()["header"] == "Upload-Metadata"
+
+
+def test_a_length_over_the_quota_is_refused_at_creation(client, session, settings):
+    settings.ATTACHMENTS_SESSION_MAX_BYTES = 1000
+    reply = create(client, session, 1001)
+    assert reply.status_code == 413 and reply.json()["code"] == "quota_exceeded"
+    assert not ResumableUpload.objects.exists()
+
+
+def test_a_wrong_offset_is_409_and_changes_nothing(client, session):
+    location = create(client, session, 100)["Location"]
+    patch(client, location, 0, b"x" * 10)
+    reply = patch(client, location, 5, b"y" * 10)
+    assert reply.status_code == 409 and reply.json()["offset"] == 10
+    assert client.head(location, **TUS)["Upload-Offset"] == "10"
+
+
+def test_a_body_past_the_length_is_400(client, session):
+    location = create(client, session, 10)["Location"]
+    reply = patch(client, location, 0, b"x" * 11)
+    assert reply.status_code == 400
+    assert not Attachment.objects.exists()
+
+
+def test_patch_needs_the_offset_content_type(client, session):
+    location = create(client, session, 10)["Location"]
+    reply = client.generic(
+        "PATCH",
+        location,
+        b"x",
+        content_type="application/octet-stream",
+        HTTP_UPLOAD_OFFSET="0",
+        **TUS,
+    )
+    assert reply.status_code == 415
+
+
+def test_checksums_are_verified_and_a_mismatch_is_discarded(client, session):
+    data = b"0123456789" * 100
+    location = create(client, session, len(data))["Location"]
+    good = patch(client, location, 0, data[:500], HTTP_UPLOAD_CHECKSUM=checksum(data[:500]))
+    assert (good.status_code, good["Upload-Offset"]) == (204, "500")
+    bad = patch(client, location, 500, data[500:], HTTP_UPLOAD_CHECKSUM=checksum(b"other"))
+    assert bad.status_code == 460 and bad.json()["code"] == "checksum_mismatch"
+    assert client.head(location, **TUS)["Upload-Offset"] == "500"
+    sha1 = patch(
+        client, location, 500, data[500:], HTTP_UPLOAD_CHECKSUM=checksum(data[500:], "sha1")
+    )
+    assert sha1.status_code == 204
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_unknown_checksum_algorithm_is_400(client, session):
+    location = create(client, session, 10)["Location"]
+    reply = patch(client, location, 0, b"x", HTTP_UPLOAD_CHECKSUM="crc32 AAAA")
+    assert reply.status_code == 400 and reply.json()["header"] == "Upload-Checksum"
+
+
+def test_a_second_writer_at_once_gets_423(client, session):
+    location = create(client, session, 100)["Location"]
+    upload = ResumableUpload.objects.get()
+    holder = resumable.PatchWriter(upload, 0, None)
+    try:
+        reply = patch(client, location, 0, b"x" * 10)
+        assert reply.status_code == 423 and reply.json()["code"] == "upload_locked"
+    finally:
+        holder.close(True)
+        holder.release()
+
+
+def test_termination_removes_the_upload_and_its_bytes(client, session):
+    location = create(client, session, 100)["Location"]
+    patch(client, location, 0, b"x" * 40)
+    directory = ResumableUpload.objects.get().directory
+    assert directory.exists()
+    assert client.delete(location, **TUS).status_code == 204
+    assert not directory.exists()
+    assert client.head(location, **TUS).status_code == 404
+
+
+def test_an_expired_upload_is_410_and_removed(client, session):
+    location = create(client, session, 100)["Location"]
+    upload = ResumableUpload.objects.get()
+    ResumableUpload.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert client.head(location, **TUS).status_code == 410
+    assert not upload.directory.exists() and not ResumableUpload.objects.exists()
+
+
+def test_purge_removes_expired_uploads_only(client, session):
+    create(client, session, 100)
+    create(client, session, 100, "old.bin")
+    old = ResumableUpload.objects.get(name="old.bin")
+    ResumableUpload.objects.filter(pk=old.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert resumable.purge_expired() == 1
+    assert list(ResumableUpload.objects.values_list("name", flat=True)) == ["big.bin"]
+    assert not old.directory.exists()
+
+
+def test_an_upload_is_bound_to_its_session(client, session):
+    location = create(client, session, 100)["Location"]
+    other = new_session()
+    upload_id = location.rsplit("/", 1)[1]
+    reply = client.head(f"/api/uploads/{other.session_id}/tus/{upload_id}", **TUS)
+    assert reply.status_code == 404
+
+
+@pytest.mark.access_policy("token")
+def test_the_access_policy_applies(client, session):
+    reply = create(client, session, 10)
+    assert reply.status_code == 404
+    authorised = create(client, session, 10, HTTP_AUTHORIZATION=f"Bearer {session.token}")
+    assert authorised.status_code == 201
+    assert paths.staging_dir(session.directory).exists()
+
+
+def test_the_purge_command_removes_expired_uploads(client, session):
+    import io
+
+    from django.core.management import call_command
+
+    create(client, session, 100, "stale.bin")
+    ResumableUpload.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    out = io.StringIO()
+    call_command("purge_sessions", "--older-than", "30d", stdout=out)
+    assert "1 expired resumable upload(s) purged" in out.getvalue()
+    assert not ResumableUpload.objects.exists()

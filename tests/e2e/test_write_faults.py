@@ -1,0 +1,155 @@
+"""
+The write path under real faults: a worker killed with SIGKILL in the middle
+of concurrent uploads, and a full disk. What a client was told was stored is
+stored; nothing else is left once the next worker has reconciled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from attachments.models import Attachment
+from tests.servers import run_server
+
+pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
+
+
+def create_session(base_url: str) -> tuple[str, dict[str, str]]:
+    reply = httpx.post(f"{base_url}/api/sessions", timeout=10).json()
+    return reply["session_id"], {"Authorization": f"Bearer {reply['token']}"}
+
+
+def session_state(warehouse: Path, session_id: str) -> tuple[dict, list[str], list[str]]:
+    """(manifest entries by id, attachment directories on disk, staging leftovers)."""
+    attachments = warehouse / f"session_{session_id}" / "code_workspace" / "attachments"
+    manifest_path = attachments / "attachments_manifest.json"
+    entries = {}
+    if manifest_path.exists():
+        entries = {
+            e["attachment_id"]: e for e in json.loads(manifest_path.read_text())["attachments"]
+        }
+    directories = sorted(p.name for p in attachments.glob("att_*"))
+    staging = attachments / ".staging"
+    leftovers = sorted(p.name for p in staging.iterdir()) if staging.exists() else []
+    return entries, directories, leftovers
+
+
+def test_a_worker_killed_mid_upload_loses_no_acknowledged_file_and_leaves_nothing(
+    warehouse, tmp_path
+):
+    acknowledged: dict[str, str] = {}  # attachment id -> sha256 the client sent
+    stop = threading.Event()
+    lock = threading.Lock()
+    logs = tmp_path / "logs"
+    with run_server("uvicorn", warehouse, logs, MAC_RECONCILE_AT_START="0") as first:
+        session_id, auth = create_session(first.url)
+
+        def client(index: int) -> None:
+            n = 0
+            with httpx.Client(timeout=30) as http:
+                while not stop.is_set():
+                    content = os.urandom(512 * 1024) + f"{index}-{n}".encode()
+                    n += 1
+                    try:
+                        reply = http.post(
+                            f"{first.url}/api/uploads/{session_id}",
+                            files={"file": (f"c{index}-{n}.bin", content)},
+                            headers=auth,
+                        )
+                    except httpx.TransportError:
+                        return
+                    if reply.status_code == 201:
+                        with lock:
+                            acknowledged[reply.json()["attachment_id"]] = hashlib.sha256(
+                                content
+                            ).hexdigest()
+
+        clients = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for thread in clients:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+    assert len(acknowledged) >= 40
+
+    with run_server("uvicorn", warehouse, logs, MAC_RECONCILE_AT_START="1") as second:
+        deadline = time.monotonic() + 60
+        while "Reconciliation at start finished" not in second.log():
+            assert time.monotonic() < deadline, second.log()
+            time.sleep(0.1)
+        listed = httpx.get(f"{second.url}/api/uploads/{session_id}", headers=auth, timeout=10)
+        assert listed.status_code == 200
+        listed_ids = {a["attachment_id"]: a["sha256"] for a in listed.json()["attachments"]}
+
+    entries, directories, leftovers = session_state(warehouse, session_id)
+    assert leftovers == []
+    # Every acknowledged upload is listed, in the manifest and on disk, with its bytes.
+    for attachment_id, digest in acknowledged.items():
+        assert listed_ids.get(attachment_id) == digest
+        assert entries[attachment_id]["sha256"] == digest
+        data = (warehouse / f"session_{session_id}" / entries[attachment_id]["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == digest
+    # Nothing half-recorded: manifest, rows and files agree entry by entry.
+    rows = set(
+        Attachment.objects.filter(session__session_id=session_id).values_list(
+            "attachment_id", flat=True
+        )
+    )
+    assert set(entries) == rows == set(directories) == set(listed_ids)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str):
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_full_disk_is_a_json_507_and_leaves_nothing(tmp_path):
+    with small_filesystem(tmp_path / "small", "4m") as warehouse:
+        with run_server("uvicorn", warehouse, tmp_path / "logs") as s:
+            session_id, auth = create_session(s.url)
+            big = httpx.post(
+                f"{s.url}/api/uploads/{session_id}",
+                files={"file": ("big.bin", os.urandom(6 * 1024 * 1024))},
+                headers=auth,
+                timeout=30,
+            )
+            assert big.status_code == 507
+            assert big.headers["content-type"] == "application/json"
+            assert big.json()["code"] == "insufficient_storage"
+            entries, directories, leftovers = session_state(warehouse, session_id)
+            assert (entries, directories, leftovers) == ({}, [], [])
+            # The space the refused upload took is free again.
+            small = httpx.post(
+                f"{s.url}/api/uploads/{session_id}",
+                files={"file": ("small.txt", b"fits")},
+                headers=auth,
+                timeout=30,
+            )
+            assert small.status_code == 201
+            assert list(session_state(warehouse, session_id)[0]) == [small.json()["attachment_id"]]
