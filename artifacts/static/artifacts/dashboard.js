@@ -290,10 +290,7 @@ async function loadLimits() {
 function handleLink() {
   const { sessionId, token } = linkFromLocation();
   const current = rememberedSession();
-  if (!sessionId || !SESSION_ID.test(sessionId)) {
-    if (current) openSession(current);
-    return;
-  }
+  if (!sessionId || !SESSION_ID.test(sessionId)) return;
   if (sessionId === current && !token) {
     openSession(sessionId);
     return;
