@@ -18,7 +18,10 @@ a file whose content did not change produces no event.
 
 Never reported: anything under `attachments/` (uploads and registered
 copies have their own entries), caches (`__pycache__`, `.cache`, ...),
-symlinks, and anything that resolves outside the workspace.
+symlinks, special files (FIFOs, sockets, devices), files with other hard
+links (one may be a file from outside the session), names that are not
+UTF-8 or hold a backslash or control character (logged, never fatal), and
+anything that resolves outside the workspace.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ class WorkspaceArtifactHook:
         self._want_watch = watch
         self._watcher: InotifyWatcher | None = None
         self._snapshot: dict[str, Signature] = {}
+        self._skipped: set[str] = set()
         self._manifest_signature: Signature | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = asyncio.Lock()
@@ -179,6 +183,8 @@ class WorkspaceArtifactHook:
                 st = None
             if st is not None and stat.S_ISDIR(st.st_mode):
                 continue  # its files are candidates of their own
+            if st is not None and self._unsafe(rel, st):
+                st = None  # not reportable: as if it were gone
             if st is None or not stat.S_ISREG(st.st_mode):
                 self._snapshot.pop(rel, None)
                 if rel in in_place:
@@ -326,6 +332,24 @@ class WorkspaceArtifactHook:
             return True
         return rel.rsplit("/", 1)[-1] in self.ignored_dirs
 
+    def _unsafe(self, rel: str, st: os.stat_result) -> bool:
+        """
+        Whether a regular file must not be recorded: its name is not UTF-8
+        or holds a backslash or a control character (it would reach events
+        and zips as it is), or it has other hard links. Logged once per path.
+        """
+        if paths.has_unsafe_characters(rel):
+            reason = "its name is not UTF-8 or holds a backslash or control character"
+        elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            reason = "it has other hard links"
+        else:
+            return False
+        if rel not in self._skipped:
+            self._skipped.add(rel)
+            printable = rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            logger.warning("Workspace %s: not recording %r: %s", self.root, printable, reason)
+        return True
+
     def _ignored(self, rel: str) -> bool:
         parts = rel.split("/")
         if parts[0] == paths.ATTACHMENTS_DIRNAME:
@@ -349,7 +373,8 @@ class WorkspaceArtifactHook:
                         self._scan_into(Path(entry.path), rel + "/", found)
                 elif entry.is_file(follow_symlinks=False) and not self._ignored(rel):
                     st = entry.stat(follow_symlinks=False)
-                    found[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+                    if not self._unsafe(rel, st):
+                        found[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
 
     def _in_place_paths(self, entries: Iterable[AttachmentEntry]) -> set[str]:
         prefix = paths.WORKSPACE_DIRNAME + "/"

@@ -160,6 +160,20 @@ def session_for(
 asession_for = database_sync_to_async(session_for)
 
 
+def may_propose_session_id(credentials: Credentials, session_id: str) -> bool:
+    """
+    Whether a caller may create a session under an id of its own choosing.
+    Under the token policy only an authenticated caller may: a signed-in
+    user, or the bearer of a JWT that names that id. Anyone else could tell
+    from 201 versus 409 whether an id exists, which nothing else reveals.
+    """
+    if conf.ACCESS_POLICY == OPEN:
+        return True
+    if credentials.user is not None:
+        return True
+    return credentials.bearer is not None and session_id in jwt_sessions(credentials.bearer)
+
+
 def owner_for_new_session(credentials: Credentials) -> Any:
     """The user a session created with `credentials` belongs to, or None (anonymous)."""
     if credentials.csrf_failed and credentials.bearer is None:

@@ -122,6 +122,15 @@ def _arcname(relative: str) -> str:
     return relative.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def zip_name(arcname: str) -> str:
+    """
+    The entry name written into the zip: every component cleaned as an
+    upload's name is (`paths.safe_component`), so a node's file called
+    `..\\..\\x.txt` can never become a path an extractor follows.
+    """
+    return "/".join(paths.safe_component(part) for part in arcname.split("/"))
+
+
 def _checked_stat(base: str, source: Path) -> tuple[Path, os.stat_result] | None:
     """The real path and stat of `source` if it is a regular file inside `base`, else None."""
     try:
@@ -129,7 +138,9 @@ def _checked_stat(base: str, source: Path) -> tuple[Path, os.stat_result] | None
         st = os.stat(real)
     except (paths.UnsafePath, OSError):
         return None
-    return (real, st) if stat.S_ISREG(st.st_mode) else None
+    # A file with other hard links may be one from outside the session (a
+    # node can link the database into its workspace): left out like a link.
+    return (real, st) if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 else None
 
 
 def walk_session(session_dir: Path) -> Iterator[ArchiveEntry]:
@@ -254,7 +265,7 @@ class SessionArchive:
         sizer = ZipStream(compress_type=ZIP_STORED, sized=True)
         for entry in self.entries:
             # Only the name and size count towards the length; nothing is read.
-            sizer.add(iter(()), entry.arcname, size=entry.size)
+            sizer.add(iter(()), zip_name(entry.arcname), size=entry.size)
         return len(sizer)
 
     def _stored_etag(self) -> str:
@@ -301,7 +312,11 @@ class SessionArchive:
                 or is_precompressed(entry.name)
                 or (entry.size >= PROBE_MIN_SIZE and not deflates_well(real))
             )
-            zs.add_path(str(real), entry.arcname, compress_type=ZIP_STORED if keep_as_is else None)
+            zs.add_path(
+                str(real),
+                zip_name(entry.arcname),
+                compress_type=ZIP_STORED if keep_as_is else None,
+            )
             yield from zs.file()
         yield from zs.footer()
 

@@ -111,6 +111,10 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+# Django's mark of a key that must not be used in production (security.W009).
+INSECURE_KEY_PREFIX = "django-insecure-"
+
+
 def _check_access() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     policy = getattr(settings, "ATTACHMENTS_ACCESS_POLICY", "token")
@@ -163,6 +167,18 @@ def _check_access() -> list[CheckMessage]:
                 "ATTACHMENTS_SIGNED_LINK_MAX_AGE must be a number of seconds of at least 1.",
                 hint=f"Got {max_age!r}.",
                 id="attachments.E023",
+            )
+        )
+    key = str(getattr(settings, "SECRET_KEY", ""))
+    if not settings.DEBUG and key.startswith(INSECURE_KEY_PREFIX):
+        # Signed links and Django sessions are only as secret as this key: a
+        # placeholder shipped with the code lets anyone forge a link.
+        messages.append(
+            Error(
+                "SECRET_KEY is a placeholder: anyone could forge signed links with it.",
+                hint="Set MAC_SECRET_KEY (the same on every worker), or let scripts/serve "
+                "generate a key file; placeholders are accepted only with DEBUG.",
+                id="attachments.E030",
             )
         )
     rate = getattr(settings, "ATTACHMENTS_SESSION_CREATE_RATE", None)

@@ -48,6 +48,15 @@ class CsrfFailed(ApiError):
     default_code = "csrf_failed"
 
 
+class SessionIdNotAllowed(ApiError):
+    status_code = status.HTTP_403_FORBIDDEN
+    default_detail = (
+        "Only a signed-in user or a JWT naming the session may propose a session id; "
+        "leave it out and the server makes one."
+    )
+    default_code = "session_id_not_allowed"
+
+
 class SessionExists(ApiError):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "A session with this id already exists."

@@ -3,10 +3,11 @@ Signed, expiring links to one artifact or to the session zip.
 
 A link carries `sig=<expires_in>:<timestamp>:<signature>`, made by Django's
 `TimestampSigner` with a salt per purpose that also names the session and
-the artifact, so a signature opens exactly the URL it was made for and
-nothing else. It expires after the `expires_in` it was made with, and never
-later than `ATTACHMENTS_SIGNED_LINK_MAX_AGE` (lowering that setting shortens
-links already handed out). Rotating `SECRET_KEY` (without keeping the old one
+the artifact (and, for an artifact, its `mode` and `download` flag), so a
+signature opens exactly the URL it was made for and nothing else. It
+expires after the `expires_in` it was made with, and never later than
+`ATTACHMENTS_SIGNED_LINK_MAX_AGE` (lowering that setting shortens links
+already handed out). Rotating `SECRET_KEY` (without keeping the old one
 in `SECRET_KEY_FALLBACKS`) revokes them all.
 """
 
@@ -23,16 +24,25 @@ SIGNATURE_PARAM = "sig"
 
 @dataclass(frozen=True)
 class LinkTarget:
-    """What a link opens: the session zip (`artifact_id=None`) or one artifact by its id."""
+    """
+    What a link opens: the session zip (`artifact_id=None`) or one artifact by
+    its id, and for an artifact how (`variant`, see `artifact_variant()`).
+    """
 
     session_id: str
     artifact_id: str | None = None
+    variant: str = ""
 
     @property
     def salt(self) -> str:
         if self.artifact_id is None:
             return f"attachments.links.download:{self.session_id}"
-        return f"attachments.links.artifact:{self.session_id}:{self.artifact_id}"
+        return f"attachments.links.artifact:{self.session_id}:{self.artifact_id}:{self.variant}"
+
+
+def artifact_variant(mode: str, download: bool) -> str:
+    """The part of an artifact link's salt that binds its `mode` and `download` parameters."""
+    return f"{mode}/{'download' if download else 'inline'}"
 
 
 def link_lifetime(requested: int | None) -> int:

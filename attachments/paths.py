@@ -76,7 +76,8 @@ def open_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> i
     """
     Open `path` for reading, unbuffered, if it is a regular file that resolves
     inside `base`; raise `UnsafePath` if it resolves elsewhere,
-    `NotARegularFile` for anything but a file, and `OSError` if it is gone.
+    `NotARegularFile` for anything but a file (or a file with other hard
+    links), and `OSError` if it is gone.
 
     The check is made on the descriptor actually opened, so a link swapped
     in between the check and the open cannot lead outside `base`.
@@ -86,8 +87,13 @@ def open_inside(base: str | os.PathLike[str], path: str | os.PathLike[str]) -> i
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(real, flags)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise NotARegularFile(f"Not a regular file: {os.fspath(path)!r}")
+        if st.st_nlink > 1:
+            # A hard link can name a file outside `base` (a database, say)
+            # without any path showing it: served like a symlink, never.
+            raise NotARegularFile(f"A file with other hard links: {os.fspath(path)!r}")
         try:
             opened = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
@@ -153,6 +159,34 @@ def _truncate_utf8(text: str, max_bytes: int) -> str:
     return encoded[:max_bytes].decode("utf-8", errors="ignore")
 
 
+def _clean_characters(name: str) -> str:
+    """NFC; no control, format or undecodable (surrogate) characters; reserved ones as '_'."""
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs"})
+    return _RESERVED_CHARS.sub("_", name)
+
+
+def has_unsafe_characters(name: str) -> bool:
+    """
+    Whether a name found on disk (a node wrote it) holds a backslash, a
+    control or format character, or bytes that are not UTF-8 (surrogates).
+    Such a name is never recorded as it is, nor used as a zip entry.
+    """
+    return "\\" in name or any(
+        unicodedata.category(ch) in {"Cc", "Cf", "Cs"} for ch in name
+    )
+
+
+def safe_component(name: str) -> str:
+    """
+    One component of a name found on disk, cleaned with the character rules
+    of `sanitize_filename()` (so a backslash or a control character never
+    survives), but not trimmed or shortened: `.gitignore` stays `.gitignore`.
+    """
+    cleaned = _clean_characters(name.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+    return "_" if cleaned in {"", ".", ".."} else cleaned
+
+
 def sanitize_filename(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     """
     Turn a client's file name into one that is safe as a single path component.
@@ -162,10 +196,8 @@ def sanitize_filename(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
     some filesystems reserve, never yields "", "." or "..", and bounds the
     UTF-8 length while keeping the extension.
     """
-    name = unicodedata.normalize("NFC", name)
     name = re.split(r"[/\\]", name)[-1]
-    name = "".join(ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs"})
-    name = _RESERVED_CHARS.sub("_", name)
+    name = _clean_characters(name)
     name = name.strip(" .")
     if not name:
         return "file"

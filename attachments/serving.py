@@ -29,6 +29,7 @@ import io
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 import unicodedata
@@ -176,6 +177,18 @@ class RangeNotSatisfiable(Exception):
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
 
+# No file is this large; a longer number means "past any end", and is never
+# handed to int(), which refuses more than 4300 digits.
+_MAX_POSITION_DIGITS = 19
+
+
+def _position(digits: str) -> int:
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > _MAX_POSITION_DIGITS:
+        return sys.maxsize
+    return int(digits)
+
+
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """
     The single byte range that `header` asks of a `size`-byte body, or None
@@ -192,14 +205,14 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not first and not last:
         return None
     if not first:
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0:
             raise RangeNotSatisfiable()
         if size == 0:
             return None  # the whole (empty) body is the last `suffix` bytes
         return ByteRange(max(0, size - suffix), size - 1)
-    start = int(first)
-    end = int(last) if last else size - 1
+    start = _position(first)
+    end = _position(last) if last else size - 1
     if last and end < start:
         return None
     if start >= size:

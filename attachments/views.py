@@ -11,7 +11,6 @@ from django.utils.http import http_date, urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,14 +20,16 @@ from .access import (
     DjangoUserAuthentication,
     authorize_request,
     credentials_from_request,
+    may_propose_session_id,
     owner_for_new_session,
 )
 from .archive import SessionArchive, changed_paths
 from .buffering import buffered_body_limit
 from .conf import conf
-from .exceptions import InvalidParameter, JSONErrorsMixin
+from .exceptions import InvalidParameter, JSONErrorsMixin, SessionIdNotAllowed
 from .lookup import resolve_artifact
 from .models import Session
+from .parsers import JSONParser
 from .quotas import Usage, quota_fields, usage
 from .schema import SESSION_ERRORS, binary, errors
 from .schema import query as query_param
@@ -134,9 +135,10 @@ class SessionScopedMixin(AccessPolicyMixin):
 
 class SessionListView(AccessPolicyMixin, APIView):
     """
-    Create a session, optionally with a proposed id. Anyone may; the answer
-    carries the session's `token`, the only time it is shown. A signed-in
-    user owns the session created.
+    Create a session. Anyone may; the answer carries the session's `token`,
+    the only time it is shown. A signed-in user owns the session created.
+    Proposing an id needs a signed-in user or a JWT naming it (token policy):
+    else 403 `session_id_not_allowed`, whether or not the id exists.
     """
 
     parser_classes = [JSONParser]
@@ -145,13 +147,18 @@ class SessionListView(AccessPolicyMixin, APIView):
     @extend_schema(
         auth=[],
         request=SessionCreateSerializer,
-        responses={201: CreatedSessionSerializer, **errors(400, 409, 429)},
+        responses={201: CreatedSessionSerializer, **errors(400, 403, 409, 429)},
     )
     def post(self, request: Request) -> Response:
-        owner = owner_for_new_session(credentials_from_request(request))
+        credentials = credentials_from_request(request)
+        owner = owner_for_new_session(credentials)
         body = SessionCreateSerializer(data=request.data if request.data else {})
         body.is_valid(raise_exception=True)
-        session = create_session(body.validated_data.get("session_id"), owner=owner)
+        proposed = body.validated_data.get("session_id")
+        if proposed is not None and not may_propose_session_id(credentials, proposed):
+            # Refused before the id is looked up: the answer is the same whether it exists.
+            raise SessionIdNotAllowed()
+        session = create_session(proposed, owner=owner)
         return Response(CreatedSessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
@@ -245,9 +252,11 @@ class ArtifactView(FileResponseMixin, APIView):
         },
     )
     def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
-        session = self.get_session(links.LinkTarget(session_id, artifact_id))
         mode = query.choice(request.query_params, "mode", ("meta", "stream"), default="meta")
         download = query.boolean(request.query_params, "download", default=False)
+        # A signed link opens the mode and disposition it was made for, no other.
+        variant = links.artifact_variant(mode, download)
+        session = self.get_session(links.LinkTarget(session_id, artifact_id, variant))
         artifact = resolve_artifact(session, artifact_id)
         if mode == "stream":
             return serve_artifact(request._request, artifact, as_attachment=download)
@@ -367,9 +376,11 @@ class ArtifactLinkView(SignedLinkMixin, APIView):
         session = self.get_session()
         artifact = resolve_artifact(session, artifact_id)
         params = {"mode": "stream"}
-        if query.boolean(request.query_params, "download", default=False):
+        download = query.boolean(request.query_params, "download", default=False)
+        if download:
             params["download"] = "true"
-        target = links.LinkTarget(session.session_id, artifact.artifact_id)
+        variant = links.artifact_variant("stream", download)
+        target = links.LinkTarget(session.session_id, artifact.artifact_id, variant)
         return self.link_response(request, target, "attachments:artifact", params)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import shutil
 import socket
 import statistics
@@ -126,6 +127,8 @@ def start_server(kind: str, workdir: Path, zip_level: int | None) -> Server:
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("REDIS_URL", None)
+    # A throwaway installation needs a key of its own (the placeholder fails the checks).
+    env.setdefault("MAC_SECRET_KEY", secrets.token_urlsafe(50))
     if zip_level is not None:
         env["MAC_ZIP_COMPRESS_LEVEL"] = str(zip_level)
     subprocess.run(

@@ -19,6 +19,7 @@ import asyncio
 import io
 import logging
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def setup(scratch: Path) -> None:
         "MAC_ACCESS_POLICY": "open",
         "MAC_CORS_ALLOWED_ORIGINS": "https://ui.example",
         "MAC_LOG_LEVEL": "WARNING",
+        "MAC_SECRET_KEY": os.environ.get("MAC_SECRET_KEY") or secrets.token_urlsafe(50),
     }
     os.environ.update(env)
     subprocess.run(

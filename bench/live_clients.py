@@ -38,6 +38,7 @@ import json
 import multiprocessing
 import os
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -496,6 +497,8 @@ def main() -> None:
         "MAC_ACCESS_POLICY": "open",
         "MAC_LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
+        # A throwaway installation gets a key of its own (the placeholder fails the checks).
+        "MAC_SECRET_KEY": os.environ.get("MAC_SECRET_KEY") or secrets.token_urlsafe(50),
     }
     env.setdefault("DATABASE_URL", f"sqlite:///{scratch / 'bench.sqlite3'}")
     print(f"server: {args.server}, one worker; database: {env['DATABASE_URL'].split('@')[-1]}")

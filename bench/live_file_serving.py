@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -163,6 +164,7 @@ def main() -> None:
         "MAC_ACCESS_POLICY": "open",
         "DATABASE_URL": f"sqlite:///{scratch / 'bench.sqlite3'}",
         "PYTHONPATH": str(ROOT),
+        "MAC_SECRET_KEY": os.environ.get("MAC_SECRET_KEY") or secrets.token_urlsafe(50),
     }
     size = args.mib << 20
     try:

@@ -30,6 +30,7 @@ import http.client
 import json
 import mmap
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -203,6 +204,8 @@ def main() -> int:
         "MAC_WAREHOUSE_DIR": str(work / "wh"),
     }
     env.pop("REDIS_URL", None)
+    # A throwaway installation needs a key of its own (the placeholder fails the checks).
+    env.setdefault("MAC_SECRET_KEY", secrets.token_urlsafe(50))
     try:
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True

@@ -34,6 +34,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -333,6 +334,8 @@ def main() -> int:
     }
     base_env.pop("DATABASE_URL", None)
     base_env.pop("REDIS_URL", None)
+    # A throwaway installation needs a key of its own (the placeholder fails the checks).
+    base_env.setdefault("MAC_SECRET_KEY", secrets.token_urlsafe(50))
     try:
         with nginx_canned(work) as nginx_port:
             sessions = [("canned", "x")]

@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -270,6 +271,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+BENCH_SECRET_KEY = secrets.token_urlsafe(50)
+
+
 def server_env(work: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -281,6 +285,8 @@ def server_env(work: Path) -> dict[str, str]:
             "NO_PROXY": "*",
         }
     )
+    # A throwaway installation needs a key of its own (the placeholder fails the checks).
+    env.setdefault("MAC_SECRET_KEY", BENCH_SECRET_KEY)
     return env
 
 

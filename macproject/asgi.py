@@ -6,19 +6,69 @@ Django; WebSockets go through Channels' auth and origin checks.
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
+from django.core.exceptions import SuspiciousOperation
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.urls import re_path
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "macproject.settings")
 django_asgi_app = get_asgi_application()
+
+
+class StaticFilesHandler(ASGIStaticFilesHandler):  # type: ignore[misc]
+    """
+    Django's, except that a path trying to leave the static roots
+    (`/static/%2e%2e/...`) is a JSON 404: Django lets the
+    SuspiciousFileOperation through, and the client got a 500.
+    """
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            response: HttpResponseBase = await super().get_response_async(request)
+        except SuspiciousOperation:
+            return JsonResponse({"detail": "No such file.", "code": "not_found"}, status=404)
+        return response
+
+
+async def unknown_socket(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """
+    The WebSocket route of last resort: a path no consumer serves gets a JSON
+    404 where the server lets the application answer the handshake (the
+    `websocket.http.response` extension, as Uvicorn does), else a refusal
+    (the server answers 403), instead of the router's ValueError and a 500.
+    """
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = json.dumps({"detail": "No such endpoint.", "code": "not_found"}).encode()
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": 404,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                ],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
 if settings.MAC_SERVE_STATIC:
     # The admin's (and later the dashboard's) assets, straight from the apps,
     # so the embedded default needs no collectstatic and no CDN. Behind a
     # proxy, set MAC_SERVE_STATIC=0 and serve STATIC_ROOT from there.
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
+    django_asgi_app = StaticFilesHandler(django_asgi_app)
 
 # Imported after Django is set up: they load models.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
@@ -50,7 +100,9 @@ application = ShutdownMiddleware(
                 EventFeedMiddleware(StreamingUploadMiddleware(FileBodyMiddleware(django_asgi_app)))
             ),
             "websocket": AllowedHostsOriginValidator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                AuthMiddlewareStack(
+                    URLRouter([*websocket_urlpatterns, re_path(r"", unknown_socket)])
+                )
             ),
         }
     )

@@ -39,7 +39,17 @@ Environment:
     MAC_SESSION_CREATE_RATE  e.g. 30/minute: POST /api/sessions per client (default: no limit)
     MAC_CORS_ALLOWED_ORIGINS comma list of origins allowed to call /api/ from a browser
                              (default: none, CORS off)
-    MAC_SECRET_KEY, MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
+    MAC_SECRET_KEY           the key of signed links and Django sessions (default: the file below)
+    MAC_SECRET_KEY_FILE      a file holding that key, owner-only; scripts/serve generates
+                             it once (default: none: a placeholder refused outside DEBUG)
+    MAC_SANDBOX              how python nodes are confined: auto, bwrap, user, none (auto)
+    MAC_SANDBOX_USER         the unprivileged user of the `user` mode
+    MAC_HEADER_TIMEOUT       seconds for a request's line and headers to arrive (10)
+    MAC_BODY_IDLE_TIMEOUT    seconds a request body may stall while it is read (30)
+    MAC_KEEP_ALIVE_TIMEOUT   seconds an idle kept-alive connection stays open (5)
+    MAC_MAX_HEADER_BYTES     largest request line and headers, in bytes (65536)
+                             (the four above: the default server, macproject.server)
+    MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
     MAC_SHUTDOWN_GRACE       seconds from SIGTERM to exit; live clients are let go at once (10)
@@ -55,6 +65,9 @@ from pathlib import Path
 
 import dj_database_url
 from corsheaders.defaults import default_headers as cors_default_headers
+
+from macproject.secret_key import PLACEHOLDER as PLACEHOLDER_SECRET_KEY
+from macproject.secret_key import read_key_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -76,9 +89,16 @@ def _env_float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
-# A key generated per process would break signed values across workers, so
-# deployments must set one; the embedded default is for a laptop.
-SECRET_KEY = os.environ.get("MAC_SECRET_KEY") or "insecure-embedded-default-set-MAC_SECRET_KEY"
+# A key generated per process would break signed values across workers, so the
+# key comes from MAC_SECRET_KEY, or from the per-installation file that
+# scripts/serve generates once (MAC_SECRET_KEY_FILE). The placeholder is for
+# tests and DEBUG only: the check attachments.E030 refuses it otherwise.
+if os.environ.get("MAC_SECRET_KEY"):
+    SECRET_KEY = os.environ["MAC_SECRET_KEY"]
+elif os.environ.get("MAC_SECRET_KEY_FILE"):
+    SECRET_KEY = read_key_file(os.environ["MAC_SECRET_KEY_FILE"])
+else:
+    SECRET_KEY = PLACEHOLDER_SECRET_KEY
 DEBUG = _env_bool("MAC_DEBUG", False)
 ALLOWED_HOSTS = [h for h in os.environ.get("MAC_ALLOWED_HOSTS", "*").split(",") if h]
 
@@ -242,6 +262,12 @@ MAC_SERVE_STATIC = _env_bool("MAC_SERVE_STATIC", True)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON parser with a nesting bound and no infinities (attachments.parsers).
+    "DEFAULT_PARSER_CLASSES": [
+        "attachments.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -295,6 +321,15 @@ if _env_int("MAC_CLAMD_MAX_BYTES") is not None:
 WORKFLOWS_DIR = os.environ.get("MAC_WORKFLOWS_DIR") or None
 if os.environ.get("MAC_NODE_TIMEOUT"):
     WORKFLOWS_NODE_TIMEOUT = float(os.environ["MAC_NODE_TIMEOUT"])
+# Connection limits of the default server (macproject.server).
+SERVER_HEADER_TIMEOUT = _env_float("MAC_HEADER_TIMEOUT", 10)
+SERVER_BODY_IDLE_TIMEOUT = _env_float("MAC_BODY_IDLE_TIMEOUT", 30)
+SERVER_KEEP_ALIVE_TIMEOUT = _env_float("MAC_KEEP_ALIVE_TIMEOUT", 5)
+SERVER_MAX_HEADER_BYTES = _env_int("MAC_MAX_HEADER_BYTES") or 64 * 1024
+if os.environ.get("MAC_SANDBOX"):
+    WORKFLOWS_SANDBOX = os.environ["MAC_SANDBOX"].strip()
+if os.environ.get("MAC_SANDBOX_USER"):
+    WORKFLOWS_SANDBOX_USER = os.environ["MAC_SANDBOX_USER"].strip()
 if os.environ.get("MAC_NODE_MEMORY_BYTES"):
     WORKFLOWS_NODE_MEMORY_BYTES = _env_int("MAC_NODE_MEMORY_BYTES")
 if (_inline_max := _env_int("MAC_INLINE_DATA_URI_MAX_BYTES")) is not None:

@@ -41,6 +41,8 @@ install_system_package() {
 bootstrap() {
     local extras="${1:-}"
     install_system_package "have_library libmagic.so.1" libmagic1
+    # Python nodes of workflows run confined by bubblewrap (workflows.sandbox).
+    install_system_package "have_command bwrap" bubblewrap
     if [ ! -x "$VENV/bin/python" ]; then
         require_python
         echo "Creating $VENV ..." >&2

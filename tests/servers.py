@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # The default server streams request bodies; Daphne buffers them but stays
 # supported, so end-to-end tests run under both.
 COMMANDS = {
+    # Uvicorn as scripts/serve runs it: with macproject.server's connection limits.
     "uvicorn": [
-        sys.executable, "-m", "uvicorn", "macproject.asgi:application",
-        "--host", "127.0.0.1", "--port", "{port}", "--lifespan", "off", "--no-access-log",
+        sys.executable, "-m", "macproject.server", "--host", "127.0.0.1", "--port", "{port}",
     ],
     "daphne": [
         sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",

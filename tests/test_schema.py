@@ -180,3 +180,65 @@ def test_bytes_are_binary_of_any_type_and_metadata_is_typed():
     assert zipped["200"]["content"] == {"application/zip": {"schema": binary}}
     for responses in (artifact, content["responses"], zipped):
         assert "content" not in responses["304"]
+
+
+# Shapes the schema cannot express, generated all the same: bodies nested far
+# past any bound, Range positions with thousands of digits, and numbers
+# beyond any float, on the operations that read them.
+JSON_BODY_OPERATIONS = ["/api/sessions", "/api/workflow/execute"]
+
+
+def _nested(depth: int, leaf: str) -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+@pytest.mark.server
+@pytest.mark.django_db(transaction=True)
+def test_hostile_shapes_get_4xx_json_never_5xx(live_api):
+    created = httpx.post(live_api.url + "/api/sessions", json={}).json()
+    auth = {"Authorization": f"Bearer {created['token']}"}
+    uploaded = httpx.post(
+        f"{live_api.url}/api/uploads/{created['session_id']}",
+        files={"file": ("data.csv", b"a,b\n1,2\n")},
+        headers=auth,
+    ).json()
+    session_url = f"{live_api.url}/api/sessions/{created['session_id']}"
+    stream = f"{session_url}/artifacts/{uploaded['attachment_id']}"
+
+    @given(
+        path=st.sampled_from(JSON_BODY_OPERATIONS),
+        depth=st.integers(min_value=1, max_value=20_000),
+        leaf=st.sampled_from(["", "1", "1e999", "-1e999", "NaN", "Infinity", '"x"']),
+        field=st.sampled_from(["session_id", "variables", "attachments", "task_prompt"]),
+    )
+    @settings(
+        max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def bodies(path, depth, leaf, field):
+        value = _nested(depth, leaf)
+        body = f'{{"task_prompt": "x", "workflow": "csv_summary", "{field}": {value}}}'
+        response = httpx.post(
+            live_api.url + path,
+            content=body,
+            headers={"Content-Type": "application/json", **auth},
+            timeout=30,
+        )
+        assert response.status_code < 500, (path, depth, leaf, response.text[:200])
+        if response.status_code >= 400:
+            assert set(response.json()) >= {"detail", "code"}
+
+    @given(
+        first=st.one_of(st.just(""), st.integers(0, 10_000).map(lambda n: "9" * n)),
+        last=st.one_of(st.just(""), st.integers(0, 10_000).map(lambda n: "9" * n)),
+    )
+    @settings(
+        max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    def ranges(first, last):
+        response = httpx.get(
+            stream, params={"mode": "stream"}, headers={**auth, "Range": f"bytes={first}-{last}"}
+        )
+        assert response.status_code in (200, 206, 416), response.text[:200]
+
+    bodies()
+    ranges()

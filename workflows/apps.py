@@ -14,9 +14,10 @@ class WorkflowsConfig(AppConfig):
 
         from attachments.reconcile import add_step
 
-        from .checks import check_settings
+        from .checks import check_sandbox, check_settings
         from .records import interrupted_runs
 
         checks.register(check_settings, checks.Tags.compatibility)
+        checks.register(check_sandbox, checks.Tags.security)
         # A worker's start (and check_warehouse) also fails runs a dead worker left.
         add_step("run left in flight by a stopped worker", interrupted_runs)

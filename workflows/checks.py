@@ -3,7 +3,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error
+from django.core.checks import CheckMessage, Error, Info, Warning
+
+from . import sandbox
 
 _POSITIVE_NUMBERS = (
     "WORKFLOWS_NODE_TIMEOUT",
@@ -66,3 +68,28 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
+
+
+def check_sandbox(**kwargs: Any) -> list[CheckMessage]:
+    """Which confinement python nodes get here: said always, a warning when there is none."""
+    mode = getattr(settings, "WORKFLOWS_SANDBOX", sandbox.AUTO)
+    if mode not in sandbox.MODES:
+        return [
+            Error(
+                f"WORKFLOWS_SANDBOX must be one of {', '.join(sandbox.MODES)}.",
+                hint=f"Got {mode!r}.",
+                id="workflows.E005",
+            )
+        ]
+    chosen = sandbox.isolation()
+    if chosen.kind == sandbox.NONE:
+        return [
+            Warning(
+                "Python nodes run unconfined: they can read the server's secrets, "
+                "its database and every session's files.",
+                hint=f"{chosen.reason}. Install bubblewrap (Debian: bubblewrap), or set "
+                "WORKFLOWS_SANDBOX_USER to an unprivileged user and run the server as root.",
+                id="workflows.W010",
+            )
+        ]
+    return [Info(f"Python nodes are confined: {chosen.reason}.", id="workflows.I010")]

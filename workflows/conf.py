@@ -7,6 +7,10 @@ The workflows app's settings, each read live from Django settings.
     WORKFLOWS_NODE_CPU_SECONDS     CPU-time limit of a python node; None: its timeout (None)
     WORKFLOWS_NODE_MEMORY_BYTES    address-space limit of a python node; None: no limit (2 GiB)
     WORKFLOWS_NODE_ENV             extra environment variables for python nodes ({})
+    WORKFLOWS_SANDBOX              how python nodes are confined: auto, bwrap, user, none (auto;
+                                   see workflows.sandbox)
+    WORKFLOWS_SANDBOX_BWRAP        the bubblewrap executable ("bwrap")
+    WORKFLOWS_SANDBOX_USER         the unprivileged user nodes run as in `user` mode ("")
     WORKFLOWS_HUMAN_INPUT_TIMEOUT  seconds a human node waits; None: no limit (None)
     WORKFLOWS_WATCH_WORKSPACE      watch the workspace while nodes run (True)
     WORKFLOWS_WATCH_DEBOUNCE       seconds from a change to its report, mid-node (0.5)
@@ -53,6 +57,18 @@ class Settings:
     @property
     def NODE_ENV(self) -> dict[str, str]:
         return dict(getattr(settings, "WORKFLOWS_NODE_ENV", {}))
+
+    @property
+    def SANDBOX(self) -> str:
+        return str(getattr(settings, "WORKFLOWS_SANDBOX", "auto"))
+
+    @property
+    def SANDBOX_BWRAP(self) -> str:
+        return str(getattr(settings, "WORKFLOWS_SANDBOX_BWRAP", "bwrap"))
+
+    @property
+    def SANDBOX_USER(self) -> str:
+        return str(getattr(settings, "WORKFLOWS_SANDBOX_USER", "") or "")
 
     @property
     def HUMAN_INPUT_TIMEOUT(self) -> float | None:

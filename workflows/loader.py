@@ -9,6 +9,7 @@ Workflow files: YAML, validated with the line of every fault.
         type: python
         script: csv_summary.py   # relative to this file; or `code: |` inline
         timeout: 60              # seconds (default WORKFLOWS_NODE_TIMEOUT)
+        network: false           # true: the sandbox lets this node reach the network
       - id: review
         type: human
         prompt: Upload a corrected file if needed.
@@ -38,7 +39,7 @@ MAX_FILE_BYTES = 1 << 20
 
 _TOP_KEYS = {"name", "description", "variables", "nodes"}
 _NODE_KEYS = {
-    "python": {"id", "type", "description", "script", "code", "timeout"},
+    "python": {"id", "type", "description", "script", "code", "timeout", "network"},
     "human": {"id", "type", "description", "prompt", "timeout"},
 }
 
@@ -69,13 +70,16 @@ class NodeSpec:
     code: str | None = None
     timeout: float | None = None
     prompt: str = ""
+    network: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NodeSpec:
-        return cls(**data)
+        # Runs recorded before a field existed keep its default.
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def public(self) -> dict[str, Any]:
         """What GET /api/workflows shows of a node."""
@@ -236,6 +240,7 @@ def _node(item: yaml.Node, base: Path) -> NodeSpec:
             timeout=timeout,
             prompt=_optional_string(fields, "prompt"),
         )
+    network = _optional_bool(fields, "network")
     has_script, has_code = "script" in fields, "code" in fields
     if has_script == has_code:
         raise WorkflowError(f"Python node {node_id!r} needs either 'script' or 'code'.", line)
@@ -248,7 +253,9 @@ def _node(item: yaml.Node, base: Path) -> NodeSpec:
                 f"Python node {node_id!r}: invalid code: {exc.msg}.",
                 _line(fields["code"][1]) + (exc.lineno or 1),
             ) from None
-        return NodeSpec(node_id, node_type, line, description, code=code, timeout=timeout)
+        return NodeSpec(
+            node_id, node_type, line, description, code=code, timeout=timeout, network=network
+        )
     script = _required_string(fields, "script")
     script_line = _line(fields["script"][1])
     try:
@@ -259,7 +266,15 @@ def _node(item: yaml.Node, base: Path) -> NodeSpec:
         ) from None
     if not script_path.is_file():
         raise WorkflowError(f"Script {script!r} does not exist.", script_line)
-    return NodeSpec(node_id, node_type, line, description, script=str(script_path), timeout=timeout)
+    return NodeSpec(
+        node_id,
+        node_type,
+        line,
+        description,
+        script=str(script_path),
+        timeout=timeout,
+        network=network,
+    )
 
 
 # Helpers over yaml nodes, which keep their marks (0-based lines).
@@ -320,6 +335,16 @@ def _optional_string(fields: Fields, name: str) -> str:
         return ""
     if not isinstance(value, str):
         raise WorkflowError(f"'{name}' must be a string.", _line(node))
+    return value
+
+
+def _optional_bool(fields: Fields, name: str) -> bool:
+    if name not in fields:
+        return False
+    _key, node = fields[name]
+    value = _python(node)
+    if not isinstance(value, bool):
+        raise WorkflowError(f"'{name}' must be true or false.", _line(node))
     return value
 
 

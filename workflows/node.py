@@ -27,6 +27,7 @@ import resource
 import runpy
 import signal
 import sys
+import traceback
 from typing import Any
 
 from attachments.store import AttachmentStore
@@ -36,6 +37,8 @@ OUTPUT_ENV = "MAC_OUTPUT_FILE"
 CPU_ENV = "MAC_NODE_CPU_SECONDS"
 MEMORY_ENV = "MAC_NODE_MEMORY_BYTES"
 PARENT_ENV = "MAC_PARENT_PID"
+ERROR_ENV = "MAC_ERROR_FILE"
+MAX_ERROR_CHARS = 2000
 
 _PR_SET_PDEATHSIG = 1
 
@@ -93,15 +96,50 @@ def main(argv: list[str]) -> None:
     context = load_context()
     sys.argv = [script]
     sys.path.insert(0, os.path.dirname(script))
-    runpy.run_path(
-        script,
-        init_globals={
-            "_context": context,
-            "attachment_store": get_store(),
-            "set_output": set_output,
-        },
-        run_name="__main__",
-    )
+    try:
+        runpy.run_path(
+            script,
+            init_globals={
+                "_context": context,
+                "attachment_store": get_store(),
+                "set_output": set_output,
+            },
+            run_name="__main__",
+        )
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            raise
+        _report_error(str(exc.code))
+        raise SystemExit(1) from None
+    except BaseException as exc:  # noqa: BLE001 - whatever the script raised is its failure
+        _print_script_traceback(exc, script)
+        _report_error("".join(traceback.format_exception_only(exc)).strip())
+        raise SystemExit(1) from None
+
+
+def _report_error(message: str) -> None:
+    """The node's own message, which the run shows as its error (no traceback, no paths)."""
+    target = os.environ.get(ERROR_ENV)
+    if not target:
+        return
+    try:
+        with open(target, "w", encoding="utf-8") as sink:
+            sink.write(message[:MAX_ERROR_CHARS])
+    except OSError:
+        pass
+
+
+def _print_script_traceback(exc: BaseException, script: str) -> None:
+    """The traceback to stderr (the node's log), from the script's own frames on."""
+    summary = traceback.TracebackException.from_exception(exc)
+    frames = list(summary.stack)
+    for index, frame in enumerate(frames):
+        if frame.filename == script:
+            frames = frames[index:]
+            break
+    summary.stack = traceback.StackSummary.from_list(frames)
+    sys.stderr.write("".join(summary.format()))
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

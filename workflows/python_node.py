@@ -1,10 +1,12 @@
 """
 Running a python node as a subprocess of the server.
 
-The node runs in the workspace, in its own process group (killed whole on
-timeout, cancel, or when it ends, so nothing it started lingers), with CPU
-and memory limits and an environment built from an allowlist: the server's
-secrets (SECRET_KEY, DATABASE_URL, REDIS_URL, ...) never reach it. Its
+The node runs in the workspace, confined by `workflows.sandbox` (it sees its
+session's workspace and the interpreter, not the server, its secrets or other
+sessions), in its own process group (killed whole on timeout, cancel, or
+when it ends, so nothing it started lingers), with CPU and memory limits and
+an environment built from an allowlist: the server's secrets (SECRET_KEY,
+DATABASE_URL, REDIS_URL, ...) never reach it. Its
 stdout and stderr are streamed to the session's /ws clients as `node_log`
 messages, line by line, in batches.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import attachments
 
 from . import node as node_module
+from . import sandbox
 from .conf import conf
 from .loader import NodeSpec
 
@@ -83,6 +86,7 @@ def node_environment(
         "MAC_NODE_ID": node_id,
         node_module.CONTEXT_ENV: str(scratch / "context.json"),
         node_module.OUTPUT_ENV: str(scratch / "output.json"),
+        node_module.ERROR_ENV: str(scratch / "error.txt"),
         node_module.PARENT_ENV: str(os.getpid()),
     }
     if cpu_seconds:
@@ -130,21 +134,31 @@ async def run_python_node(
             cpu_seconds=cpu_seconds,
             memory_bytes=conf.NODE_MEMORY_BYTES,
         )
+        confined = sandbox.confine(
+            [conf.PYTHON, "-P", "-m", "workflows.node", str(scratch / "context.json"), script],
+            env,
+            workspace=workspace,
+            scratch=scratch,
+            script=spec.script,
+            network=spec.network,
+            packages_root=PACKAGES_ROOT,
+        )
+        if confined.signal_exit_codes:
+            # In its own PID namespace the node's parent is bwrap, not the server.
+            confined.env.pop(node_module.PARENT_ENV, None)
         process = await asyncio.create_subprocess_exec(
-            conf.PYTHON,
-            "-P",
-            "-m",
-            "workflows.node",
-            str(scratch / "context.json"),
-            script,
+            *confined.argv,
             cwd=workspace,
-            env=env,
+            env=confined.env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            **confined.popen,
         )
-        return await _supervise(process, timeout, cancelled, log, scratch)
+        return await _supervise(
+            process, timeout, cancelled, log, scratch, confined.signal_exit_codes
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -155,6 +169,7 @@ async def _supervise(
     cancelled: asyncio.Event,
     log: LogSink,
     scratch: Path,
+    signal_exit_codes: bool = False,
 ) -> NodeOutcome:
     pgid = process.pid  # start_new_session: the node leads its own group
     live_process_groups.add(pgid)
@@ -192,12 +207,14 @@ async def _supervise(
                 except TimeoutError:
                     pass
     code = process.returncode
+    if signal_exit_codes and code is not None and 128 < code < 128 + 65:
+        code = -(code - 128)
     if reason == "cancelled":
         return NodeOutcome("cancelled", code, "Cancelled.")
     if reason == "timeout":
         return NodeOutcome("failed", code, f"Timed out after {timeout:g} s; the node was killed.")
     if code != 0:
-        return NodeOutcome("failed", code, _failure(code, tail))
+        return NodeOutcome("failed", code, _failure(code, tail, scratch))
     try:
         raw = (scratch / "output.json").read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -208,7 +225,12 @@ async def _supervise(
         return NodeOutcome("failed", code, "set_output() wrote a value that is not JSON.")
 
 
-def _failure(code: int | None, tail: collections.deque[str]) -> str:
+def _failure(code: int | None, tail: collections.deque[str], scratch: Path) -> str:
+    """
+    How the node ended, and its own message: what it raised or passed to
+    SystemExit, else its last line on stderr. Never a traceback: that (with
+    whatever paths it names) stays in the node's log.
+    """
     if code is not None and code < 0:
         try:
             name = signal.Signals(-code).name
@@ -219,8 +241,11 @@ def _failure(code: int | None, tail: collections.deque[str]) -> str:
             what += " (CPU time limit)"
     else:
         what = f"Exited with code {code}"
-    details = "\n".join(tail)
-    return f"{what}." + (f"\n{details}" if details else "")
+    try:
+        message = (scratch / "error.txt").read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        message = next((line.strip() for line in reversed(tail) if line.strip()), "")
+    return f"{what}." + (f"\n{message}" if message else "")
 
 
 async def _pump(

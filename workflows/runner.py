@@ -90,9 +90,10 @@ class Runner:
             # while we still can, then let the cancellation through.
             await self._close(control, hook, Status.FAILED, records.STOP_REASON)
             raise
-        except Exception as exc:
+        except Exception:
             logger.exception("Run %s failed", self.run.run_id)
-            status, error = Status.FAILED, f"Internal error: {exc}"
+            # The details (and the server's paths) go to the log, not to the client.
+            status, error = Status.FAILED, "Internal error; the server's log has the details."
         await self._close(control, hook, status, error)
 
     async def _run_nodes(self, control: RunControl, hook: WorkspaceArtifactHook) -> tuple[str, str]:

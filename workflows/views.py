@@ -6,7 +6,6 @@ from typing import Any
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -18,6 +17,7 @@ from attachments.access import (
     session_for,
 )
 from attachments.exceptions import JSONErrorsMixin, SessionNotFound
+from attachments.parsers import JSONParser
 from attachments.schema import errors, query
 from attachments.sessions import create_session
 from attachments.views import AccessPolicyMixin

@@ -120,6 +120,41 @@ def test_symlinks_are_never_registered(hook, store, tmp_path):
     assert not hook.check("n2")
 
 
+def test_hard_links_and_special_files_are_never_registered(hook, store, tmp_path):
+    outside = tmp_path / "database.sqlite3"
+    outside.write_bytes(b"SQLite format 3")
+    os.link(outside, store.workspace / "db-copy")
+    os.mkfifo(store.workspace / "pipe")
+    write(store, "real.txt", b"real")
+    assert names(hook.check("n1").created) == ["real.txt"]
+    # A recorded file replaced by a hard link is no longer a workspace file.
+    (store.workspace / "real.txt").unlink()
+    os.link(outside, store.workspace / "real.txt")
+    changes = hook.check("n2")
+    assert names(changes.deleted) == ["real.txt"] and not changes.created
+
+
+def test_unsafe_names_are_skipped_with_a_reason_and_never_fail(hook, store, caplog):
+    workspace = os.fsencode(store.workspace)
+    with open(os.path.join(workspace, b"bad-\xff\xfe.txt"), "wb") as undecodable:
+        undecodable.write(b"x")
+    write(store, "..\\..\\..\\zipslip.txt", b"slip")
+    write(store, "line\nbreak.txt", b"crlf")
+    write(store, "fine.txt", b"fine")
+    with caplog.at_level("WARNING", logger="artifacts.workspace"):
+        changes = hook.check("n1")
+    assert names(changes.created) == ["fine.txt"]
+    assert [e.name for e in store.entries()] == ["fine.txt"]
+    reasons = [r.getMessage() for r in caplog.records]
+    assert len(reasons) == 3 and all("not recording" in r for r in reasons)
+    # Reported once per path, not at every check.
+    caplog.clear()
+    write(store, "fine.txt", b"changed")
+    with caplog.at_level("WARNING", logger="artifacts.workspace"):
+        assert names(hook.check("n2").updated) == ["fine.txt"]
+    assert not caplog.records
+
+
 def test_a_file_registered_by_copy_is_not_reported_twice(hook, store):
     write(store, "chart.png", b"png")
     store.register_file("chart.png", node_id="plot")

@@ -203,6 +203,47 @@ class TestCreating:
     def test_anyone_may_create(self):
         assert APIClient().post("/api/sessions", {}, format="json").status_code == 201
 
+    def test_an_anonymous_proposed_id_is_refused_alike_whether_it_exists(self, session):
+        answers = [
+            APIClient().post("/api/sessions", {"session_id": sid}, format="json")
+            for sid in (session.session_id, "run-42-never-made")
+        ]
+        assert [a.status_code for a in answers] == [403, 403]
+        assert answers[0].content == answers[1].content
+        assert answers[0].json()["code"] == "session_id_not_allowed"
+        assert not Session.objects.filter(session_id="run-42-never-made").exists()
+        # A session's token is no authentication for creating another one.
+        other = APIClient().post(
+            "/api/sessions", {"session_id": "run-43"}, format="json", **bearer(session.token)
+        )
+        assert other.status_code == 403
+
+    def test_a_signed_in_user_may_propose_an_id(self, owner):
+        client = APIClient()
+        client.force_login(owner)
+        created = client.post("/api/sessions", {"session_id": "run-42"}, format="json")
+        assert created.status_code == 201 and created.json()["session_id"] == "run-42"
+        again = client.post("/api/sessions", {"session_id": "run-42"}, format="json")
+        assert (again.status_code, again.json()["code"]) == (409, "session_exists")
+
+    def test_a_jwt_may_propose_the_id_it_names_only(self):
+        token = make_jwt(sid="portal-run-7")
+        refused = APIClient().post(
+            "/api/sessions", {"session_id": "portal-run-8"}, format="json", **bearer(token)
+        )
+        assert refused.status_code == 403
+        created = APIClient().post(
+            "/api/sessions", {"session_id": "portal-run-7"}, format="json", **bearer(token)
+        )
+        assert created.status_code == 201
+        shown = APIClient().get("/api/sessions/portal-run-7", **bearer(token))
+        assert shown.status_code == 200
+
+    @pytest.mark.access_policy("open")
+    def test_the_open_policy_takes_proposed_ids_from_anyone(self):
+        created = APIClient().post("/api/sessions", {"session_id": "open-1"}, format="json")
+        assert created.status_code == 201
+
     def test_creation_can_be_throttled(self, settings):
         settings.ATTACHMENTS_SESSION_CREATE_RATE = "2/minute"
         cache.clear()

@@ -120,6 +120,27 @@ class TestLinks:
         assert "code_workspace/leak.txt" not in names
         assert b"not part of any session" not in build(session, compress=False)
 
+    def test_a_hard_link_to_a_file_outside_is_left_out(self, session, outside):
+        os.link(outside, session.directory / "code_workspace" / "db.sqlite3")
+        names = [e.arcname for e in walk_session(session.directory)]
+        assert "code_workspace/db.sqlite3" not in names
+        assert b"not part of any session" not in build(session, compress=False)
+
+    @pytest.mark.parametrize("compress", [True, False], ids=["deflated", "stored"])
+    def test_entry_names_never_hold_backslashes_or_control_characters(self, session, compress):
+        workspace = session.directory / "code_workspace"
+        (workspace / "..\\..\\..\\zipslip.txt").write_text("slip")
+        (workspace / "new\nline\x1b.txt").write_text("control")
+        with open(os.path.join(os.fsencode(workspace), b"bad-\xff.txt"), "wb") as undecodable:
+            undecodable.write(b"bytes")
+        with zipfile.ZipFile(io.BytesIO(build(session, compress=compress))) as built:
+            names = built.namelist()
+            assert built.read("code_workspace/.._.._.._zipslip.txt") == b"slip"
+        assert not any("\\" in n or any(ord(c) < 32 for c in n) for n in names)
+        assert "code_workspace/newline.txt" in names
+        assert "code_workspace/bad-\ufffd.txt" in names
+        assert all(".." not in n.split("/") for n in names)
+
     def test_a_link_to_a_directory_outside_is_not_followed(self, session, outside):
         (session.directory / "code_workspace" / "escape").symlink_to(outside.parent)
         names = [e.arcname for e in walk_session(session.directory)]

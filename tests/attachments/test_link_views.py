@@ -79,6 +79,27 @@ def test_a_link_opens_nothing_else(session):
         assert (response.status_code, response.json()) == (404, NOT_FOUND), url
 
 
+def test_a_link_opens_only_the_mode_and_disposition_it_was_made_for(session):
+    first = session.files[0]
+    base = f"/api/sessions/{session.session_id}/artifacts/{first.attachment_id}"
+    inline_link = mint(session, f"artifacts/{first.attachment_id}/link")
+    inline_sig = parse_qs(urlsplit(inline_link["url"]).query)["sig"][0]
+    download_link = mint(session, f"artifacts/{first.attachment_id}/link", download="true")
+    download_sig = parse_qs(urlsplit(download_link["url"]).query)["sig"][0]
+    for url in (
+        f"{base}?mode=meta&sig={inline_sig}",
+        f"{base}?sig={inline_sig}",
+        f"{base}?mode=stream&download=true&sig={inline_sig}",
+        f"{base}?mode=stream&sig={download_sig}",
+        f"{base}?mode=stream&download=false&sig={download_sig}",
+        f"{base}?mode=meta&download=true&sig={download_sig}",
+    ):
+        response = APIClient().get(url)
+        assert (response.status_code, response.json()) == (404, NOT_FOUND), url
+    opened = APIClient().get(f"{base}?mode=stream&sig={inline_sig}")
+    assert opened.status_code == 200 and opened["Content-Disposition"].startswith("inline")
+
+
 def test_a_zip_link_does_not_open_an_artifact(session):
     sig = parse_qs(urlsplit(mint(session, "download/link")["url"]).query)["sig"][0]
     url = f"/api/sessions/{session.session_id}/artifacts/{session.files[0].attachment_id}?sig={sig}"

@@ -112,6 +112,15 @@ class TestSanitizeFilename:
         assert safe_join("/base", clean).parent == Path("/base")
 
 
+@given(st.text(max_size=100))
+def test_a_safe_component_never_holds_a_separator_or_control_character(name: str):
+    clean = paths.safe_component(name)
+    assert clean not in {"", ".", ".."}
+    assert "/" not in clean and "\\" not in clean
+    assert not paths.has_unsafe_characters(clean)
+    assert paths.safe_component(".gitignore") == ".gitignore"
+
+
 def test_display_name_keeps_the_original_but_nul():
     assert paths.display_name('../../a "b"\r\n.txt') == '../../a "b"\r\n.txt'
     assert paths.display_name("a\x00b") == "ab"
@@ -142,6 +151,14 @@ class TestOpenInside:
         (tmp_path / "dir").mkdir()
         with pytest.raises(paths.NotARegularFile):
             paths.open_inside(tmp_path, tmp_path / "dir")
+
+    def test_refuses_a_hard_link_to_a_file_outside(self, tmp_path: Path):
+        base = tmp_path / "base"
+        base.mkdir()
+        (tmp_path / "db.sqlite3").write_text("secret")
+        os.link(tmp_path / "db.sqlite3", base / "copy")
+        with pytest.raises(paths.NotARegularFile):
+            paths.open_inside(base, base / "copy")
 
     def test_refuses_a_fifo_without_waiting_for_a_writer(self, tmp_path: Path):
         os.mkfifo(tmp_path / "fifo")

@@ -313,6 +313,54 @@ def test_human_input_over_the_control_socket(server, page, tmp_path):
         shot(page, "09-human-input-completed")
 
 
+def test_a_link_into_another_session_asks_before_switching(server, page):
+    with serving(server, page) as s:
+        mine = open_new_session(page, s.url)
+        assert page.inner_text("#current-session-id") == mine
+        assert mine in page.title()
+        theirs = httpx.post(f"{s.url}/api/sessions", json={}).json()
+        link = f"{s.url}/?session={theirs['session_id']}&token={theirs['token']}"
+
+        page.goto(link)
+        page.wait_for_selector("#link-confirm:visible")
+        assert page.inner_text("#link-session-id") == theirs["session_id"]
+        assert mine in page.inner_text("#link-current")
+        # The token left the address bar, and the page is still in its own session.
+        assert "token=" not in page.url
+        page.locator("#current-session-id", has_text=mine).wait_for()
+        shot(page, "10-link-asks-first")
+
+        page.click("#link-stay")
+        assert page.is_hidden("#link-confirm")
+        assert page.inner_text("#current-session-id") == mine
+        assert f"session={mine}" in page.url
+
+        page.goto(link)
+        page.wait_for_selector("#link-confirm:visible")
+        page.click("#link-open")
+        page.locator("#current-session-id", has_text=theirs["session_id"]).wait_for()
+        page.wait_for_selector("#feed-mode[data-state=live]")
+        assert page.inner_text("#session-name") == theirs["session_id"]
+        shot(page, "11-link-opened")
+
+        # Reloading the session the page is in asks nothing.
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]")
+        page.locator("#current-session-id", has_text=theirs["session_id"]).wait_for()
+        assert page.is_hidden("#link-confirm")
+
+
+def test_a_first_visit_by_link_asks_too(server, page):
+    with serving(server, page) as s:
+        theirs = httpx.post(f"{s.url}/api/sessions", json={}).json()
+        page.goto(f"{s.url}/?session={theirs['session_id']}&token={theirs['token']}")
+        page.wait_for_selector("#link-confirm:visible")
+        assert "not in any session" in page.inner_text("#link-current")
+        assert page.is_hidden("#workspace")
+        page.click("#link-open")
+        page.locator("#current-session-id", has_text=theirs["session_id"]).wait_for()
+
+
 def test_a_large_file_goes_by_tus_through_a_cut_connection_and_a_reload(server, page, tmp_path):
     import hashlib
 

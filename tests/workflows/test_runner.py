@@ -168,7 +168,9 @@ async def test_human_input_with_attachments_reaches_the_next_node(workflows_dir,
 
 
 async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_dir, tmp_path):
-    pid_file = tmp_path / "child.pid"
+    # The child is found by a marker on its command line: inside the sandbox's
+    # PID namespace the node sees other process ids than the host does.
+    marker = f"mac-test-child-{tmp_path.name}"
     write_workflow(
         workflows_dir,
         "slow",
@@ -176,11 +178,12 @@ async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_d
         nodes:
           - id: sleeper
             type: python
-            timeout: 1
+            timeout: 3
             code: |
-              import subprocess, time
-              child = subprocess.Popen(["sleep", "60"])
-              open({str(pid_file)!r}, "w").write(str(child.pid))
+              import subprocess, sys, time
+              child = subprocess.Popen(
+                  [sys.executable, "-c", "import time; time.sleep(60)", {marker!r}]
+              )
               print("sleeping", flush=True)
               time.sleep(60)
           - id: never
@@ -189,13 +192,28 @@ async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_d
     """,
     )
     async with asgi_client() as client:
-        run = await finished(client, (await execute(client, workflow="slow"))["run_id"])
+        started = await execute(client, workflow="slow")
+        await until(lambda: _processes_with(marker), timeout=10)
+        run = await finished(client, started["run_id"])
     assert run["status"] == "failed"
     assert [n["status"] for n in run["nodes"]] == ["failed", "skipped"]
-    assert "Timed out after 1 s" in run["nodes"][0]["error"]
+    assert "Timed out after 3 s" in run["nodes"][0]["error"]
     assert "Timed out" in run["error"]
-    child = int(pid_file.read_text())
-    await until(lambda: not _alive(child), timeout=10)
+    await until(lambda: not any(_alive(pid) for pid in _processes_with(marker)), timeout=10)
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                if marker.encode() in cmdline.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -252,7 +270,7 @@ async def _status_is(client, run_id: str, status: str) -> bool:
     return (await run_status(client, run_id))["status"] == status
 
 
-async def test_a_crashing_node_fails_the_run_with_its_traceback(workflows_dir):
+async def test_a_crashing_node_fails_the_run_with_its_own_message(workflows_dir):
     write_workflow(
         workflows_dir,
         "crash",
@@ -262,19 +280,45 @@ async def test_a_crashing_node_fails_the_run_with_its_traceback(workflows_dir):
             type: python
             code: |
               print("about to fail")
-              raise RuntimeError("the data is wrong")
+              def check(data):
+                  raise RuntimeError("the data is wrong")
+              check(None)
     """,
     )
     async with asgi_client() as client:
         started = await execute(client, workflow="crash")
-        run = await finished(client, started["run_id"])
-        second = await execute(client, workflow="crash", session_id=started["session_id"])
-        await finished(client, second["run_id"])
+        async with Listener(started["session_id"]) as ws:
+            run = await finished(client, started["run_id"])
+            second = await execute(client, workflow="crash", session_id=started["session_id"])
+            await finished(client, second["run_id"])
+            logged = await ws.wait_for("node_log", lambda m: m["data"]["stream"] == "stderr")
     node = run["nodes"][0]
     assert (run["status"], node["status"], node["exit_code"]) == ("failed", "failed", 1)
-    assert "Exited with code 1" in node["error"]
-    assert "RuntimeError: the data is wrong" in node["error"]
+    assert node["error"] == "Exited with code 1.\nRuntimeError: the data is wrong"
+    assert run["error"] == "Node 'boom' failed: " + node["error"]
+    # The traceback goes to the node's log, from the script's own frames on.
+    trace = "\n".join(logged["data"]["lines"])
+    assert "Traceback" in trace and "in check" in trace
+    assert "runpy" not in trace and "workflows/node.py" not in trace
     assert (await Session.objects.aget(session_id=started["session_id"])).status == "failed"
+
+
+async def test_a_node_that_exits_with_a_message_shows_it(workflows_dir):
+    write_workflow(
+        workflows_dir,
+        "refuse",
+        """
+        nodes:
+          - id: refuse
+            type: python
+            code: raise SystemExit("No CSV attachment was given to this run.")
+    """,
+    )
+    async with asgi_client() as client:
+        run = await finished(client, (await execute(client, workflow="refuse"))["run_id"])
+    assert run["nodes"][0]["error"] == (
+        "Exited with code 1.\nNo CSV attachment was given to this run."
+    )
 
 
 async def test_nodes_get_no_server_secrets_and_run_in_the_workspace(
@@ -312,6 +356,30 @@ async def test_nodes_get_no_server_secrets_and_run_in_the_workspace(
     assert env["EXTRA"] == "given"
     assert output["cwd"] == output["root"] == env["HOME"]
     assert output["root"].endswith("/code_workspace")
+
+
+async def test_names_a_node_cannot_record_are_skipped_without_failing_the_run(
+    workflows_dir, warehouse
+):
+    write_workflow(
+        workflows_dir,
+        "names",
+        """
+        nodes:
+          - id: names
+            type: python
+            code: |
+              import os
+              open(os.path.join(b".", b"bad-\\xff.txt"), "wb").write(b"x")
+              open("..\\\\..\\\\zipslip.txt", "w").write("slip")
+              open("result.json", "w").write("{}")
+    """,
+    )
+    async with asgi_client() as client:
+        run = await finished(client, (await execute(client, workflow="names"))["run_id"])
+    assert run["status"] == "completed", run
+    recorded = [a["name"] for a in manifest(run["session_id"], warehouse)]
+    assert recorded == ["result.json"]
 
 
 async def test_a_node_over_its_memory_limit_fails(workflows_dir, settings):

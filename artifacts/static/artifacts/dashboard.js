@@ -1,7 +1,14 @@
 // The session dashboard: wires the session picker, uploads, attachments,
 // the live artifact feed, previews and workflow runs together.
 
-import { ApiError, adoptTokenFromLocation, api, setToken } from "./dashboard/api.js";
+import {
+  ApiError,
+  api,
+  linkFromLocation,
+  rememberSession,
+  rememberedSession,
+  setToken,
+} from "./dashboard/api.js";
 import { $, extensionOf, formatBytes, formatTime, h, show, showError } from "./dashboard/dom.js";
 import { ArtifactFeed } from "./dashboard/feed.js";
 import { Preview, previewKind } from "./dashboard/preview.js";
@@ -79,6 +86,11 @@ function enterSession(session) {
   state.selected = new Set();
   $("#session-id").value = session.session_id;
   $("#session-name").textContent = session.session_id;
+  // Always on screen: which session this page is in, so a switch never goes unnoticed.
+  $("#current-session-id").textContent = session.session_id;
+  show($("#current-session"), true);
+  document.title = `Session ${session.session_id} – Session dashboard`;
+  rememberSession(session.session_id);
   const url = new URL(location.href);
   url.searchParams.set("session", session.session_id);
   history.replaceState(null, "", url);
@@ -271,13 +283,54 @@ async function loadLimits() {
   }
 }
 
+// A link into a session (`/?session=S&token=T`) may come from anyone: the
+// page asks before it switches, and says which session it would leave.
+// Reloading the session this tab is already in needs no question.
+
+function handleLink() {
+  const { sessionId, token } = linkFromLocation();
+  const current = rememberedSession();
+  if (!sessionId || !SESSION_ID.test(sessionId)) return;
+  if (sessionId === current && !token) {
+    openSession(sessionId);
+    return;
+  }
+  // Meanwhile the page stays in the session it was in.
+  if (current) openSession(current);
+  askToOpen(sessionId, token, current);
+}
+
+function askToOpen(sessionId, token, current) {
+  const banner = $("#link-confirm");
+  $("#link-session-id").textContent = sessionId;
+  $("#link-current").textContent = current
+    ? `You are in session ${current}; it stays as it is.`
+    : "You are not in any session yet.";
+  show(banner, true);
+  const decide = (accepted) => {
+    show(banner, false);
+    $("#link-open").onclick = null;
+    $("#link-stay").onclick = null;
+    if (accepted) {
+      if (token) setToken(token);
+      openSession(sessionId);
+      return;
+    }
+    const url = new URL(location.href);
+    if (current) url.searchParams.set("session", current);
+    else url.searchParams.delete("session");
+    history.replaceState(null, "", url);
+  };
+  $("#link-open").onclick = () => decide(true);
+  $("#link-stay").onclick = () => decide(false);
+  $("#link-open").focus();
+}
+
 function main() {
-  adoptTokenFromLocation();
   bindSessionForm();
   loadLimits();
   runs.loadWorkflows();
-  const requested = new URL(location.href).searchParams.get("session");
-  if (requested && SESSION_ID.test(requested)) openSession(requested);
+  handleLink();
   document.body.dataset.ready = "true";
 }
 

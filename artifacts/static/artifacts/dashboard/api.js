@@ -26,14 +26,32 @@ export function setToken(token) {
   else sessionStorage.removeItem(TOKEN_KEY);
 }
 
-/** Take a `?token=` the page was opened with, and drop it from the address bar. */
-export function adoptTokenFromLocation() {
+const SESSION_KEY = "mac.dashboard.session";
+
+/** The session this tab was last in (its token is the one kept), or "". */
+export function rememberedSession() {
+  return sessionStorage.getItem(SESSION_KEY) || "";
+}
+
+export function rememberSession(sessionId) {
+  sessionStorage.setItem(SESSION_KEY, sessionId);
+}
+
+/**
+ * The session and token a link opened the page with (`?session=S&token=T`).
+ * The token leaves the address bar at once, but is not adopted here: a link
+ * can come from anyone, and switching into their session silently would let
+ * them receive what this person uploads next. The page asks first.
+ */
+export function linkFromLocation() {
   const url = new URL(location.href);
-  const token = url.searchParams.get("token");
-  if (!token) return;
-  setToken(token);
-  url.searchParams.delete("token");
-  history.replaceState(null, "", url);
+  const sessionId = url.searchParams.get("session") || "";
+  const token = url.searchParams.get("token") || "";
+  if (token) {
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url);
+  }
+  return { sessionId, token };
 }
 
 export function apiPath(path) {
