@@ -178,6 +178,14 @@ class TestBadInput:
         assert reply.body["code"] in {"invalid_multipart", "missing_file"}
         assert_nothing_kept(session)
 
+    @pytest.mark.parametrize("length", [257, 4096])
+    def test_a_boundary_far_longer_than_any_client_sends(self, client, session, length):
+        body, content_type = multipart([("file", "a.txt", b"x")], boundary="b" * length)
+        reply = client.post(f"/api/uploads/{session.session_id}", body, content_type)
+        assert (reply.status, reply.body["code"]) == (400, "invalid_multipart")
+        assert "boundary" in reply.body["detail"]
+        assert_nothing_kept(session)
+
     def test_over_the_limit(self, client, session, settings):
         settings.ATTACHMENTS_MAX_UPLOAD_BYTES = 1000
         reply = upload(client, session.session_id, b"x" * 1001)
