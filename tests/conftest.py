@@ -13,6 +13,11 @@ os.environ.setdefault("MAC_RECONCILE_AT_START", "0")
 # pytest-django may have loaded the settings before the line above ran; test
 # modules import macproject.asgi while they are collected.
 django_settings.ATTACHMENTS_RECONCILE_AT_START = False
+# The test process itself runs without PostgreSQL's pool: tests hand one
+# connection between the threads of in-process requests and close it between
+# tests, which a pool does not expect. The servers the tests start use the
+# pool, as deployments do.
+django_settings.DATABASES["default"].get("OPTIONS", {}).pop("pool", None)
 
 # .ci/run sets this for its PostgreSQL + Redis pass: there, a test marked
 # `services` that does not run is a failure, not a skip.
