@@ -257,7 +257,7 @@ class PatchWriter:
         self, upload: ResumableUpload, offset: int, checksum: tuple[str, bytes] | None
     ) -> None:
         self.upload = upload
-        if upload.offset == upload.length and offset == upload.length and upload.length:
+        if upload.offset == upload.length and upload.length:
             raise OffsetMismatch("Every byte of this upload arrived already.", offset=upload.offset)
         try:
             self.lock_fd = paths.lock_directory(upload.directory, blocking=False)

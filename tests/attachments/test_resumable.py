@@ -111,6 +111,9 @@ def test_upload_in_chunks_becomes_an_attachment(client, session):
     assert (session.directory / attachment.path).read_bytes() == data
     # A client that lost the last answer learns every byte arrived.
     assert client.head(location, **TUS)["Upload-Offset"] == "300000"
+    for offset in (5, 300_000):
+        again = patch(client, location, offset, b"x")
+        assert (again.status_code, again.json()["offset"]) == (409, 300_000)
 
 
 def test_creation_with_upload_and_an_empty_file(client, session):
