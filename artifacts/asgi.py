@@ -33,6 +33,7 @@ from django.http.response import HttpResponseBase
 
 from attachments.access import authorize_scope
 from attachments.asgi import resolve_http
+from attachments.exceptions import server_error_response
 
 from . import shutdown
 from .cancellation import cancel_and_wait
@@ -127,14 +128,14 @@ class EventFeedMiddleware:
                 None if last_event_id is None else last_event_id.decode("latin-1"),
                 lambda: authorize_scope(scope, session_id),
             )
-        except Exception:
+        except Exception as exc:
             logger.exception("Artifact event feed failed")
-            await _send_json(
-                send,
-                request,
-                500,
-                {"detail": "The server failed to handle this request.", "code": "server_error"},
-            )
+            # A database or layer outage is a 503 with Retry-After, as everywhere else.
+            status, payload, extra = server_error_response(exc)
+            response = JsonResponse(payload, status=status, headers=PAGE_HEADERS)
+            for name, value in extra:
+                response[name.decode()] = value.decode()
+            await _send_response(send, request, response)
             return
         if isinstance(stream, dict):
             await _send_json(send, request, status, stream)
