@@ -182,7 +182,39 @@ def _commit_with_retry(session: Session, batch: list[PendingFile]) -> None:
             raise
         logger.warning("Retrying a commit after a database error", exc_info=True)
         connection.close()
-        _commit_locked(session, [item for item in batch if not item.done])
+        remaining = [item for item in batch if not item.done]
+        # The error may have come after the COMMIT took effect (a backend
+        # terminated while answering it): those rows stand, and their files
+        # and entries are finished rather than recorded twice.
+        committed = {
+            row.attachment_id: row
+            for row in Attachment.objects.filter(
+                attachment_id__in=[item.entry.attachment_id for item in remaining]
+            )
+        }
+        if committed:
+            _finish_committed(
+                session, [i for i in remaining if i.entry.attachment_id in committed], committed
+            )
+        _commit_locked(session, [item for item in remaining if not item.done])
+
+
+def _finish_committed(
+    session: Session, items: list[PendingFile], rows: dict[str, Attachment]
+) -> None:
+    """Publish the files and manifest entries of rows a failed-looking COMMIT did record."""
+    manifest = manifest_for(session)
+    with manifest.lock():
+        document = manifest.read()
+        listed = {entry.attachment_id for entry in document.attachments}
+        for item in items:
+            item.received.publish()
+            item.received.sync()
+            if item.entry.attachment_id not in listed:
+                document.append(item.entry)
+        manifest.save(document)
+    for item in items:
+        item.succeed(rows[item.entry.attachment_id])
 
 
 def _commit_locked(session: Session, batch: list[PendingFile]) -> None:
@@ -215,18 +247,29 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
                     raise SessionNotFound() from None
                 raise
             published.append(item)
+        # The files' fsyncs run beside the transaction and the manifest's.
+        syncs = {item: _syncers.submit(item.received.sync) for item in batch}
         with transaction.atomic():
             accepted = _record_rows(session, batch)
             for item, _attachment in accepted:
                 document.append(item.entry)
             if accepted:
                 prepared = manifest.prepare(document)
+            unsynced = {
+                item: error
+                for item, done in syncs.items()
+                if (error := done.exception()) is not None and not item.done
+            }
+            if unsynced:
+                raise _SyncFailed(unsynced)
     except BaseException:
         if prepared is not None:
             manifest.discard(prepared)
+        # Back to staging, not removed: a retry (after a dropped database
+        # connection) records them from there, and a failure removes them.
         for item in published:
             if not item.done:
-                item.received.discard()
+                item.received.unpublish()
         raise
     # The commit point has passed: from here on nothing is undone.
     if prepared is not None:

@@ -141,3 +141,35 @@ def test_usage_counters_follow_uploads_and_purges():
     assert (usage(session).files, usage(session).bytes) == (2, 42)
     purge_attachments(session)
     assert (usage(session).files, usage(session).bytes) == (0, 0)
+
+
+@pytest.mark.services
+def test_a_backend_terminated_mid_commit_is_retried_and_keeps_the_file():
+    """A real terminated PostgreSQL backend, at the first insert of the batch."""
+    import psycopg
+    from django.db import connection
+
+    session = new_session()
+    item = receive(session, "kept.bin", b"every byte" * 100)
+    terminated = []
+
+    def terminate_once(execute, sql, params, many, context):
+        if not terminated and sql.startswith('INSERT INTO "attachments_attachment"'):
+            pid = connection.connection.info.backend_pid
+            settings = connection.settings_dict
+            with psycopg.connect(
+                host=settings["HOST"] or "127.0.0.1",
+                port=settings["PORT"] or 5432,
+                user=settings["USER"],
+                dbname=settings["NAME"],
+                autocommit=True,
+            ) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", [pid])
+            terminated.append(pid)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(terminate_once):
+        attachment = accept_upload(session, item)
+    assert terminated
+    assert (session.directory / attachment.path).read_bytes() == b"every byte" * 100
+    assert set(assert_consistent(session)) == {attachment.attachment_id}
