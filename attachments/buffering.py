@@ -103,7 +103,17 @@ def guard_daphne() -> None:
             if gate is None:
                 gate = self._gate = _Gate()
                 self.registerProducer(gate, True)
-            return gate.wait()
+            return gate.wait(self._gone)
+
+        def _gone(self) -> bool:
+            channel = getattr(self, "channel", None)
+            transport = getattr(channel, "transport", None)
+            return (
+                getattr(self, "_connection_lost", False)
+                or transport is None
+                or bool(getattr(transport, "disconnecting", False))
+                or bool(getattr(transport, "disconnected", False))
+            )
 
         def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted's name)
             # A paused download must not wait for a client that left.
@@ -176,8 +186,17 @@ class _Gate:
     def stopProducing(self) -> None:  # noqa: N802 (Twisted's name)
         self._open.set()  # the client left: let the application find out by itself
 
-    async def wait(self) -> None:
-        await self._open.wait()
+    async def wait(self, gone: Any = None) -> None:
+        """Until the transport takes more, or (checked every second) the client is gone."""
+        import asyncio
+
+        while not self._open.is_set():
+            if gone is not None and gone():
+                return
+            try:
+                await asyncio.wait_for(self._open.wait(), 1.0)
+            except TimeoutError:
+                continue
 
 
 class _Discard:

@@ -164,6 +164,20 @@ class Deployment:
     def mounted(self) -> bool:
         return bool(self.state.get("WAREHOUSE_SIZE"))
 
+    def reload_nginx(self, *args: str) -> None:
+        """Run a run-local.sh command that reloads nginx; return once new nginx workers serve."""
+        master = int((self.directory / "run" / "nginx.pid").read_text().strip())
+
+        def children() -> set[int]:
+            found = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+            return {int(pid) for pid in found.stdout.split()}
+
+        before = children()
+        self.run(*args)
+        deadline = time.monotonic() + 15
+        while not (children() - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def worker_pid(self, index: int) -> int | None:
         try:
             return int((self.directory / "run" / f"worker-{index}.pid").read_text())
@@ -851,6 +865,9 @@ class Soak:
         threading.Thread(target=sse_client, daemon=True).start()
         if not opened.wait(15):
             phase.notes.append(f"no SSE stream could be opened on worker {index}")
+        # As a rolling restart does it: out of nginx first (a graceful reload), so
+        # that nginx does not write a request into a connection the worker closes.
+        self.deployment.reload_nginx("worker", str(index), "drain")
         t0 = time.monotonic()
         os.kill(pid, signal.SIGTERM)
         deadline = t0 + grace + 5
@@ -885,6 +902,7 @@ class Soak:
             phase.failures.append(("undrained", "the SSE stream ended without a retry: hint"))
         (self.deployment.directory / "run" / f"worker-{index}.pid").unlink(missing_ok=True)
         took = self.start_worker(index)
+        self.deployment.reload_nginx("worker", str(index), "undrain")
         phase.notes.append(f"replacement ready in {took:.1f} s")
 
     # The run ------------------------------------------------------------------------
