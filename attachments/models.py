@@ -135,7 +135,10 @@ class ResumableUpload(models.Model):
 
     upload_id = models.CharField(_("upload id"), max_length=64, unique=True)
     session = models.ForeignKey(
-        Session, on_delete=models.CASCADE, related_name="resumable_uploads", verbose_name=_("session")
+        Session,
+        on_delete=models.CASCADE,
+        related_name="resumable_uploads",
+        verbose_name=_("session"),
     )
     attachment_id = models.CharField(_("attachment id"), max_length=80, unique=True)
     name = models.CharField(_("name"), max_length=paths.MAX_DISPLAY_NAME_CHARS)

@@ -205,13 +205,6 @@ def reconcile_warehouse(repair: bool = True) -> Report:
     return report
 
 
-def complete_manifest(session: Session) -> None:
-    """Write back the entries of committed rows that the manifest lacks."""
-    manifest = manifest_for(session)
-    with manifest.locked() as document:
-        sync_locked(session, manifest, document)
-
-
 def reconcile_in_background(attempts: int = 5) -> threading.Thread:
     """
     Reconcile the warehouse on a thread of its own, logging what was done. A

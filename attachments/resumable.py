@@ -282,7 +282,7 @@ class PatchWriter:
             self.expected_chunk_digest = checksum[1] if checksum else None
             self.written = 0
         except BaseException:
-            self._release()
+            self.release()
             raise
 
     def _rehash(self, upto: int) -> Any:
@@ -403,16 +403,13 @@ class PatchWriter:
         _digests.forget(upload.upload_id)
         return attachment
 
-    def _release(self) -> None:
+    def release(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         if self.lock_fd is not None:
             os.close(self.lock_fd)
             self.lock_fd = None
-
-    def release(self) -> None:
-        self._release()
 
 
 def open_patch(session: Session, upload_id: str, headers: Mapping[str, str]) -> PatchWriter:

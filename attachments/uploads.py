@@ -309,7 +309,7 @@ def receive_upload(request: HttpRequest, session: Session) -> ReceivedFile:
         request.META.get("CONTENT_TYPE", "").encode("latin-1"),
         _int_or_none(request.META.get("CONTENT_LENGTH")),
     )
-    return receive_body(admission, _read_chunks(request, conf.UPLOAD_BUFFER_BYTES))
+    return receive_body(admission, request_chunks(request, conf.UPLOAD_BUFFER_BYTES))
 
 
 def _int_or_none(value: object) -> int | None:
@@ -319,7 +319,8 @@ def _int_or_none(value: object) -> int | None:
         return None
 
 
-def _read_chunks(request: HttpRequest, size: int) -> Any:
+def request_chunks(request: HttpRequest, size: int) -> Any:
+    """A Django request's body, read `size` bytes at a time."""
     while chunk := request.read(size):
         yield chunk
 

@@ -44,7 +44,7 @@ from .serializers import (
 from .serving import data_uri, serve_archive, serve_artifact
 from .sessions import create_session, purge_session
 from .throttling import SessionCreateThrottle
-from .uploads import FILE_FIELD, accept_upload, receive_upload, streamed_upload
+from .uploads import FILE_FIELD, accept_upload, receive_upload, request_chunks, streamed_upload
 
 
 class LimitsView(JSONErrorsMixin, APIView):
@@ -428,7 +428,7 @@ class ResumableUploadMixin(SessionScopedMixin):
         """Append the request's body with `writer`; the upload, recorded if that was all of it."""
         whole = False
         try:
-            for chunk in _request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES):
+            for chunk in request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES):
                 writer.write(chunk)
             whole = True
         finally:
@@ -444,11 +444,6 @@ class ResumableUploadMixin(SessionScopedMixin):
             # Not part of tus: where the finished upload can be found.
             response["Attachment-Id"] = upload.attachment_id
         return response
-
-
-def _request_chunks(request: Any, size: int) -> Any:
-    while chunk := request.read(size):
-        yield chunk
 
 
 class ResumableUploadsView(ResumableUploadMixin, APIView):
