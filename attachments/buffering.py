@@ -124,10 +124,14 @@ def guard_daphne() -> None:
             super().connectionLost(reason)
 
         def unregister_gate(self) -> None:
-            if getattr(self, "_gate", None) is not None:
-                self._gate.resumeProducing()
+            gate, self._gate = getattr(self, "_gate", None), None
+            if gate is None:
+                return
+            gate.resumeProducing()
+            # Once the connection is lost Twisted has dropped the channel and
+            # its producer with it: there is nothing left to unregister.
+            if getattr(self, "channel", None) is not None:
                 self.unregisterProducer()
-                self._gate = None
 
         def _refuse(self, limit: int) -> None:
             self._refused = True

@@ -683,7 +683,13 @@ class FileBodyMiddleware:
             elif pending is not None and message["type"] == "http.response.body":
                 if not message.get("more_body"):
                     body, pending = pending, None
-                    await _send_file(send, body, slot.pathsend)
+                    try:
+                        await _send_file(send, body, slot.pathsend)
+                    finally:
+                        # The response closes it too, but only if the send
+                        # ended well: a server that fails a send mid-way
+                        # must not leave the file open.
+                        body.file.close()
             else:
                 await send(message)
 
