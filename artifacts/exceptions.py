@@ -8,16 +8,9 @@ from __future__ import annotations
 
 from rest_framework import status
 
+# The feed's parameters are read as the zip's are (`attachments.parameters`).
 from attachments.exceptions import ApiError
-
-
-class InvalidParameter(ApiError):
-    default_detail = "A query parameter is invalid."
-    default_code = "invalid_parameter"
-
-    def __init__(self, parameter: str, detail: str) -> None:
-        super().__init__(detail, parameter=parameter)
-        self.parameter = parameter
+from attachments.exceptions import InvalidParameter as InvalidParameter
 
 
 class CursorError(ApiError):

@@ -16,8 +16,6 @@ sequence is `CursorAhead`, one below what retention kept is `CursorExpired`.
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -28,20 +26,16 @@ from django.db.models import Q, QuerySet
 
 from attachments.exceptions import SessionNotFound
 from attachments.models import Session
+from attachments.selection import FileFilters
 from attachments.sessions import validate_session_id
 
 from .conf import conf
-from .exceptions import CursorAhead, CursorExpired, InvalidParameter
+from .exceptions import CursorAhead, CursorExpired
 from .models import ArtifactEvent, EventStream
+from .serializers import FeedParameters, LongPollParameters
 from .wakeups import SessionWatch, hub
 
 T = TypeVar("T")
-
-MAX_FILTER_ITEMS = 50
-_DIGITS = re.compile(r"^[0-9]{1,18}$")
-_MIME_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
-_MIME = re.compile(rf"^({_MIME_TOKEN})/({_MIME_TOKEN}|\*)?$")
-_EXT = re.compile(r"^[a-z0-9_+~-]+(\.[a-z0-9_+~-]+)*$")
 
 
 @dataclass(frozen=True)
@@ -54,6 +48,19 @@ class Filters:
     # Multi-part extensions ("tar.gz") are matched on the end of the name.
     compound_exts: tuple[str, ...] = ()
     max_size: int | None = None
+
+    @classmethod
+    def from_selection(cls, selected: FileFilters) -> Filters:
+        """The same filters as the zip's, split the way the event query uses them."""
+        mime_types = selected.mime_types
+        extensions = selected.extensions
+        return cls(
+            mimes=tuple(mime for mime in mime_types if not mime.endswith("/")),
+            mime_prefixes=tuple(mime for mime in mime_types if mime.endswith("/")),
+            exts=tuple(ext for ext in extensions if "." not in ext),
+            compound_exts=tuple(ext for ext in extensions if "." in ext),
+            max_size=selected.max_size,
+        )
 
     def apply(self, events: QuerySet[ArtifactEvent]) -> QuerySet[ArtifactEvent]:
         if self.mimes or self.mime_prefixes:
@@ -112,107 +119,24 @@ class Page:
         }
 
 
-def _items(value: object, parameter: str) -> list[str]:
-    if isinstance(value, str):
-        raw = value.split(",")
-    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        raw = [part for v in value for part in v.split(",")]
-    else:
-        raise InvalidParameter(parameter, f"{parameter} must be a comma-separated list.")
-    items = [item.strip().lower() for item in raw if item.strip()]
-    if len(items) > MAX_FILTER_ITEMS:
-        raise InvalidParameter(parameter, f"{parameter} takes at most {MAX_FILTER_ITEMS} items.")
-    return items
-
-
-def _count(
-    value: object, parameter: str, detail: str, minimum: int = 0, maximum: int | None = None
-) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, str) and _DIGITS.match(value.strip()):
-        number = int(value.strip())
-    else:
-        raise InvalidParameter(parameter, detail)
-    if number < minimum or (maximum is not None and number > maximum):
-        raise InvalidParameter(parameter, detail)
-    return number
-
-
 def parse_filters(params: Mapping[str, object]) -> Filters:
-    mimes: list[str] = []
-    prefixes: list[str] = []
-    for item in _items(params.get("include_mime", ""), "include_mime"):
-        match = _MIME.match(item)
-        if match is None:
-            raise InvalidParameter(
-                "include_mime",
-                "include_mime must list MIME types such as image/png, or prefixes such as image/.",
-            )
-        if match.group(2) in (None, "*"):
-            prefixes.append(match.group(1) + "/")
-        else:
-            mimes.append(item)
-    exts: list[str] = []
-    compound: list[str] = []
-    for item in _items(params.get("include_ext", ""), "include_ext"):
-        item = item.lstrip(".")
-        if len(item) > 32 or not _EXT.match(item):
-            raise InvalidParameter(
-                "include_ext", "include_ext must list file extensions such as png or .csv."
-            )
-        (compound if "." in item else exts).append(item)
-    max_size = params.get("max_size")
-    return Filters(
-        mimes=tuple(mimes),
-        mime_prefixes=tuple(prefixes),
-        exts=tuple(exts),
-        compound_exts=tuple(compound),
-        max_size=None
-        if max_size is None
-        else _count(max_size, "max_size", "max_size must be a whole number of bytes."),
-    )
+    """The file filters of a feed query (see `attachments.selection`)."""
+    return Filters.from_selection(FileFilters.from_query(params))
 
 
 def parse_query(params: Mapping[str, object], *, waiting: bool = True) -> FeedQuery:
     """
-    Read a feed query from request parameters (one value each). Raises
-    `InvalidParameter` naming the first bad one. `wait_seconds` is only read
-    when `waiting` (the long-poll).
+    Read a feed query from request parameters (one value each, or JSON
+    values from a socket's message). Raises `InvalidParameter` naming the
+    first bad one. `wait_seconds` is only read when `waiting` (the long-poll).
     """
-    after = params.get("after")
-    max_page = conf.MAX_PAGE_SIZE
-    limit = params.get("limit")
-    wait: float = 0.0
-    if waiting and params.get("wait_seconds") is not None:
-        wait = _seconds(params["wait_seconds"], "wait_seconds", conf.MAX_WAIT_SECONDS)
+    values = (LongPollParameters if waiting else FeedParameters).read(params)
     return FeedQuery(
-        after=None
-        if after is None
-        else _count(after, "after", "after must be a sequence number (a whole number, 0 or more)."),
-        limit=max_page
-        if limit is None
-        else _count(
-            limit, "limit", f"limit must be a whole number from 1 to {max_page}.", 1, max_page
-        ),
-        wait_seconds=wait,
-        filters=parse_filters(params),
+        after=values.get("after"),
+        limit=values["limit"],
+        wait_seconds=values.get("wait_seconds", 0.0),
+        filters=Filters.from_selection(FileFilters.from_parameters(values)),
     )
-
-
-def _seconds(value: object, parameter: str, maximum: float) -> float:
-    detail = f"{parameter} must be a number of seconds from 0 to {maximum:g}."
-    try:
-        seconds = (
-            float(value)
-            if isinstance(value, str | int | float) and not isinstance(value, bool)
-            else None
-        )
-    except ValueError:
-        seconds = None
-    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= maximum:
-        raise InvalidParameter(parameter, detail)
-    return seconds
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from functools import partial
 
 from attachments.exceptions import ApiError, error_payload
+from attachments.parameters import whole_number
 
 from .conf import conf
 from .exceptions import InvalidParameter
@@ -37,10 +38,13 @@ def parse_stream_query(params: Mapping[str, object], last_event_id: str | None) 
     """The stream's query; a `Last-Event-ID` header (a reconnecting browser) wins over `after`."""
     query = parse_query(params, waiting=False)
     if last_event_id is not None and last_event_id.strip():
-        value = last_event_id.strip()
-        if not value.isascii() or not value.isdigit() or len(value) > 18:
-            raise InvalidParameter("Last-Event-ID", "Last-Event-ID must be a sequence number.")
-        query = replace(query, after=int(value))
+        try:
+            after = whole_number(last_event_id)
+        except ValueError:
+            raise InvalidParameter(
+                "Last-Event-ID", "Last-Event-ID must be a sequence number."
+            ) from None
+        query = replace(query, after=after)
     return query
 
 

@@ -22,13 +22,18 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
+from rest_framework.views import APIView
 
-from attachments.access import aauthorize_request
+from attachments.access import DjangoUserAuthentication, aauthorize_request
 from attachments.exceptions import ApiError, error_payload
+from attachments.schema import ErrorSerializer
 
 from . import sse
 from .feed import parse_query, poll
+from .serializers import EventPageSerializer, FeedParameters, LongPollParameters
 
 PAGE_HEADERS = {"Cache-Control": "no-store"}
 
@@ -71,8 +76,74 @@ def _method_not_allowed(request: HttpRequest) -> HttpResponse:
     return response
 
 
+# The views are plain async functions (DRF views hold a thread), so
+# drf-spectacular, which only reads DRF views, is shown an APIView that
+# carries their OpenAPI description instead: it looks for one in the
+# callback's `cls` and `initkwargs`, which `as_view()` would set. Requests
+# never reach these classes.
+class _Described(APIView):
+    authentication_classes = [DjangoUserAuthentication]
+    permission_classes: list[Any] = []
+
+
+FEED_ERRORS = {
+    status: OpenApiResponse(ErrorSerializer, description=description)
+    for status, description in (
+        (400, "A bad parameter (named in `parameter`) or session id."),
+        (404, "No such session, or one the caller may not reach."),
+        (405, "Only GET."),
+        (410, "cursor_ahead or cursor_expired, with `resume_after`."),
+    )
+}
+
+
+class _EventPageOperation(_Described):
+    @extend_schema(
+        operation_id="artifact_events_page",
+        summary="A page of the session's artifact events after a cursor (long-poll).",
+        tags=["artifact-events"],
+        parameters=[LongPollParameters],
+        responses={200: EventPageSerializer, **FEED_ERRORS},
+    )
+    def get(self, request: Any, session_id: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _EventStreamOperation(_Described):
+    @extend_schema(
+        operation_id="artifact_events_stream",
+        summary="The same events as Server-Sent Events; resume with Last-Event-ID.",
+        tags=["artifact-events"],
+        parameters=[FeedParameters],
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description=(
+                    "One `id:` (the sequence) and `data:` (an ArtifactEvent) per event. "
+                    "An `id:`-only block moves the resume point past events the filters "
+                    "dropped; it is no event (clients that yield it, with empty data, "
+                    "skip it but keep its id)."
+                ),
+            ),
+            **FEED_ERRORS,
+        },
+    )
+    def get(self, request: Any, session_id: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+def _described_by(operation: type[APIView]) -> Callable[[Any], Any]:
+    def mark(view: Any) -> Any:
+        view.cls = operation
+        view.initkwargs = {}
+        return view
+
+    return mark
+
+
 # These views only read. Exempting them from CSRF lets other methods get the
 # JSON 405 below rather than the CSRF failure page.
+@_described_by(_EventPageOperation)
 @csrf_exempt
 async def artifact_events(request: HttpRequest, session_id: str) -> HttpResponse:
     """
@@ -87,6 +158,7 @@ async def artifact_events(request: HttpRequest, session_id: str) -> HttpResponse
     return JsonResponse(body, status=status, headers=PAGE_HEADERS)
 
 
+@_described_by(_EventStreamOperation)
 @csrf_exempt
 async def artifact_event_stream(request: HttpRequest, session_id: str) -> HttpResponseBase:
     """The session's artifact events as Server-Sent Events, resumable with `Last-Event-ID`."""

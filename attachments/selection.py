@@ -1,19 +1,45 @@
 """
 Which files a client asked for: the filters shared by the session zip and the
-artifact event feed (`include_ext`, `include_mime`, `max_size`).
+artifact event feed (`include_ext`, `include_mime`, `max_size`), described
+once by `FileFilterParameters`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from . import query
-from .exceptions import InvalidParameter
+from .parameters import (
+    CommaListField,
+    QueryParameters,
+    WholeNumberField,
+    extension_item,
+    mime_filter_item,
+)
 
-_MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/([a-z0-9][a-z0-9!#$&^_.+-]*)?$")
-_EXT_RE = re.compile(r"^[^/\\\x00-\x1f]{1,32}$")
+
+class FileFilterParameters(QueryParameters):
+    """The filter parameters, as the zip and the event feed both read them."""
+
+    include_mime = CommaListField(
+        item=mime_filter_item,
+        detail=(
+            "'include_mime' is a comma list of MIME types such as image/png, "
+            "or of prefixes such as image/."
+        ),
+        help_text="Comma list of MIME types; 'image/' (or 'image/*') matches a prefix.",
+    )
+    include_ext = CommaListField(
+        item=extension_item,
+        detail="'include_ext' is a comma list of file extensions such as csv or .png.",
+        help_text="Comma list of extensions, with or without dot ('tar.gz' works).",
+    )
+    max_size = WholeNumberField(
+        required=False,
+        detail="'max_size' must be a whole number of bytes.",
+        help_text="Largest file size in bytes.",
+    )
 
 
 @dataclass(frozen=True)
@@ -30,33 +56,18 @@ class FileFilters:
     max_size: int | None = None
 
     @classmethod
-    def from_query(cls, params: Mapping[str, str]) -> FileFilters:
-        """Read `include_ext`, `include_mime`, `max_size`; a bad value raises `InvalidParameter`."""
-        extensions = []
-        for item in query.comma_list(params, "include_ext"):
-            ext = item.lstrip(".").lower()
-            if not _EXT_RE.match(ext):
-                raise InvalidParameter(
-                    "include_ext",
-                    f"'include_ext' is a comma list of file extensions such as csv,.png; "
-                    f"got {item[:64]!r}.",
-                )
-            extensions.append(ext)
-        mime_types = []
-        for item in query.comma_list(params, "include_mime"):
-            mime = item.lower()
-            if not _MIME_RE.match(mime):
-                raise InvalidParameter(
-                    "include_mime",
-                    "'include_mime' is a comma list of MIME types such as text/csv, or of "
-                    f"prefixes such as image/; got {item[:64]!r}.",
-                )
-            mime_types.append(mime)
+    def from_parameters(cls, values: Mapping[str, Any]) -> FileFilters:
+        """From the values `FileFilterParameters` (or a set built on it) read."""
         return cls(
-            extensions=tuple(extensions),
-            mime_types=tuple(mime_types),
-            max_size=query.non_negative_int(params, "max_size"),
+            extensions=tuple(values.get("include_ext", ())),
+            mime_types=tuple(values.get("include_mime", ())),
+            max_size=values.get("max_size"),
         )
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, Any]) -> FileFilters:
+        """Read `include_ext`, `include_mime`, `max_size`; a bad value raises `InvalidParameter`."""
+        return cls.from_parameters(FileFilterParameters.read(params))
 
     @property
     def needs_mime(self) -> bool:

@@ -9,7 +9,9 @@ from rest_framework import serializers
 from . import paths
 from .conf import conf
 from .models import Attachment, Session
+from .parameters import FlagField, WholeNumberField
 from .quotas import Usage, quota_fields, usage
+from .selection import FileFilterParameters
 from .sessions import validate_session_id
 
 
@@ -137,3 +139,19 @@ class CreatedSessionSerializer(SessionSerializer):
     class Meta(SessionSerializer.Meta):
         fields = [*SessionSerializer.Meta.fields, "token"]
         read_only_fields = fields
+
+
+class DownloadParameters(FileFilterParameters):
+    """The session zip's query: the file filters, a change cursor and the zip's kind."""
+
+    after = WholeNumberField(
+        required=False,
+        detail="'after' must be an event cursor (a whole number of at least 0).",
+        help_text="An event cursor: only the files changed since.",
+    )
+    compress = FlagField(
+        required=False,
+        default=True,
+        detail="'compress' must be true or false.",
+        help_text="false: a stored zip with a known length.",
+    )

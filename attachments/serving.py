@@ -45,6 +45,7 @@ from django.utils.cache import get_conditional_response
 from django.utils.http import http_date, parse_etags, parse_http_date_safe
 
 from .conf import conf
+from .parameters import MIME_TYPE
 
 if TYPE_CHECKING:
     from .archive import SessionArchive
@@ -66,7 +67,6 @@ FILE_BODY_SCOPE_KEY = "mac.file_body"
 FILE_BODY_HEADER = "X-Mac-File-Body"
 
 OCTET_STREAM = "application/octet-stream"
-_MIME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 # Types a browser would run or render as a document able to run script.
 _ACTIVE_TYPES = frozenset(
     {
@@ -102,7 +102,7 @@ _FALLBACK_SAFE = re.compile(r"[^A-Za-z0-9 !#$&'()+,\-.=@\[\]^_`{}~]")
 def safe_content_type(mime: str) -> str:
     """`mime` if it is a well-formed type/subtype, else application/octet-stream."""
     essence = (mime or "").split(";", 1)[0].strip()
-    return essence.lower() if _MIME_RE.match(essence) else OCTET_STREAM
+    return essence.lower() if MIME_TYPE.match(essence) else OCTET_STREAM
 
 
 def is_active_content(mime: str) -> bool:

@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import links, paths, query, resumable
+from . import links, paths, resumable
 from .access import (
     DjangoUserAuthentication,
     authorize_request,
@@ -29,6 +29,7 @@ from .conf import conf
 from .exceptions import InvalidParameter, JSONErrorsMixin, SessionIdNotAllowed
 from .lookup import resolve_artifact
 from .models import Session
+from .parameters import boolean, choice, non_negative_int
 from .parsers import JSONParser
 from .quotas import Usage, quota_fields, usage
 from .schema import SESSION_ERRORS, binary, errors
@@ -38,6 +39,7 @@ from .serializers import (
     ArtifactMetaSerializer,
     AttachmentSerializer,
     CreatedSessionSerializer,
+    DownloadParameters,
     SessionCreateSerializer,
     SessionSerializer,
 )
@@ -252,8 +254,8 @@ class ArtifactView(FileResponseMixin, APIView):
         },
     )
     def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
-        mode = query.choice(request.query_params, "mode", ("meta", "stream"), default="meta")
-        download = query.boolean(request.query_params, "download", default=False)
+        mode = choice(request.query_params, "mode", ("meta", "stream"), default="meta")
+        download = boolean(request.query_params, "download", default=False)
         # A signed link opens the mode and disposition it was made for, no other.
         variant = links.artifact_variant(mode, download)
         session = self.get_session(links.LinkTarget(session_id, artifact_id, variant))
@@ -284,7 +286,7 @@ class ArtifactContentView(FileResponseMixin, APIView):
     )
     def get(self, request: Request, session_id: str, artifact_id: str) -> HttpResponseBase:
         session = self.get_session(links.LinkTarget(session_id, artifact_id))
-        download = query.boolean(request.query_params, "download", default=False)
+        download = boolean(request.query_params, "download", default=False)
         artifact = resolve_artifact(session, artifact_id)
         return serve_artifact(request._request, artifact, as_attachment=download)
 
@@ -299,13 +301,7 @@ class SessionDownloadView(FileResponseMixin, APIView):
     """
 
     @extend_schema(
-        parameters=[
-            query_param("include_ext", str, "Comma list of extensions, with or without dot."),
-            query_param("include_mime", str, "Comma list of MIME types; 'image/' is a prefix."),
-            query_param("max_size", int, "Largest file size in bytes."),
-            query_param("after", int, "An event cursor: only the files changed since."),
-            query_param("compress", bool, "false: a stored zip with a known length."),
-        ],
+        parameters=[DownloadParameters],
         responses={
             (200, "application/zip"): binary("session_<id>.zip"),
             (206, "application/zip"): binary("A range of a stored zip."),
@@ -315,13 +311,14 @@ class SessionDownloadView(FileResponseMixin, APIView):
     )
     def get(self, request: Request, session_id: str) -> HttpResponseBase:
         session = self.get_session(links.LinkTarget(session_id))
-        params = request.query_params
-        filters = FileFilters.from_query(params)
-        compress = query.boolean(params, "compress", default=True)
-        after = query.non_negative_int(params, "after")
+        params = DownloadParameters.read(request.query_params)
+        after = params.get("after")
         only_paths = changed_paths(session, after) if after is not None else None
         archive = SessionArchive.for_session(
-            session, filters, compress=compress, only_paths=only_paths
+            session,
+            FileFilters.from_parameters(params),
+            compress=params["compress"],
+            only_paths=only_paths,
         )
         return serve_archive(request._request, archive, f"session_{session.session_id}.zip")
 
@@ -332,7 +329,7 @@ class SignedLinkMixin(SessionScopedMixin):
     def link_response(
         self, request: Request, target: links.LinkTarget, view_name: str, params: dict[str, str]
     ) -> Response:
-        requested = query.non_negative_int(request.query_params, "expires_in")
+        requested = non_negative_int(request.query_params, "expires_in")
         if requested == 0:
             raise InvalidParameter("expires_in", "'expires_in' must be at least 1 second.")
         expires_in = links.link_lifetime(requested)
@@ -376,7 +373,7 @@ class ArtifactLinkView(SignedLinkMixin, APIView):
         session = self.get_session()
         artifact = resolve_artifact(session, artifact_id)
         params = {"mode": "stream"}
-        download = query.boolean(request.query_params, "download", default=False)
+        download = boolean(request.query_params, "download", default=False)
         if download:
             params["download"] = "true"
         variant = links.artifact_variant("stream", download)

@@ -290,7 +290,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "attachments.schema.describe_identifiers",
         "workflows.schema.one_of_workflow_or_alias",
-        "artifacts.schema.describe_event_feed",
+        "artifacts.schema.describe_last_event_cursor",
     ],
 }
 

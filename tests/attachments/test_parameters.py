@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 from django.http import QueryDict
 
-from attachments import query
+from attachments import parameters as query
 from attachments.exceptions import InvalidParameter
+from attachments.selection import FileFilterParameters
 
 
 def q(text: str) -> QueryDict:
@@ -61,5 +62,40 @@ class TestNonNegativeInt:
         assert caught.value.extra == {"parameter": "after"}
 
 
-def test_comma_list_joins_repeats_and_drops_blanks():
-    assert query.comma_list(q("ext=csv,,png&ext=.md, "), "ext") == ["csv", "png", ".md"]
+def test_comma_lists_join_repeats_and_drop_blanks():
+    read = FileFilterParameters.read(q("include_ext=csv,,png&include_ext=.md, "))
+    assert read["include_ext"] == ["csv", "png", "md"]
+
+
+def test_a_blank_value_is_absent_where_the_set_says_so():
+    assert "max_size" not in FileFilterParameters.read(q("max_size="))
+
+
+def test_lists_are_bounded():
+    with pytest.raises(InvalidParameter) as caught:
+        FileFilterParameters.read(q("include_ext=" + ",".join(["a"] * 51)))
+    assert caught.value.extra == {"parameter": "include_ext"}
+
+
+@pytest.mark.parametrize("value", ["7", " 7 ", 7])
+def test_one_whole_number_parser_for_text_and_json(value):
+    assert query.whole_number(value) == 7
+
+
+@pytest.mark.parametrize("value", [True, -1, "-1", "1e3", "9" * 19, "١٢", None])
+def test_what_is_not_a_whole_number(value):
+    with pytest.raises(ValueError):
+        query.whole_number(value)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"), [("image/", "image/"), ("image/*", "image/"), ("Text/CSV", "text/csv")]
+)
+def test_mime_filter_items(item, expected):
+    assert query.mime_filter_item(item) == expected
+
+
+@pytest.mark.parametrize("item", ["image", "/png", "image/png;q=1", "*/*"])
+def test_what_is_not_a_mime_filter_item(item):
+    with pytest.raises(ValueError):
+        query.mime_filter_item(item)
