@@ -112,6 +112,20 @@ def test_the_feed_runs_only_the_middleware_the_project_lists(session, settings):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+@override_settings(ALLOWED_HOSTS=["testserver"])
+def test_the_feed_checks_the_host_as_the_rest_does(session):
+    """Django's own host check, on the fast path too: a foreign Host gets the same JSON 400."""
+    auth = {"authorization": f"Bearer {session.token}"}
+    base = f"/api/sessions/{session.session_id}"
+    for url in (f"{base}/artifact-events?after=0", f"{base}/artifact-events/stream?after=0"):
+        feed = asgi("GET", url, host="evil.example", **auth)
+        rest = asgi("GET", base, host="evil.example", **auth)
+        assert feed.status_code == rest.status_code == 400, url
+        assert feed.json()["code"] == rest.json()["code"]
+        assert feed.headers["X-Content-Type-Options"] == "nosniff"
+    assert asgi("GET", f"{base}/artifact-events?after=0", **auth).status_code == 200
+
+
 @override_settings(SECURE_SSL_REDIRECT=True)
 def test_the_feed_redirects_to_https_as_the_rest_does(session):
     url = f"/api/sessions/{session.session_id}/artifact-events?after=0"
