@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
@@ -15,7 +16,6 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
-from django.apps import apps
 
 from attachments.access import (
     Credentials,
@@ -25,7 +25,7 @@ from attachments.access import (
     session_for,
 )
 from attachments.exceptions import ApiError, SessionNotFound, error_payload
-from attachments.sessions import create_session, get_live_session
+from attachments.sessions import create_session
 
 from .cancellation import cancel_and_wait
 from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
@@ -38,6 +38,18 @@ logger = logging.getLogger(__name__)
 CLOSE_CODES = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409}
 # Query-string keys that are not feed parameters.
 _NOT_FEED_PARAMS = {"session_id", "token"}
+
+# Messages on the control socket that another app answers (the `workflows`
+# app's `human_input`), so that this app routes them without importing it.
+# A handler takes the session id and the message's `data`, and returns the
+# message to send back; an `ApiError` it raises is sent as an `error`.
+MessageHandler = Callable[[str, Any], Awaitable[dict[str, Any]]]
+_message_handlers: dict[str, MessageHandler] = {}
+
+
+def register_message_handler(kind: str, handler: MessageHandler) -> None:
+    """Answer control-socket messages of type `kind` with `handler` (from `AppConfig.ready`)."""
+    _message_handlers[kind] = handler
 
 
 class ArtifactSocket(AsyncJsonWebsocketConsumer):
@@ -316,40 +328,17 @@ class SessionConsumer(ArtifactSocket):
         return session.session_id, session.token
 
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
-        if content["type"] == "human_input" and apps.is_installed("workflows"):
-            await self.receive_human_input(content.get("data"))
+        handler = _message_handlers.get(content["type"])
+        if handler is None:
+            await super().receive_json(content, **kwargs)
             return
-        await super().receive_json(content, **kwargs)
-
-    async def receive_human_input(self, data: Any) -> None:
-        """`human_input`: `{"input", "attachments"?, "run_id"?}` for the node that waits."""
-        from workflows.control import wake_run_async
-
-        if not isinstance(data, dict):
-            await self.send_error("invalid", "'data' must be an object with 'input'.")
-            return
+        assert self.session_id is not None
         try:
-            run_id, node_id, value = await self._submit_input(data)
+            reply = await handler(self.session_id, content.get("data"))
         except ApiError as exc:
             await self.send_error(exc.code, str(exc.detail), **exc.extra)
             return
-        await wake_run_async(run_id, "input")
-        await self.send_json(
-            {"type": "input_received", "data": {"run_id": run_id, "node_id": node_id, **value}}
-        )
-
-    @database_sync_to_async
-    def _submit_input(self, data: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-        from workflows.records import submit_human_input
-
-        assert self.session_id is not None
-        run, node, value = submit_human_input(
-            get_live_session(self.session_id),
-            data.get("input"),
-            data.get("attachments"),
-            run_id=data.get("run_id"),
-        )
-        return run.run_id, node.node_id, value
+        await self.send_json(reply)
 
     async def workflow_message(self, event: dict[str, Any]) -> None:
         """Run status and node logs from the session's runs, forwarded as they are."""

@@ -39,8 +39,6 @@ import shutil
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import Any
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
@@ -51,30 +49,9 @@ from .manifest import AttachmentEntry, Manifest, PreparedManifest
 from .models import Attachment, Session
 from .quotas import QuotaExceeded, Usage, quota_error
 from .receiving import ReceivedFile
+from .records import manifest_for, mirror_fields, sync_locked
 
 logger = logging.getLogger(__name__)
-
-
-def manifest_for(session: Session) -> Manifest:
-    return Manifest(session.directory, session.session_id)
-
-
-def mirror_fields(entry: AttachmentEntry) -> dict[str, Any]:
-    """The Attachment row's fields for a manifest entry."""
-    return {
-        "name": entry.name,
-        "path": entry.path,
-        "mime": entry.mime,
-        "kind": entry.kind,
-        "size": entry.size,
-        "sha256": entry.sha256,
-        "source": entry.source,
-        "node_id": entry.node_id or "",
-        "metadata": entry.metadata,
-        "created_at": datetime.fromisoformat(entry.created_at),
-        "updated_at": datetime.fromisoformat(entry.updated_at),
-        "purged_at": None,
-    }
 
 
 @dataclasses.dataclass(eq=False)
@@ -294,8 +271,6 @@ class _SyncFailed(Exception):
 
 def _repair_manifest(session: Session, manifest: Manifest) -> None:
     """Write the committed rows' entries back, under the lock the caller holds."""
-    from .records import sync_locked
-
     try:
         sync_locked(session, manifest, manifest.read())
     except Exception:  # noqa: BLE001 (reconciliation at the next start finishes it)

@@ -10,12 +10,13 @@ import contextlib
 import logging
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
 from . import paths
-from .committing import manifest_for, mirror_fields
 from .conf import conf
 from .manifest import (
     AttachmentEntry,
@@ -28,6 +29,28 @@ from .models import Attachment, Session
 from .quotas import reset_usage
 
 logger = logging.getLogger(__name__)
+
+
+def manifest_for(session: Session) -> Manifest:
+    return Manifest(session.directory, session.session_id)
+
+
+def mirror_fields(entry: AttachmentEntry) -> dict[str, Any]:
+    """The Attachment row's fields for a manifest entry."""
+    return {
+        "name": entry.name,
+        "path": entry.path,
+        "mime": entry.mime,
+        "kind": entry.kind,
+        "size": entry.size,
+        "sha256": entry.sha256,
+        "source": entry.source,
+        "node_id": entry.node_id or "",
+        "metadata": entry.metadata,
+        "created_at": datetime.fromisoformat(entry.created_at),
+        "updated_at": datetime.fromisoformat(entry.updated_at),
+        "purged_at": None,
+    }
 
 
 @dataclass

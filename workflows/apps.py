@@ -12,8 +12,10 @@ class WorkflowsConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
+        from artifacts.consumers import register_message_handler
         from attachments.reconcile import add_step
 
+        from . import socket_messages
         from .checks import check_sandbox, check_settings
         from .records import interrupted_runs
 
@@ -21,3 +23,5 @@ class WorkflowsConfig(AppConfig):
         checks.register(check_sandbox, checks.Tags.security)
         # A worker's start (and check_warehouse) also fails runs a dead worker left.
         add_step("run left in flight by a stopped worker", interrupted_runs)
+        # The run messages of the session's control socket, which artifacts routes.
+        register_message_handler("human_input", socket_messages.human_input)

@@ -14,7 +14,7 @@ The workflows app's settings, each read live from Django settings.
     WORKFLOWS_HUMAN_INPUT_TIMEOUT  seconds a human node waits; None: no limit (None)
     WORKFLOWS_WATCH_WORKSPACE      watch the workspace while nodes run (True)
     WORKFLOWS_WATCH_DEBOUNCE       seconds from a change to its report, mid-node (0.5)
-    WORKFLOWS_WORKSPACE_IGNORED_DIRS  directory names never reported (see artifacts.workspace)
+    WORKFLOWS_WORKSPACE_IGNORED_DIRS  directory names never reported (see workflows.workspace)
     WORKFLOWS_CONTROL_POLL_SECONDS how often a run checks the database for cancel and input (2)
     WORKFLOWS_HEARTBEAT_SECONDS    how often a run records that its worker is alive (10)
     WORKFLOWS_HEARTBEAT_TIMEOUT    silence after which another worker declares a run dead (60)
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from artifacts.workspace import DEFAULT_IGNORED_DIRS
+from .workspace import DEFAULT_IGNORED_DIRS
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 

@@ -23,20 +23,17 @@ import threading
 from asgiref.sync import SyncToAsync
 
 from .python_node import kill_group, live_process_groups
+from .runner import execute_run
+from .running import track
 
-_futures: dict[str, concurrent.futures.Future[None]] = {}
 _private_loop: asyncio.AbstractEventLoop | None = None
 _private_lock = threading.Lock()
 
 
 def launch(run_id: str) -> None:
     """Start executing the run in the background; returns at once."""
-    from .runner import execute_run
-
     loop = _server_loop() or _background_loop()
-    future: concurrent.futures.Future[None] = concurrent.futures.Future()
-    _futures[run_id] = future
-    future.add_done_callback(lambda _f: _futures.pop(run_id, None))
+    future = track(run_id)
 
     def start() -> None:
         task = loop.create_task(execute_run(run_id))
@@ -54,17 +51,6 @@ def _settle(future: concurrent.futures.Future[None], task: asyncio.Task[None]) -
         future.set_exception(task.exception())  # type: ignore[arg-type]
     else:
         future.set_result(None)
-
-
-def is_running_here(run_id: str) -> bool:
-    return run_id in _futures
-
-
-async def wait_for_run(run_id: str) -> None:
-    """Until this process has finished executing the run (for tests and shutdown)."""
-    future = _futures.get(run_id)
-    if future is not None:
-        await asyncio.wrap_future(future)
 
 
 def _server_loop() -> asyncio.AbstractEventLoop | None:

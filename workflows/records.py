@@ -30,6 +30,7 @@ from .exceptions import (
 from .identifiers import new_run_id, worker_id
 from .loader import Workflow
 from .models import NodeRun, WorkflowRun
+from .running import is_running_here
 
 RESTART_REASON = "The server restarted while this run was in flight."
 STOP_REASON = "The server stopped while this run was in flight."
@@ -201,8 +202,6 @@ def set_session_status(session_pk: int, status: str) -> None:
 
 def is_orphaned(run: WorkflowRun) -> bool:
     """Whether no live worker is running this active run."""
-    from .launcher import is_running_here
-
     if not run.is_active:
         return False
     host, _, rest = run.worker.partition(":")

@@ -19,7 +19,6 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.utils import timezone
 
-from artifacts.workspace import WorkspaceArtifactHook, WorkspaceChanges
 from attachments.conf import conf as attachments_conf
 from attachments.manifest import ManifestError
 from attachments.models import Attachment, Session
@@ -34,6 +33,7 @@ from .loader import NodeSpec, Workflow
 from .models import NodeRun, WorkflowRun
 from .python_node import NodeOutcome, run_python_node
 from .serializers import WorkflowRunSerializer
+from .workspace import WorkspaceArtifactHook, WorkspaceChanges
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import httpx
 from channels.testing import WebsocketCommunicator
 
 from macproject.asgi import application
-from workflows.launcher import wait_for_run
+from workflows.running import wait_for_run
 
 
 def write_workflow(directory: Path, name: str, text: str) -> Path:

@@ -10,7 +10,7 @@ ORM (`on_change`), and the artifact receivers turn those row changes into
 events, but only depends on the attachments app.
 
 Its cost grows with what changed, not with the workspace. On Linux an
-inotify watcher (`artifacts.watching`) names the candidate paths as they
+inotify watcher (`workflows.watching`) names the candidate paths as they
 change, and reading its queue after a node has exited is an exact barrier;
 elsewhere the hook compares stat signatures (size, mtime, inode) with its
 last snapshot. Either way, only files whose signature moved are hashed, and

@@ -10,8 +10,8 @@ from unittest import mock
 
 import pytest
 
-from artifacts import workspace as workspace_module
-from artifacts.workspace import WorkspaceArtifactHook, WorkspaceChanges
+from workflows import workspace as workspace_module
+from workflows.workspace import WorkspaceArtifactHook, WorkspaceChanges
 from attachments.store import AttachmentStore
 
 
@@ -141,7 +141,7 @@ def test_unsafe_names_are_skipped_with_a_reason_and_never_fail(hook, store, capl
     write(store, "..\\..\\..\\zipslip.txt", b"slip")
     write(store, "line\nbreak.txt", b"crlf")
     write(store, "fine.txt", b"fine")
-    with caplog.at_level("WARNING", logger="artifacts.workspace"):
+    with caplog.at_level("WARNING", logger="workflows.workspace"):
         changes = hook.check("n1")
     assert names(changes.created) == ["fine.txt"]
     assert [e.name for e in store.entries()] == ["fine.txt"]
@@ -150,7 +150,7 @@ def test_unsafe_names_are_skipped_with_a_reason_and_never_fail(hook, store, capl
     # Reported once per path, not at every check.
     caplog.clear()
     write(store, "fine.txt", b"changed")
-    with caplog.at_level("WARNING", logger="artifacts.workspace"):
+    with caplog.at_level("WARNING", logger="workflows.workspace"):
         assert names(hook.check("n2").updated) == ["fine.txt"]
     assert not caplog.records
 
