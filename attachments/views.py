@@ -24,6 +24,7 @@ from .access import (
     owner_for_new_session,
 )
 from .archive import SessionArchive, changed_paths
+from .body_streams import data_uri
 from .buffering import buffered_body_limit
 from .conf import conf
 from .exceptions import InvalidParameter, JSONErrorsMixin, SessionIdNotAllowed
@@ -43,7 +44,7 @@ from .serializers import (
     SessionCreateSerializer,
     SessionSerializer,
 )
-from .serving import data_uri, serve_archive, serve_artifact
+from .serving import serve_archive, serve_artifact
 from .sessions import create_session, purge_session
 from .throttling import SessionCreateThrottle
 from .uploads import FILE_FIELD, accept_upload, receive_upload, request_chunks, streamed_upload

@@ -81,7 +81,7 @@ from attachments.asgi import JSONServerErrorMiddleware, StreamingUploadMiddlewar
 from attachments.buffering import guard_daphne  # noqa: E402
 from attachments.conf import conf as attachments_conf  # noqa: E402
 from attachments.reconcile import reconcile_in_background  # noqa: E402
-from attachments.serving import FileBodyMiddleware  # noqa: E402
+from attachments.file_body_middleware import FileBodyMiddleware  # noqa: E402
 
 # Daphne reads (and Twisted parses) whole bodies before the application
 # sees them: refuse over-long ones before that (attachments.buffering).

@@ -14,7 +14,7 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from attachments.serving import CHUNK_BYTES
+from attachments.body_streams import CHUNK_BYTES
 
 from .builders import PNG_1x1, asgi_get, assert_error, attach, new_session, response_body
 

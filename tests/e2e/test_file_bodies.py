@@ -1,5 +1,5 @@
 """
-File bodies sent around Django (`attachments.serving.FileBodyMiddleware`):
+File bodies sent around Django (`attachments.file_body_middleware.FileBodyMiddleware`):
 with the server's `http.response.pathsend` under Granian, in large reads
 under the others; whole files and ranges arrive intact, and no file stays open.
 """
@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from attachments.serving import PATHSEND_HOLD_SECONDS
+from attachments.file_body_middleware import PATHSEND_HOLD_SECONDS
 
 from .test_downloads_server import create_session, open_warehouse_files, upload
 
