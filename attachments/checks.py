@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
+from .conf import conf
+
 SENDFILE_HEADERS = ("X-Accel-Redirect", "X-Sendfile")
 ACCESS_POLICIES = ("token", "open")
 # RFC 7518 3.2: an HS256 key must be at least as long as the hash output.
@@ -21,7 +23,7 @@ def _is_whole_number(value: object, minimum: int, maximum: int | None = None) ->
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    warehouse = getattr(settings, "ATTACHMENTS_WAREHOUSE_DIR", "WareHouse")
+    warehouse = conf.raw("WAREHOUSE_DIR")
     if not isinstance(warehouse, str | bytes) and not hasattr(warehouse, "__fspath__"):
         errors.append(
             Error(
@@ -30,31 +32,27 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="attachments.E001",
             )
         )
-    for name in (
-        "ATTACHMENTS_MAX_UPLOAD_BYTES",
-        "ATTACHMENTS_SESSION_MAX_BYTES",
-        "ATTACHMENTS_SESSION_MAX_FILES",
-    ):
-        limit = getattr(settings, name, None)
+    for name in ("MAX_UPLOAD_BYTES", "SESSION_MAX_BYTES", "SESSION_MAX_FILES"):
+        limit = conf.raw(name)
         if limit is not None and (not _is_whole_number(limit, 0)):
             errors.append(
                 Error(
-                    f"{name} must be None or a non-negative integer.",
+                    f"ATTACHMENTS_{name} must be None or a non-negative integer.",
                     hint=f"Got {limit!r}.",
                     id="attachments.E002",
                 )
             )
-    for name, minimum in (("ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1),):
-        value = getattr(settings, name, minimum)
+    for name, minimum in (("UPLOAD_BUFFER_BYTES", 1),):
+        value = conf.raw(name)
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
             errors.append(
                 Error(
-                    f"{name} must be a number of at least {minimum}.",
+                    f"ATTACHMENTS_{name} must be a number of at least {minimum}.",
                     hint=f"Got {value!r}.",
                     id="attachments.E003",
                 )
             )
-    scanners = getattr(settings, "ATTACHMENTS_UPLOAD_SCANNERS", [])
+    scanners = conf.raw("UPLOAD_SCANNERS")
     if not isinstance(scanners, list | tuple):
         errors.append(
             Error(
@@ -79,7 +77,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                         id="attachments.E005",
                     )
                 )
-    unscannable = getattr(settings, "ATTACHMENTS_UNSCANNABLE", "refuse")
+    unscannable = conf.raw("UNSCANNABLE")
     if unscannable not in {"refuse", "keep"}:
         errors.append(
             Error(
@@ -88,7 +86,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="attachments.E006",
             )
         )
-    inline_max = getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 0)
+    inline_max = conf.raw("INLINE_DATA_URI_MAX_BYTES")
     if not _is_whole_number(inline_max, 0):
         errors.append(
             Error(
@@ -97,7 +95,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="attachments.E007",
             )
         )
-    level = getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6)
+    level = conf.raw("ZIP_COMPRESS_LEVEL")
     if not _is_whole_number(level, 1, 9):
         errors.append(
             Error(
@@ -117,7 +115,7 @@ INSECURE_KEY_PREFIX = "django-insecure-"
 
 def _check_access() -> list[CheckMessage]:
     messages: list[CheckMessage] = []
-    policy = getattr(settings, "ATTACHMENTS_ACCESS_POLICY", "token")
+    policy = conf.raw("ACCESS_POLICY")
     if policy not in ACCESS_POLICIES:
         messages.append(
             Error(
@@ -136,7 +134,7 @@ def _check_access() -> list[CheckMessage]:
                 id="attachments.W020",
             )
         )
-    secret = getattr(settings, "ATTACHMENTS_JWT_SECRET", None)
+    secret = conf.raw("JWT_SECRET")
     if (
         secret is not None
         and secret != ""
@@ -150,17 +148,17 @@ def _check_access() -> list[CheckMessage]:
                 id="attachments.E021",
             )
         )
-    for name in ("ATTACHMENTS_JWT_ISSUER", "ATTACHMENTS_JWT_AUDIENCE"):
-        value = getattr(settings, name, None)
+    for name in ("JWT_ISSUER", "JWT_AUDIENCE"):
+        value = conf.raw(name)
         if value is not None and not isinstance(value, str):
             messages.append(
                 Error(
-                    f"{name} must be a string or None.",
+                    f"ATTACHMENTS_{name} must be a string or None.",
                     hint=f"Got {value!r}.",
                     id="attachments.E022",
                 )
             )
-    max_age = getattr(settings, "ATTACHMENTS_SIGNED_LINK_MAX_AGE", 3600)
+    max_age = conf.raw("SIGNED_LINK_MAX_AGE")
     if not _is_whole_number(max_age, 1):
         messages.append(
             Error(
@@ -181,7 +179,7 @@ def _check_access() -> list[CheckMessage]:
                 id="attachments.E030",
             )
         )
-    rate = getattr(settings, "ATTACHMENTS_SESSION_CREATE_RATE", None)
+    rate = conf.raw("SESSION_CREATE_RATE")
     if rate is not None and rate != "" and not _is_rate(rate):
         messages.append(
             Error(
@@ -201,8 +199,8 @@ def _is_rate(value: object) -> bool:
 
 
 def _check_sendfile() -> list[CheckMessage]:
-    header = getattr(settings, "ATTACHMENTS_SENDFILE_HEADER", None) or None
-    root = getattr(settings, "ATTACHMENTS_SENDFILE_ROOT", None)
+    header = conf.raw("SENDFILE_HEADER") or None
+    root = conf.raw("SENDFILE_ROOT")
     if header is not None and header not in SENDFILE_HEADERS:
         return [
             Error(

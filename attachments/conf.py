@@ -57,108 +57,142 @@ from typing import Any
 
 from django.conf import settings
 
+PREFIX = "ATTACHMENTS_"
+# Each setting's default, which `conf` and the system checks (`attachments.checks`) share.
+DEFAULTS: dict[str, Any] = {
+    "WAREHOUSE_DIR": "WareHouse",
+    "MAX_UPLOAD_BYTES": None,
+    "SESSION_MAX_BYTES": None,
+    "SESSION_MAX_FILES": None,
+    "AUTO_CLEAN": False,
+    "BUFFERED_BODY_MAX_BYTES": 16 << 20,
+    "TUS_EXPIRY": 86400,
+    "RECONCILE_AT_START": True,
+    "UPLOAD_BUFFER_BYTES": 1 << 20,
+    "DIRECT_IO": True,
+    "UPLOAD_SCANNERS": (),
+    "UNSCANNABLE": "refuse",
+    "CLAMD_ADDRESS": "unix:///run/clamav/clamd.ctl",
+    "CLAMD_MAX_BYTES": 25 * 1024 * 1024,
+    "CLAMD_TIMEOUT": 60,
+    "INLINE_DATA_URI_MAX_BYTES": 64 * 1024,
+    "ZIP_COMPRESS_LEVEL": 6,
+    "SENDFILE_HEADER": None,
+    "SENDFILE_ROOT": None,
+    "ACCESS_POLICY": "token",
+    "JWT_SECRET": None,
+    "JWT_ISSUER": None,
+    "JWT_AUDIENCE": None,
+    "SIGNED_LINK_MAX_AGE": 3600,
+    "SESSION_CREATE_RATE": None,
+}
+
 
 class Settings:
+    def raw(self, name: str) -> Any:
+        """The setting as the project gives it (unchecked), or its default."""
+        return getattr(settings, PREFIX + name, DEFAULTS[name])
+
     @property
     def WAREHOUSE_DIR(self) -> Path:
-        return Path(getattr(settings, "ATTACHMENTS_WAREHOUSE_DIR", "WareHouse")).absolute()
+        return Path(self.raw("WAREHOUSE_DIR")).absolute()
 
     @property
     def MAX_UPLOAD_BYTES(self) -> int | None:
-        return getattr(settings, "ATTACHMENTS_MAX_UPLOAD_BYTES", None)
+        return self.raw("MAX_UPLOAD_BYTES")
 
     @property
     def SESSION_MAX_BYTES(self) -> int | None:
-        return getattr(settings, "ATTACHMENTS_SESSION_MAX_BYTES", None)
+        return self.raw("SESSION_MAX_BYTES")
 
     @property
     def SESSION_MAX_FILES(self) -> int | None:
-        return getattr(settings, "ATTACHMENTS_SESSION_MAX_FILES", None)
+        return self.raw("SESSION_MAX_FILES")
 
     @property
     def AUTO_CLEAN(self) -> bool:
-        return bool(getattr(settings, "ATTACHMENTS_AUTO_CLEAN", False))
+        return bool(self.raw("AUTO_CLEAN"))
 
     @property
     def BUFFERED_BODY_MAX_BYTES(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_BUFFERED_BODY_MAX_BYTES", 16 << 20))
+        return int(self.raw("BUFFERED_BODY_MAX_BYTES"))
 
     @property
     def TUS_EXPIRY(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_TUS_EXPIRY", 86400))
+        return int(self.raw("TUS_EXPIRY"))
 
     @property
     def RECONCILE_AT_START(self) -> bool:
-        return bool(getattr(settings, "ATTACHMENTS_RECONCILE_AT_START", True))
+        return bool(self.raw("RECONCILE_AT_START"))
 
     @property
     def UPLOAD_BUFFER_BYTES(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_UPLOAD_BUFFER_BYTES", 1 << 20))
+        return int(self.raw("UPLOAD_BUFFER_BYTES"))
 
     @property
     def DIRECT_IO(self) -> bool:
-        return bool(getattr(settings, "ATTACHMENTS_DIRECT_IO", True))
+        return bool(self.raw("DIRECT_IO"))
 
     @property
     def UPLOAD_SCANNERS(self) -> list[Any]:
-        return list(getattr(settings, "ATTACHMENTS_UPLOAD_SCANNERS", []))
+        return list(self.raw("UPLOAD_SCANNERS"))
 
     @property
     def UNSCANNABLE(self) -> str:
-        return str(getattr(settings, "ATTACHMENTS_UNSCANNABLE", "refuse"))
+        return str(self.raw("UNSCANNABLE"))
 
     @property
     def CLAMD_ADDRESS(self) -> str:
-        return str(getattr(settings, "ATTACHMENTS_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl"))
+        return str(self.raw("CLAMD_ADDRESS"))
 
     @property
     def CLAMD_MAX_BYTES(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_CLAMD_MAX_BYTES", 25 * 1024 * 1024))
+        return int(self.raw("CLAMD_MAX_BYTES"))
 
     @property
     def CLAMD_TIMEOUT(self) -> float:
-        return float(getattr(settings, "ATTACHMENTS_CLAMD_TIMEOUT", 60))
+        return float(self.raw("CLAMD_TIMEOUT"))
 
     @property
     def INLINE_DATA_URI_MAX_BYTES(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES", 64 * 1024))
+        return int(self.raw("INLINE_DATA_URI_MAX_BYTES"))
 
     @property
     def ZIP_COMPRESS_LEVEL(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_ZIP_COMPRESS_LEVEL", 6))
+        return int(self.raw("ZIP_COMPRESS_LEVEL"))
 
     @property
     def SENDFILE_HEADER(self) -> str | None:
-        return getattr(settings, "ATTACHMENTS_SENDFILE_HEADER", None) or None
+        return self.raw("SENDFILE_HEADER") or None
 
     @property
     def SENDFILE_ROOT(self) -> str | None:
-        value = getattr(settings, "ATTACHMENTS_SENDFILE_ROOT", None)
+        value = self.raw("SENDFILE_ROOT")
         return None if value is None else str(value)
 
     @property
     def ACCESS_POLICY(self) -> str:
-        return str(getattr(settings, "ATTACHMENTS_ACCESS_POLICY", "token"))
+        return str(self.raw("ACCESS_POLICY"))
 
     @property
     def JWT_SECRET(self) -> str | None:
-        return getattr(settings, "ATTACHMENTS_JWT_SECRET", None) or None
+        return self.raw("JWT_SECRET") or None
 
     @property
     def JWT_ISSUER(self) -> str | None:
-        return getattr(settings, "ATTACHMENTS_JWT_ISSUER", None) or None
+        return self.raw("JWT_ISSUER") or None
 
     @property
     def JWT_AUDIENCE(self) -> str | None:
-        return getattr(settings, "ATTACHMENTS_JWT_AUDIENCE", None) or None
+        return self.raw("JWT_AUDIENCE") or None
 
     @property
     def SIGNED_LINK_MAX_AGE(self) -> int:
-        return int(getattr(settings, "ATTACHMENTS_SIGNED_LINK_MAX_AGE", 3600))
+        return int(self.raw("SIGNED_LINK_MAX_AGE"))
 
     @property
     def SESSION_CREATE_RATE(self) -> str | None:
-        return getattr(settings, "ATTACHMENTS_SESSION_CREATE_RATE", None) or None
+        return self.raw("SESSION_CREATE_RATE") or None
 
 
 conf = Settings()

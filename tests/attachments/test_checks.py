@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.test import override_settings
 
 from attachments.checks import check_settings
+from attachments.conf import DEFAULTS, PREFIX
 
 # The defaults pass under the product's default policy.
 pytestmark = pytest.mark.access_policy("token")
@@ -15,6 +17,26 @@ def ids(messages) -> list[str]:
 
 def test_defaults_pass():
     assert check_settings() == []
+
+
+def unset_every_setting() -> None:
+    for name in DEFAULTS:
+        if hasattr(settings, PREFIX + name):
+            delattr(settings, PREFIX + name)
+
+
+def test_the_defaults_of_conf_pass():
+    with override_settings():
+        unset_every_setting()
+        assert check_settings() == []
+
+
+def test_the_checks_read_the_settings_through_conf(monkeypatch):
+    """An unset setting is checked at the default `conf` uses, not at one of the check's own."""
+    monkeypatch.setitem(DEFAULTS, "ZIP_COMPRESS_LEVEL", 0)
+    with override_settings():
+        unset_every_setting()
+        assert ids(check_settings()) == ["attachments.E010"]
 
 
 @pytest.mark.parametrize("value", [42, ["a"]])
