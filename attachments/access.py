@@ -35,6 +35,7 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 from channels.db import database_sync_to_async
 from django.apps import apps
 from django.conf import settings
@@ -88,8 +89,6 @@ def jwt_sessions(token: str) -> frozenset[str]:
     secret = conf.JWT_SECRET
     if secret is None or token.count(".") != 2:
         return frozenset()
-    import jwt  # only deployments that use JWTs need PyJWT at import time
-
     try:
         claims = jwt.decode(
             token,

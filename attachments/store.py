@@ -111,9 +111,6 @@ class AttachmentStore:
     def get(self, attachment_id: str) -> AttachmentEntry | None:
         return self.manifest.read().get(attachment_id)
 
-    def path_of(self, entry: AttachmentEntry) -> Path:
-        return paths.safe_join(self.session_dir, entry.path)
-
     def relative(self, path: Path) -> str:
         """A path inside the session, relative to the session directory, with forward slashes."""
         return path.relative_to(self.session_dir).as_posix()
