@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -94,3 +96,32 @@ async def ws_connect(path: str) -> tuple[Communicator, dict[str, Any]]:
     connected, _ = await communicator.connect()
     assert connected
     return communicator, await communicator.receive_json_from()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """
+    Wait for the state a test expects (`condition()`), re-checking on the
+    event loop, and fail if it does not come within `timeout` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"not reached within {timeout} s: {condition}"
+        await asyncio.sleep(0.002)
+
+
+def waiting(session_id: str, count: int = 1) -> bool:
+    """
+    Whether `count` readers of the session wait for news in this process
+    with no read in flight: from then on only a wake-up (a notification or
+    a re-check) lets them see a new event.
+    """
+    from artifacts.wakeups import hub
+
+    watch = hub().watches.get(session_id)
+    return (
+        watch is not None
+        and watch.users >= count
+        and len(watch._waiters) >= count
+        and not watch._reads
+    )

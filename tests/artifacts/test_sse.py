@@ -12,7 +12,7 @@ from django.test import AsyncClient
 from artifacts.wakeups import hub
 from attachments.sessions import purge_session
 
-from .builders import add_attachment, new_session, sequences
+from .builders import add_attachment, new_session, sequences, until
 from .sse_client import SSEClient, events_of, parse_blocks
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -159,8 +159,7 @@ async def test_a_client_that_leaves_releases_its_subscription():
     await client.messages(lambda m: len(m) >= 1)
     assert "s9" in hub().watches
     await client.close()
-    await asyncio.sleep(0.1)
-    assert "s9" not in hub().watches
+    await until(lambda: "s9" not in hub().watches)
 
 
 async def test_reconnecting_with_last_event_id_in_the_middle_of_a_burst_loses_and_repeats_nothing():

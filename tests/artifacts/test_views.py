@@ -14,9 +14,10 @@ import pytest
 from channels.db import database_sync_to_async
 from django.test import AsyncClient
 
+from artifacts.wakeups import hub
 from attachments.sessions import purge_session
 
-from .builders import add_attachment, asgi_client, new_session, sequences
+from .builders import add_attachment, asgi_client, new_session, sequences, until, waiting
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -112,36 +113,27 @@ async def test_an_expired_cursor_is_410_with_the_oldest_cursor_kept(get, setting
 
 async def test_a_waiting_poll_returns_when_an_event_commits(get, settings_for_waits):
     session = await create("w1", "old.txt")
-
-    async def write_later():
-        await asyncio.sleep(0.3)
-        await database_sync_to_async(add_attachment)(session, "new.txt")
-        return time.monotonic()
-
-    writer = asyncio.create_task(write_later())
-    status, body, _ = await get(EVENTS.format("w1") + "?after=1&wait_seconds=20")
-    returned = time.monotonic()
-    committed = await writer
+    request = asyncio.create_task(get(EVENTS.format("w1") + "?after=1&wait_seconds=20"))
+    await until(lambda: waiting("w1"))
+    await database_sync_to_async(add_attachment)(session, "new.txt")
+    status, body, _ = await request
     assert status == 200
     assert [e["name"] for e in body["events"]] == ["new.txt"]
+    # Woken by the notification: no re-check comes before the deadline.
     assert (body["next_cursor"], body["timed_out"]) == (2, False)
-    assert returned - committed < 5, "woken by the notification, long before the re-check"
 
 
 async def test_a_waiting_poll_skips_events_its_filters_drop(get, settings_for_waits):
     session = await create("w2")
-
-    async def write_later():
-        await asyncio.sleep(0.2)
-        await database_sync_to_async(add_attachment)(session, "skip.txt")
-        await asyncio.sleep(0.2)
-        await database_sync_to_async(add_attachment)(session, "want.png", mime="image/png")
-
-    writer = asyncio.create_task(write_later())
-    status, body, _ = await get(
-        EVENTS.format("w2") + "?after=0&wait_seconds=20&include_mime=image/"
+    request = asyncio.create_task(
+        get(EVENTS.format("w2") + "?after=0&wait_seconds=20&include_mime=image/")
     )
-    await writer
+    await until(lambda: waiting("w2"))
+    await database_sync_to_async(add_attachment)(session, "skip.txt")
+    # Woken by the first event, which the filter drops, it waits again.
+    await until(lambda: waiting("w2") and hub().watches["w2"].head == 1)
+    await database_sync_to_async(add_attachment)(session, "want.png", mime="image/png")
+    status, body, _ = await request
     assert [e["name"] for e in body["events"]] == ["want.png"]
     assert body["next_cursor"] == 2
 
@@ -165,14 +157,10 @@ async def test_without_wait_seconds_an_empty_page_returns_at_once(get):
 async def test_purging_the_session_ends_a_wait_with_404(get, settings):
     settings.ARTIFACTS_RECHECK_SECONDS = 0.1
     session = await create("w5")
-
-    async def purge_later():
-        await asyncio.sleep(0.3)
-        await database_sync_to_async(purge_session)(session)
-
-    purger = asyncio.create_task(purge_later())
-    status, body, _ = await get(EVENTS.format("w5") + "?wait_seconds=20")
-    await purger
+    request = asyncio.create_task(get(EVENTS.format("w5") + "?wait_seconds=20"))
+    await until(lambda: waiting("w5"))
+    await database_sync_to_async(purge_session)(session)
+    status, body, _ = await request
     assert (status, body["code"]) == (404, "session_not_found")
 
 
@@ -187,7 +175,7 @@ async def test_waiting_polls_hold_no_thread(settings):
             asyncio.create_task(client.get(EVENTS.format("idle") + "?wait_seconds=20"))
             for _ in range(waiters)
         ]
-        await asyncio.sleep(0.5)
+        await until(lambda: waiting("idle", waiters))
         during = threading.active_count()
         await database_sync_to_async(add_attachment)(session, "wake.txt")
         responses = await asyncio.wait_for(asyncio.gather(*polls), 15)

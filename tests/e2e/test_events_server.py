@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -21,33 +20,30 @@ def kind(request) -> str:
 
 
 def test_a_long_poll_returns_when_an_upload_commits(server, kind):
-    async def scenario(base_url: str, session_id: str) -> tuple[dict, float]:
+    async def scenario(base_url: str, session_id: str) -> dict:
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as client:
             poll = asyncio.create_task(
                 client.get(
                     f"/api/sessions/{session_id}/artifact-events",
-                    params={"after": 0, "wait_seconds": 30},
+                    params={"after": 0, "wait_seconds": 20},
                 )
             )
+            # Most likely waiting by then; if not, its first read finds the event.
             await asyncio.sleep(0.5)
-            attachment_id, uploaded = await clients.upload(
-                client, session_id, "a.csv", b"x,y\n1,2\n"
-            )
+            attachment_id, _ = await clients.upload(client, session_id, "a.csv", b"x,y\n1,2\n")
             response = await poll
-            lateness = time.monotonic() - uploaded
         body = response.json()
         assert [e["attachment_id"] for e in body["events"]] == [attachment_id]
-        return body, lateness
+        return body
 
     with server(kind, MAC_EVENT_RECHECK_SECONDS="30") as s:
         session_id = clients.create_session(s.url)
-        body, lateness = asyncio.run(scenario(s.url, session_id))
+        body = asyncio.run(scenario(s.url, session_id))
     event = body["events"][0]
     assert (event["change_type"], event["sequence"], event["name"]) == ("created", 1, "a.csv")
     assert event["path"].startswith("code_workspace/attachments/")
+    # Answered before its 20 s deadline, with the re-check 30 s away: woken by the notification.
     assert (body["next_cursor"], body["timed_out"]) == (1, False)
-    # Woken by the notification: the re-check is 30 s away.
-    assert lateness < 5
 
 
 def test_waiting_long_polls_hold_no_thread(server):
