@@ -97,7 +97,7 @@ class InsufficientStorage(ApiError):
 
 
 class ServerError(ApiError):
-    """A failure of the server's that is not the client's doing (a bug): logged, answered as JSON."""
+    """A failure of the server's own, not the client's doing (a bug): logged, answered as JSON."""
 
     status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
     default_detail = "The server failed to handle this request."
