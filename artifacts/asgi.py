@@ -129,9 +129,13 @@ class EventFeedMiddleware:
                 lambda: authorize_scope(scope, session_id),
             )
         except Exception as exc:
-            logger.exception("Artifact event feed failed")
-            # A database or layer outage is a 503 with Retry-After, as everywhere else.
+            # A database or layer outage is a 503 with Retry-After, as everywhere
+            # else, and one line in the log; anything else is a bug, logged whole.
             status, payload, extra = server_error_response(exc)
+            if status == 503:
+                logger.warning("Artifact event feed unavailable: %s", exc)
+            else:
+                logger.exception("Artifact event feed failed")
             response = JsonResponse(payload, status=status, headers=PAGE_HEADERS)
             for name, value in extra:
                 response[name.decode()] = value.decode()

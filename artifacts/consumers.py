@@ -24,7 +24,13 @@ from attachments.access import (
     owner_for_new_session,
     session_for,
 )
-from attachments.exceptions import ApiError, SessionNotFound, error_payload
+from attachments.exceptions import (
+    ApiError,
+    ServerError,
+    SessionNotFound,
+    classify_server_error,
+    error_payload,
+)
 from attachments.sessions import create_session
 
 from .cancellation import cancel_and_wait
@@ -36,6 +42,16 @@ logger = logging.getLogger(__name__)
 
 # Close codes in the 4000-4999 range reserved for applications, echoing HTTP.
 CLOSE_CODES = {400: 4400, 401: 4401, 403: 4403, 404: 4404, 409: 4409}
+# A failure of the server's own (a database outage, a bug) closes with the
+# standard codes: 1013 "try again later" when it is transient, else 1011.
+SERVER_CLOSE_CODES = {503: 1013}
+
+
+def close_code(exc: ApiError) -> int:
+    """The close code that reports `exc` to a client."""
+    if exc.status_code >= 500:
+        return SERVER_CLOSE_CODES.get(exc.status_code, 1011)
+    return CLOSE_CODES.get(exc.status_code, 4400)
 # Query-string keys that are not feed parameters.
 _NOT_FEED_PARAMS = {"session_id", "token"}
 
@@ -74,6 +90,7 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
 
     session_id: str | None = None
     _follower: asyncio.Task[None] | None = None
+    _accepted = False
     groups_of_its_own = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -108,6 +125,47 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        """
+        Connect; a failure of the server's (the database down, a bug) is
+        reported like any refusal, as a JSON `error` and a close, rather than
+        as the plain-text 500 the ASGI server would answer the handshake with.
+        """
+        try:
+            await super().websocket_connect(message)
+        except StopConsumer:
+            raise
+        except Exception as exc:
+            await self.report_failure(exc, closing=True)
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """
+        Handle a client's message; a transient failure (503) is reported and
+        the socket stays open, while anything else also closes it with 1011.
+        """
+        try:
+            await super().websocket_receive(message)
+        except StopConsumer:
+            raise
+        except Exception as exc:
+            await self.report_failure(exc, closing=False)
+
+    async def report_failure(self, exc: Exception, *, closing: bool) -> None:
+        """Tell the client about a failure that is not its doing; close unless it is transient."""
+        error = classify_server_error(exc)
+        if error is None:
+            logger.error("WebSocket message failed", exc_info=exc)
+            error = ServerError()
+            closing = True
+        else:
+            logger.warning("WebSocket answered %s: %s", error.status_code, exc)
+        if not self._accepted:
+            await self.refuse(error)
+            return
+        await self.send_api_error(error)
+        if closing:
+            await self.close(code=close_code(error))
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         """`AsyncWebsocketConsumer.websocket_disconnect` without its thread hop (see `dispatch`)."""
@@ -154,13 +212,14 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         """Accept, say why, and close: browsers cannot read a rejected handshake."""
         await self.accept()
         await self.send_api_error(exc)
-        await self.close(code=CLOSE_CODES.get(exc.status_code, 4400))
+        await self.close(code=close_code(exc))
 
     async def accept(
         self, subprotocol: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
         """Accept, and count the socket as a live client that a shutdown closes with 1012."""
         await super().accept(subprotocol, headers)
+        self._accepted = True
         current = hub()
         current.add_socket(self)
         if current.draining:

@@ -26,9 +26,10 @@ import logging
 import os
 import stat
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zipstream import ZIP_DEFLATED, ZIP_STORED, ZipStream
@@ -68,6 +69,11 @@ PROBE_BYTES = 64 * 1024
 PROBE_MAX_RATIO = 0.95
 
 
+# An open file by its descriptor (Linux): the manifest as it was listed.
+_PROC_FD = "/proc/self/fd"
+_CAN_HOLD = os.path.isdir(_PROC_FD)
+
+
 class ArchiveChanged(RuntimeError):
     """A file of a stored archive changed after its length was announced."""
 
@@ -81,10 +87,18 @@ class ArchiveEntry:
     mode: int
     inode: int
     device: int
+    # A descriptor of the file as it was when listed, for one that is
+    # replaced while the session is written to (the manifest): the zip
+    # takes this version. Owned by the `SessionArchive`.
+    held: int | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_stat(cls, arcname: str, source: Path, st: os.stat_result) -> ArchiveEntry:
-        return cls(arcname, source, st.st_size, st.st_mtime_ns, st.st_mode, st.st_ino, st.st_dev)
+    def from_stat(
+        cls, arcname: str, source: Path, st: os.stat_result, held: int | None = None
+    ) -> ArchiveEntry:
+        return cls(
+            arcname, source, st.st_size, st.st_mtime_ns, st.st_mode, st.st_ino, st.st_dev, held
+        )
 
     @property
     def name(self) -> str:
@@ -167,6 +181,28 @@ def walk_session(session_dir: Path) -> Iterator[ArchiveEntry]:
             yield ArchiveEntry.from_stat(_arcname(relative), source, checked[1])
 
 
+def _held(base: str, entry: ArchiveEntry) -> ArchiveEntry:
+    """
+    `entry` with its file open, so the zip takes the version that was listed
+    even after the path is replaced (by rename, as the manifest is on every
+    upload). Unchanged if the file cannot be held.
+    """
+    checked = _checked_stat(base, entry.source)
+    if checked is None or not _CAN_HOLD:
+        return entry
+    try:
+        held = os.open(checked[0], os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return entry
+    st = os.fstat(held)
+    return ArchiveEntry.from_stat(entry.arcname, entry.source, st, held)
+
+
+def _close_all(descriptors: list[int]) -> None:
+    for fd in descriptors:
+        os.close(fd)
+
+
 def select_entries(
     session_dir: Path,
     filters: FileFilters,
@@ -235,7 +271,14 @@ class SessionArchive:
 
     def __init__(self, session_dir: Path, entries: list[ArchiveEntry], *, compress: bool) -> None:
         self.base = os.path.realpath(session_dir)
-        self.entries = entries
+        # The manifest is replaced by every upload: the zip holds the one it listed.
+        manifest = paths.manifest_path(Path(self.base))
+        self.entries = [
+            _held(self.base, entry) if entry.source == manifest else entry for entry in entries
+        ]
+        held = [entry.held for entry in self.entries if entry.held is not None]
+        # Released by close(), or with the archive if nobody called it.
+        self._release = weakref.finalize(self, _close_all, held)
         self.compress = compress
         self.size: int | None = None if compress else self._stored_size()
         self.etag: str | None = None if compress else self._stored_etag()
@@ -281,6 +324,10 @@ class SessionArchive:
         )
         return '"zip-' + hashlib.sha256(basis.encode("utf-8")).hexdigest() + '"'
 
+    def close(self) -> None:
+        """Let go of the files held open since the listing (the manifest)."""
+        self._release()
+
     def chunks(self, start: int = 0, length: int = -1) -> Iterator[bytes]:
         """The archive's bytes from `start`, `length` of them (-1: to the end)."""
         stream = self._generate()
@@ -296,6 +343,15 @@ class SessionArchive:
             sized=stored,
         )
         for entry in self.entries:
+            if entry.held is not None:
+                # The very file that was listed, by its descriptor.
+                zs.add_path(
+                    f"{_PROC_FD}/{entry.held}",
+                    zip_name(entry.arcname),
+                    compress_type=ZIP_STORED if stored else None,
+                )
+                yield from zs.file()
+                continue
             # Checked again just before the read: the file may have been
             # replaced (by a link leading out, say) since it was listed.
             checked = _checked_stat(self.base, entry.source)

@@ -96,6 +96,14 @@ class InsufficientStorage(ApiError):
     default_code = "insufficient_storage"
 
 
+class ServerError(ApiError):
+    """A failure of the server's own, not the client's doing (a bug): logged, answered as JSON."""
+
+    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_detail = "The server failed to handle this request."
+    default_code = "server_error"
+
+
 class ServiceUnavailable(ApiError):
     """A backing service (the database) is unreachable; the answer carries Retry-After."""
 
@@ -137,13 +145,7 @@ def server_error_response(
     exc: BaseException,
 ) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
     """Status, JSON body and extra headers for an error the server could not handle."""
-    classified = classify_server_error(exc)
-    if classified is None:
-        return (
-            500,
-            {"detail": "The server failed to handle this request.", "code": "server_error"},
-            [],
-        )
+    classified = classify_server_error(exc) or ServerError()
     headers = []
     retry_after = getattr(classified, "retry_after", None)
     if retry_after is not None:

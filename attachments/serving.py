@@ -266,5 +266,5 @@ def serve_archive(request: HttpRequest, archive: SessionArchive, filename: str) 
         etag=archive.etag,
         last_modified=None,
         body=archive.chunks,
-        close=lambda: None,
+        close=archive.close,
     )

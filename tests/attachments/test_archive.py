@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from attachments import archive
+from attachments import archive, paths
 from attachments.archive import ArchiveChanged, SessionArchive, select_entries, walk_session
 from attachments.selection import FileFilters
 
@@ -232,6 +232,18 @@ class TestStored:
         (session.directory / "code_workspace" / "result.json").write_text("{}")
         with pytest.raises(ArchiveChanged):
             b"".join(built.chunks())
+
+    def test_a_stored_zip_keeps_the_manifest_it_listed_while_uploads_replace_it(self, session):
+        manifest = paths.manifest_path(session.directory)
+        listed = manifest.read_bytes()
+        built = SessionArchive.for_session(session, FileFilters(), compress=False)
+        attach(session, "later.txt", b"recorded after the zip was listed")
+        assert manifest.read_bytes() != listed
+        body = b"".join(built.chunks())
+        assert len(body) == built.size
+        with zipfile.ZipFile(io.BytesIO(body)) as zipped:
+            assert zipped.read(f"code_workspace/attachments/{paths.MANIFEST_NAME}") == listed
+            assert not any(name.endswith("later.txt") for name in zipped.namelist())
 
 
 def test_zip64_for_a_file_over_4_gib(tmp_path):
