@@ -14,8 +14,11 @@ APPS = ("workflows", "artifacts", "attachments")  # from the top layer down
 
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
-    # Imports under `if TYPE_CHECKING:` never run, so they make no cycle.
-    return grimp.build_graph(*APPS, "macproject", exclude_type_checking_imports=True)
+    # Imports under `if TYPE_CHECKING:` never run, so they make no cycle. No
+    # cache: it would be written into the checkout.
+    return grimp.build_graph(
+        *APPS, "macproject", exclude_type_checking_imports=True, cache_dir=None
+    )
 
 
 def describe(dependency) -> str:
