@@ -18,8 +18,8 @@ class ArtifactsConfig(AppConfig):
 
         from . import signals  # noqa: F401 (connects the receivers)
         from .checks import check_settings
+        from .downloads import register as register_downloads
         from .feed import last_event_cursor
-        from .lookup import register as register_downloads
 
         checks.register(check_settings, checks.Tags.compatibility)
         # The downloads answer `art_` ids and the zip's `after=` from the event log.

@@ -3,7 +3,7 @@ The headers of the responses that the event feed's ASGI fast path sends.
 
 Every other response gets its security and CORS headers from Django's
 middleware, configured by the project's settings (`MIDDLEWARE`,
-`SECURE_*`, `X_FRAME_OPTIONS`, `CORS_*`). `artifacts.asgi` answers the feed
+`SECURE_*`, `X_FRAME_OPTIONS`, `CORS_*`). `artifacts.feed_asgi` answers the feed
 before that middleware runs, so rather than restate the policy it runs the
 same middleware classes, in `MIDDLEWARE`'s order, over a Django request
 and response of its own: whatever changes in the settings changes on both

@@ -7,6 +7,8 @@ and drf-spectacular builds the feed's OpenAPI operations from them
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework import serializers
 
 from attachments.parameters import SecondsField, WholeNumberField
@@ -100,3 +102,17 @@ class EventPageSerializer(serializers.Serializer):  # type: ignore[misc]
     next_cursor = serializers.IntegerField()
     has_more = serializers.BooleanField()
     timed_out = serializers.BooleanField()
+
+
+def describe_last_event_cursor(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: the field this app adds to a session."""
+    schemas = result.get("components", {}).get("schemas", {})
+    # `SessionSerializer.contributed_fields` adds it at run time (see apps.py).
+    for name in ("Session", "CreatedSession"):
+        if name in schemas:
+            schemas[name].setdefault("properties", {})["last_event_cursor"] = {
+                "type": "integer",
+                "readOnly": True,
+                "description": "The last event's sequence: a cursor to read only new events from.",
+            }
+    return result

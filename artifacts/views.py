@@ -2,7 +2,7 @@
 The event feed's HTTP endpoints as Django views.
 
 `respond_page` and `respond_stream` hold the whole of each endpoint; the
-views here adapt them to Django, and `artifacts.asgi.EventFeedMiddleware`
+views here adapt them to Django, and `artifacts.feed_asgi.EventFeedMiddleware`
 adapts them to bare ASGI so that, in the reference deployment, a waiting
 request holds no thread. (Django's ASGI handler keeps a thread for every
 request in flight, async views included, for its sync signal receivers and
@@ -29,7 +29,7 @@ from rest_framework.views import APIView
 
 from attachments.access import DjangoUserAuthentication, aauthorize_request
 from attachments.exceptions import ApiError, error_payload
-from attachments.schema import ErrorSerializer
+from attachments.openapi import ErrorSerializer
 
 from . import sse
 from .feed import parse_query, poll

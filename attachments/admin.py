@@ -10,8 +10,8 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from .manifest import ManifestError
+from .manifest_sync import sync_session_from_manifest
 from .models import Attachment, Session
-from .records import sync_session_from_manifest
 from .sessions import purge_session
 
 

@@ -46,10 +46,10 @@ from django.db.models import F
 from .conf import conf
 from .exceptions import SessionNotFound, classify_server_error
 from .manifest import AttachmentEntry, Manifest, PreparedManifest
+from .manifest_sync import manifest_for, mirror_fields, sync_locked
 from .models import Attachment, Session
 from .quotas import QuotaExceeded, Usage, quota_error
 from .receiving import ReceivedFile
-from .records import manifest_for, mirror_fields, sync_locked
 
 logger = logging.getLogger(__name__)
 

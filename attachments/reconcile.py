@@ -40,8 +40,8 @@ from django.utils import timezone
 from . import paths
 from .conf import conf
 from .manifest import TEMP_PREFIX, TEMP_SUFFIX, ManifestError
+from .manifest_sync import manifest_for, sync_locked
 from .models import ResumableUpload, Session
-from .records import manifest_for, sync_locked
 
 logger = logging.getLogger(__name__)
 

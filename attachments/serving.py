@@ -39,7 +39,7 @@ from .file_headers import (
 
 if TYPE_CHECKING:
     from .archive import SessionArchive
-    from .lookup import ResolvedArtifact
+    from .artifact_lookup import ResolvedArtifact
 
 
 def _json_error(status: int, code: str, detail: str, **headers: str) -> JsonResponse:

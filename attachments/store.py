@@ -6,7 +6,7 @@ no Django import here, only the manifest, the path helpers, identifiers and
 MIME detection. Every change goes through `Manifest.edit()`, under the same
 inter-process lock as uploads, so concurrent writers never lose an entry.
 The server mirrors the manifest into the ORM afterwards
-(`attachments.records.sync_session_from_manifest`), which is what emits
+(`attachments.manifest_sync.sync_session_from_manifest`), which is what emits
 events: the manifest stays the one source of truth.
 
 Inside a node, `AttachmentStore.from_env()` finds the session through the

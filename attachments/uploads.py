@@ -2,7 +2,7 @@
 Uploads: the one path from a request body to a recorded attachment.
 
 A body arrives one of two ways: streamed by the ASGI middleware
-(`attachments.asgi`, the fast path, which holds no thread while bytes
+(`attachments.uploads_asgi`, the fast path, which holds no thread while bytes
 arrive), or read by the Django view (any other server, and Django's test
 client). Both go through the same steps, in this module:
 

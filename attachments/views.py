@@ -24,17 +24,17 @@ from .access import (
     owner_for_new_session,
 )
 from .archive import SessionArchive, changed_paths
+from .artifact_lookup import resolve_artifact
 from .body_streams import data_uri
 from .buffering import buffered_body_limit
 from .conf import conf
 from .exceptions import InvalidParameter, JSONErrorsMixin, SessionIdNotAllowed
-from .lookup import resolve_artifact
 from .models import Session
+from .openapi import SESSION_ERRORS, binary, errors
+from .openapi import query as query_param
 from .parameters import boolean, choice, non_negative_int
 from .parsers import JSONParser
 from .quotas import Usage, quota_fields, usage
-from .schema import SESSION_ERRORS, binary, errors
-from .schema import query as query_param
 from .selection import FileFilters
 from .serializers import (
     ArtifactMetaSerializer,
@@ -495,7 +495,7 @@ class ResumableUploadView(ResumableUploadMixin, APIView):
     def patch(self, request: Request, session_id: str, upload_id: str) -> Response:
         streamed = streamed_upload(request._request)
         if streamed is not None:
-            # The ASGI fast path wrote the body already (attachments.asgi).
+            # The ASGI fast path wrote the body already (attachments.uploads_asgi).
             if streamed.error is not None:
                 raise streamed.error
             upload = streamed.resumable

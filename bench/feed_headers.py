@@ -55,7 +55,7 @@ def setup(scratch: Path) -> None:
 
 
 def session_with_events(count: int) -> str:
-    from attachments.records import sync_session_from_manifest
+    from attachments.manifest_sync import sync_session_from_manifest
     from attachments.sessions import create_session
     from attachments.store import AttachmentStore
 

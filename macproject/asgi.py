@@ -75,13 +75,13 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from artifacts.asgi import EventFeedMiddleware, ShutdownMiddleware  # noqa: E402
+from artifacts.feed_asgi import EventFeedMiddleware, ShutdownMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
-from attachments.asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
 from attachments.buffering import guard_daphne  # noqa: E402
 from attachments.conf import conf as attachments_conf  # noqa: E402
-from attachments.reconcile import reconcile_in_background  # noqa: E402
 from attachments.file_body_middleware import FileBodyMiddleware  # noqa: E402
+from attachments.reconcile import reconcile_in_background  # noqa: E402
+from attachments.uploads_asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
 
 # Daphne reads (and Twisted parses) whole bodies before the application
 # sees them: refuse over-long ones before that (attachments.buffering).

@@ -288,9 +288,9 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "attachments.schema.describe_identifiers",
-        "workflows.schema.one_of_workflow_or_alias",
-        "artifacts.schema.describe_last_event_cursor",
+        "attachments.openapi.describe_identifiers",
+        "workflows.serializers.one_of_workflow_or_alias",
+        "artifacts.serializers.describe_last_event_cursor",
     ],
 }
 

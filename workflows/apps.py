@@ -17,7 +17,7 @@ class WorkflowsConfig(AppConfig):
 
         from . import socket_messages
         from .checks import check_sandbox, check_settings
-        from .records import interrupted_runs
+        from .runs import interrupted_runs
 
         checks.register(check_settings, checks.Tags.compatibility)
         checks.register(check_sandbox, checks.Tags.security)

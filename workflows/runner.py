@@ -21,12 +21,12 @@ from django.utils import timezone
 
 from attachments.conf import conf as attachments_conf
 from attachments.manifest import ManifestError
+from attachments.manifest_sync import purge_attachments, sync_session_from_manifest
 from attachments.models import Attachment, Session
 from attachments.quotas import quota_overrun
-from attachments.records import purge_attachments, sync_session_from_manifest
 from attachments.store import AttachmentStore
 
-from . import records
+from . import runs
 from .conf import conf
 from .control import RunControl, read_input, send_to_session
 from .loader import NodeSpec, Workflow
@@ -59,7 +59,7 @@ class Runner:
             ).select_related("session")
         }
         attachments = [rows[i] for i in run.attachment_ids if i in rows]
-        self.attachments = [records.attachment_context(a) for a in attachments]
+        self.attachments = [runs.attachment_context(a) for a in attachments]
         self.outputs: dict[str, Any] = {}
         self.inputs: dict[str, Any] = {}
         self.human_input: dict[str, Any] | None = None
@@ -88,7 +88,7 @@ class Runner:
         except asyncio.CancelledError:
             # The loop is shutting down (the server stops): close the run
             # while we still can, then let the cancellation through.
-            await self._close(control, hook, Status.FAILED, records.STOP_REASON)
+            await self._close(control, hook, Status.FAILED, runs.STOP_REASON)
             raise
         except Exception:
             logger.exception("Run %s failed", self.run.run_id)
@@ -215,7 +215,7 @@ class Runner:
             with contextlib.suppress(Exception):
                 await stop()
         await self._mirror()
-        await database_sync_to_async(records.finish_run)(self.run.pk, status, error)
+        await database_sync_to_async(runs.finish_run)(self.run.pk, status, error)
         if status == Status.COMPLETED and attachments_conf.AUTO_CLEAN:
             await database_sync_to_async(self._auto_clean)()
         await self._announce()
@@ -233,7 +233,7 @@ class Runner:
         )
         if not started:
             return False
-        records.set_session_status(self.session.pk, Session.Status.RUNNING)
+        runs.set_session_status(self.session.pk, Session.Status.RUNNING)
         return True
 
     def _node_started(self, node: NodeRun) -> None:
@@ -245,13 +245,13 @@ class Runner:
         node.status = NodeRun.Status.WAITING_FOR_INPUT
         node.save(update_fields=["status"])
         WorkflowRun.objects.filter(pk=self.run.pk).update(status=Status.WAITING_FOR_INPUT)
-        records.set_session_status(self.session.pk, Session.Status.WAITING_FOR_INPUT)
+        runs.set_session_status(self.session.pk, Session.Status.WAITING_FOR_INPUT)
 
     def _resumed(self) -> None:
         WorkflowRun.objects.filter(pk=self.run.pk, status=Status.WAITING_FOR_INPUT).update(
             status=Status.RUNNING
         )
-        records.set_session_status(self.session.pk, Session.Status.RUNNING)
+        runs.set_session_status(self.session.pk, Session.Status.RUNNING)
 
     def _node_finished(self, node: NodeRun, outcome: NodeOutcome) -> None:
         node.status = outcome.status
@@ -272,7 +272,7 @@ class Runner:
         }
         return {
             "input": value.get("input", ""),
-            "attachments": [records.attachment_context(rows[i]) for i in ids if i in rows],
+            "attachments": [runs.attachment_context(rows[i]) for i in ids if i in rows],
         }
 
     async def _announce(self) -> None:

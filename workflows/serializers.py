@@ -103,3 +103,11 @@ class WorkflowRunSerializer(serializers.ModelSerializer):
                 spec = next((n for n in run.spec.get("nodes", []) if n["id"] == node.node_id), {})
                 return {"node_id": node.node_id, "prompt": spec.get("prompt", "")}
         return None
+
+
+def one_of_workflow_or_alias(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: `yaml_file` aliases `workflow`; one is required."""
+    component = result.get("components", {}).get("schemas", {}).get("ExecuteRequest")
+    if component is not None:
+        component["anyOf"] = [{"required": ["workflow"]}, {"required": ["yaml_file"]}]
+    return result

@@ -14,7 +14,7 @@ from attachments.sessions import get_live_session
 
 from .control import wake_run_async
 from .exceptions import InvalidInput
-from .records import submit_human_input
+from .runs import submit_human_input
 
 
 async def human_input(session_id: str, data: Any) -> dict[str, Any]:

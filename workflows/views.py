@@ -17,12 +17,12 @@ from attachments.access import (
     session_for,
 )
 from attachments.exceptions import JSONErrorsMixin, SessionNotFound
+from attachments.openapi import errors, query
 from attachments.parsers import JSONParser
-from attachments.schema import errors, query
 from attachments.sessions import create_session
 from attachments.views import AccessPolicyMixin
 
-from . import records
+from . import runs
 from .control import wake_run
 from .exceptions import InvalidWorkflow, RunNotFound, UnknownAttachments, WorkflowNotFound
 from .launcher import launch
@@ -68,7 +68,7 @@ def _get_run(run_id: str, credentials: Credentials) -> WorkflowRun:
     except SessionNotFound:
         raise RunNotFound() from None
     # A run whose worker died answers as failed, whichever worker is asked.
-    records.fail_if_orphaned(run)
+    runs.fail_if_orphaned(run)
     return run
 
 
@@ -186,7 +186,7 @@ class ExecuteView(AccessPolicyMixin, APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        records.ensure_recovered()
+        runs.ensure_recovered()
         credentials = credentials_from_request(request)
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -200,13 +200,13 @@ class ExecuteView(AccessPolicyMixin, APIView):
                 "Attachments belong to a session: give its session_id.",
                 attachments=attachment_ids,
             )
-        attachments = records.live_attachments(session, attachment_ids) if session else []
+        attachments = runs.live_attachments(session, attachment_ids) if session else []
         # Created last, so a rejected request leaves no session behind.
         token = None
         if session is None:
             session = create_session(owner=owner_for_new_session(credentials))
             token = session.token
-        run = records.create_run(
+        run = runs.create_run(
             session,
             workflow,
             task_prompt=data["task_prompt"],
@@ -235,12 +235,12 @@ class RunListView(AccessPolicyMixin, APIView):
         session = session_for(
             credentials_from_request(request), request.query_params.get("session_id")
         )
-        runs = (
+        listed = (
             WorkflowRun.objects.filter(session=session)
             .select_related("session")
             .prefetch_related("nodes")[:MAX_LISTED_RUNS]
         )
-        return Response({"runs": WorkflowRunSerializer(runs, many=True).data})
+        return Response({"runs": WorkflowRunSerializer(listed, many=True).data})
 
 
 class RunDetailView(AccessPolicyMixin, APIView):
@@ -257,7 +257,7 @@ class RunCancelView(AccessPolicyMixin, APIView):
 
     @extend_schema(request=None, responses={202: WorkflowRunSerializer, **errors(404, 409)})
     def post(self, request: Request, run_id: str) -> Response:
-        run = records.request_cancel(_get_run(run_id, credentials_from_request(request)))
+        run = runs.request_cancel(_get_run(run_id, credentials_from_request(request)))
         wake_run(run.run_id, "cancel")
         return Response(WorkflowRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
@@ -275,7 +275,7 @@ class RunInputView(AccessPolicyMixin, APIView):
         run = _get_run(run_id, credentials_from_request(request))
         body = HumanInputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        _run, node, value = records.submit_human_input(
+        _run, node, value = runs.submit_human_input(
             run.session,
             body.validated_data["input"],
             body.validated_data.get("attachments", []),

@@ -17,8 +17,8 @@ from rest_framework.test import APIClient
 from artifacts.feed import FeedQuery, read_page
 from artifacts.groups import events_group
 from artifacts.models import ArtifactEvent, EventStream
+from attachments.manifest_sync import manifest_for, sync_session_from_manifest
 from attachments.models import Attachment, Session
-from attachments.records import manifest_for, sync_session_from_manifest
 from attachments.sessions import purge_session
 
 from .builders import add_attachment, new_session

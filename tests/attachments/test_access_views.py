@@ -14,10 +14,10 @@ from django.core.cache import cache
 from django.middleware.csrf import _get_new_csrf_string, _mask_cipher_secret
 from rest_framework.test import APIClient
 
-from attachments.asgi import StreamingUploadMiddleware
 from attachments.exceptions import SessionNotFound
 from attachments.models import Session
 from attachments.uploads import STREAMED_UPLOAD_SCOPE_KEY
+from attachments.uploads_asgi import StreamingUploadMiddleware
 
 from .builders import (
     JWT_SECRET,
@@ -30,7 +30,7 @@ from .builders import (
     response_body,
     uploaded_files,
 )
-from .test_asgi import http_scope
+from .test_uploads_asgi import http_scope
 
 pytestmark = [pytest.mark.django_db, pytest.mark.access_policy("token")]
 

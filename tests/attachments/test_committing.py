@@ -133,7 +133,7 @@ def test_a_session_purged_before_the_commit_point_keeps_nothing():
 
 
 def test_usage_counters_follow_uploads_and_purges():
-    from attachments.records import purge_attachments
+    from attachments.manifest_sync import purge_attachments
 
     session = new_session()
     accept_upload(session, receive(session, "a.bin", b"a" * 10))

@@ -8,8 +8,8 @@ import json
 import pytest
 from django.core.management import CommandError, call_command
 
+from attachments.manifest_sync import manifest_for
 from attachments.models import Attachment, Session
-from attachments.records import manifest_for
 
 from .builders import DjangoPath, multipart, new_session
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from attachments.manifest_sync import purge_attachments, sync_session_from_manifest
 from attachments.models import Attachment
-from attachments.records import purge_attachments, sync_session_from_manifest
 from attachments.store import AttachmentStore, RegistrationError
 
 from .builders import DjangoPath, PNG_1x1, multipart, new_session

@@ -27,7 +27,7 @@ from attachments.models import Attachment
 from attachments.paths import attachments_dir
 from tests.servers import SERVER_KINDS
 from workflows.models import WorkflowRun
-from workflows.records import RESTART_REASON
+from workflows.runs import RESTART_REASON
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 

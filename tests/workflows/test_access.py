@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 from attachments.models import Session
 from attachments.sessions import create_session
 from tests.attachments.builders import JWT_SECRET, bearer, make_jwt
-from workflows import records
+from workflows import runs
 from workflows.loader import load_workflow
 from workflows.models import WorkflowRun
 
@@ -32,7 +32,7 @@ def session():
 
 @pytest.fixture
 def run(session):
-    return records.create_run(
+    return runs.create_run(
         session, load_workflow("review_csv"), task_prompt="x", variables={}, attachments=[]
     )
 

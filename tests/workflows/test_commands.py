@@ -13,7 +13,7 @@ from django.utils import timezone
 from attachments.sessions import create_session
 from workflows.loader import load_workflow
 from workflows.models import NodeRun, WorkflowRun
-from workflows.records import RESTART_REASON, create_run
+from workflows.runs import RESTART_REASON, create_run
 
 pytestmark = pytest.mark.django_db
 

@@ -456,7 +456,7 @@ async def test_by_default_everything_is_kept(warehouse):
 
 
 async def test_runs_interrupted_by_a_restart_are_marked_failed(workflows_dir):
-    from workflows import records
+    from workflows import runs
 
     write_workflow(workflows_dir, "wait", "nodes:\n  - id: ask\n    type: human\n")
     async with asgi_client() as client:
@@ -468,14 +468,14 @@ async def test_runs_interrupted_by_a_restart_are_marked_failed(workflows_dir):
         await WorkflowRun.objects.filter(run_id=started["run_id"]).aupdate(
             worker=f"{socket.gethostname()}:{gone.pid}:old"
         )
-        assert await sync_to_async(records.fail_interrupted_runs)() == [started["run_id"]]
+        assert await sync_to_async(runs.fail_interrupted_runs)() == [started["run_id"]]
         run = await run_status(client, started["run_id"])
         assert run["status"] == "failed"
-        assert run["error"] == records.RESTART_REASON
+        assert run["error"] == runs.RESTART_REASON
         assert run["nodes"][0]["status"] == "failed"
         assert (await Session.objects.aget(session_id=started["session_id"])).status == "failed"
         # The task that was still running here notices, stops, and leaves the verdict alone.
-        assert (await finished(client, started["run_id"]))["error"] == records.RESTART_REASON
+        assert (await finished(client, started["run_id"]))["error"] == runs.RESTART_REASON
 
 
 async def test_a_stale_heartbeat_from_another_host_fails_the_run_when_it_is_read(

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from attachments.exceptions import ApiError
-from attachments.records import rebuild_from_warehouse, sync_session_from_manifest
+from attachments.manifest_sync import rebuild_from_warehouse, sync_session_from_manifest
 from attachments.sessions import get_live_session
 
 

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from workflows.records import fail_interrupted_runs
+from workflows.runs import fail_interrupted_runs
 
 
 class Command(BaseCommand):

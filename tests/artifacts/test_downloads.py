@@ -14,8 +14,8 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from artifacts.models import ArtifactEvent
+from attachments.artifact_lookup import resolve_artifact
 from attachments.exceptions import ArtifactNotFound
-from attachments.lookup import resolve_artifact
 from attachments.models import Attachment
 from tests.attachments.builders import DjangoPath, attach, multipart, new_session
 

@@ -32,8 +32,8 @@ from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from attachments.access import authorize_scope
-from attachments.asgi import resolve_http
 from attachments.exceptions import server_error_response
+from attachments.uploads_asgi import resolve_http
 
 from . import shutdown
 from .cancellation import cancel_and_wait

@@ -2,7 +2,7 @@
 What the attachments app's downloads need from the event log, registered in
 `ArtifactsConfig.ready()`:
 
-- `art_` ids for `attachments.lookup.resolve_artifact()`: an event's id names
+- `art_` ids for `attachments.artifact_lookup.resolve_artifact()`: an event's id names
   the attachment that event announced, in the same session. What is served is
   that attachment as it is now (its recorded path, size and sha256), so the
   ETag always matches the bytes sent; the event's own fields (`change_type`,
@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from attachments.archive import register_change_feed
-from attachments.lookup import ResolvedArtifact, register_resolver, resolve_attachment
+from attachments.artifact_lookup import ResolvedArtifact, register_resolver, resolve_attachment
 from attachments.models import Session
 
 from .feed import start_cursor

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from attachments import lookup
+from attachments import artifact_lookup as lookup
+from attachments.artifact_lookup import ResolvedArtifact, register_resolver, resolve_artifact
 from attachments.exceptions import ArtifactFileMissing, ArtifactNotFound
-from attachments.lookup import ResolvedArtifact, register_resolver, resolve_artifact
 
 from .builders import attach, new_session
 

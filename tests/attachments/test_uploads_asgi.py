@@ -8,7 +8,7 @@ import json
 import pytest
 from django.urls import reverse
 
-from attachments.asgi import StreamingUploadMiddleware, upload_session_id
+from attachments.uploads_asgi import StreamingUploadMiddleware, upload_session_id
 
 from .builders import manifest_ids, multipart, new_session, row_ids, uploaded_files
 
