@@ -1,24 +1,30 @@
 """
 The import contract: `workflows -> artifacts -> attachments`, nothing
 pointing upward, and no import cycle inside an app. The project
-(`macproject`) wires the apps together; no app imports it.
+(`macproject`) wires the apps together; no app imports it. The documents
+that describe the layout (docs/ARCHITECTURE.md, the README's Layout) name
+only modules that exist, and the README lists them all.
 """
 
 from __future__ import annotations
 
+import ast
+import re
+from pathlib import Path
+
 import grimp
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 APPS = ("workflows", "artifacts", "attachments")  # from the top layer down
+PACKAGES = (*APPS, "macproject")
 
 
 @pytest.fixture(scope="module")
 def graph() -> grimp.ImportGraph:
     # Imports under `if TYPE_CHECKING:` never run, so they make no cycle. No
     # cache: it would be written into the checkout.
-    return grimp.build_graph(
-        *APPS, "macproject", exclude_type_checking_imports=True, cache_dir=None
-    )
+    return grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True, cache_dir=None)
 
 
 def describe(dependency) -> str:
@@ -90,3 +96,64 @@ def test_the_cycle_finder_finds_a_cycle():
     graph.add_import(importer="app.b", imported="app.a")
     graph.add_import(importer="app.c", imported="app.a")
     assert import_cycles(graph, "app") == [["app.a", "app.b"]]
+
+
+def top_level_names(module: str) -> set[str]:
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def unresolved(graph, dotted: str) -> str | None:
+    """None if `dotted` is a module, or a module and one of its top-level names."""
+    if dotted in graph.modules:
+        return None
+    module, _, name = dotted.rpartition(".")
+    if module in graph.modules and name in top_level_names(module):
+        return None
+    return dotted
+
+
+def test_the_architecture_document_names_what_exists(graph):
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    packages = "|".join(PACKAGES)
+    named = set(re.findall(rf"\b((?:{packages})(?:\.\w+)+)", text))
+    # In the diagram, a module's box may name one of its functions or classes.
+    named |= {
+        f"{module}.{name}"
+        for module, name in re.findall(rf"\b((?:{packages})(?:\.\w+)+)<br/>(\w+)", text)
+    }
+    assert len(named) > 20
+    assert [n for n in sorted(named) if unresolved(graph, n)] == []
+
+
+def readme_layout() -> dict[str, set[str]]:
+    """The modules the README's Layout lists, by package."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed: dict[str, set[str]] = {}
+    package = None
+    for line in section.split("```")[1].splitlines():
+        header = re.match(r"^(\w+)/\s", line)
+        if header:
+            package = header.group(1)
+            continue
+        entry = re.match(r"^  ([\w.]+\.py(?:, [\w.]+\.py)*)\s", line)
+        if entry and package is not None:
+            names = {name.removesuffix(".py") for name in entry.group(1).split(", ")}
+            listed.setdefault(package, set()).update(names)
+    return listed
+
+
+def test_the_readme_layout_lists_every_module_and_no_other():
+    listed = readme_layout()
+    for package in PACKAGES:
+        modules = {p.stem for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
+        assert listed.get(package) == modules, package
