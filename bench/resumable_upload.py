@@ -194,6 +194,9 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--chunk-mib", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--no-resume", action="store_true", help="measure throughput only, not the resume"
+    )
     args = parser.parse_args()
     size, chunk = args.size_mib * MIB, args.chunk_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="bench-tus-", dir=PROJECT_DIR))
@@ -228,6 +231,8 @@ def main() -> int:
             print(f"  tus        {t:6.2f} s  {args.size_mib / t:7.1f} MiB/s")
             print(f"  tus / multipart throughput: {m / t:.2f}  (target >= 0.8)")
 
+            if args.no_resume:
+                return 0
             half = (size // 2 // chunk) * chunk
             with server(env, work) as (port, process):
                 path, auth = tus_create(port, size)
