@@ -11,11 +11,16 @@ same id, scanners, quotas, manifest entry, row and event.
 - The offset lives in the database, the bytes on disk: a PATCH may reach
   any worker, and an interrupted PATCH keeps every byte it wrote (fsync'd
   before the offset moves).
-- One PATCH writes an upload at a time: each takes an `flock` on the
-  upload's staging directory without waiting, and another PATCH meanwhile
-  gets 423. The lock lives in the kernel (shared-volume filesystems carry it
-  across machines), dies with its process, and is the same lock that tells
-  reconciliation an upload is in use.
+- One PATCH writes an upload at a time, whichever worker or host it
+  reaches: it leases the upload's row with a conditional UPDATE, which also
+  checks the offset (one round trip), and another PATCH meanwhile gets 423.
+  The lease lives in the database, is renewed while bytes flow, and frees
+  itself `ATTACHMENTS_TUS_LEASE` seconds after a holder died (`PatchWriter`
+  says how its expiry is bounded). Recording a finished upload also takes
+  the staging directory's `flock`, as multipart uploads do, for
+  reconciliation.
+- Whole aligned buffers are written around the page cache (O_DIRECT), so
+  the fsync each PATCH needs before its 204 has little left to flush.
 - The sha256 of the whole file is computed as the bytes arrive. A digest's
   state cannot be saved portably, so the process keeps it between PATCHes;
   a PATCH that reaches another worker, or one started after a restart,

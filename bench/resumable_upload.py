@@ -195,6 +195,10 @@ def main() -> int:
     parser.add_argument("--chunk-mib", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
+        "--database-url",
+        help="e.g. postgres://root@127.0.0.1:5432/bench (an empty database); default: a new SQLite",
+    )
+    parser.add_argument(
         "--no-resume", action="store_true", help="measure throughput only, not the resume"
     )
     args = parser.parse_args()
@@ -203,7 +207,7 @@ def main() -> int:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "macproject.settings",
-        "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}",
+        "DATABASE_URL": args.database_url or f"sqlite:///{work / 'db.sqlite3'}",
         "MAC_WAREHOUSE_DIR": str(work / "wh"),
     }
     env.pop("REDIS_URL", None)
@@ -224,8 +228,10 @@ def main() -> int:
                     multi.append(multipart(port, data))
                     resumed.append(tus(port, data, chunk))
             m, t = statistics.median(multi), statistics.median(resumed)
+            database = "PostgreSQL" if env["DATABASE_URL"].startswith("postgres") else "SQLite"
             print(
-                f"{args.size_mib} MiB, tus in {args.chunk_mib} MiB chunks, medians of {args.runs}:"
+                f"{args.size_mib} MiB, tus in {args.chunk_mib} MiB chunks, medians of {args.runs}"
+                f" ({database}):"
             )
             print(f"  multipart  {m:6.2f} s  {args.size_mib / m:7.1f} MiB/s")
             print(f"  tus        {t:6.2f} s  {args.size_mib / t:7.1f} MiB/s")
@@ -256,7 +262,8 @@ def main() -> int:
             print(f"resume after SIGKILL at {half // MIB} MiB:")
             print(f"  HEAD for the offset      {head_seconds * 1000:7.1f} ms")
             print(
-                f"  second half, resumed     {after_kill:7.2f} s (re-hashes {half // MIB} MiB on disk first)"
+                f"  second half, resumed     {after_kill:7.2f} s"
+                f" (re-hashes {half // MIB} MiB on disk first)"
             )
             print(f"  second half, no restart  {without_kill:7.2f} s")
             print(f"  cost of resuming: {after_kill - without_kill:+.2f} s")
