@@ -99,14 +99,28 @@ def server(env: dict[str, str], work: Path) -> Iterator[tuple[int, subprocess.Po
         log.close()
 
 
+# One kept-alive connection per server, as tus clients (and browsers) keep
+# theirs between PATCHes; a request that finds it closed reconnects.
+_connections: dict[int, http.client.HTTPConnection] = {}
+
+
 def request(port: int, method: str, path: str, body=None, headers=None) -> tuple[int, dict, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=MIB)
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    result = response.status, {k.lower(): v for k, v in response.getheaders()}, data
-    connection.close()
-    return result
+    connection = _connections.get(port)
+    if connection is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600, blocksize=MIB)
+        _connections[port] = connection
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        data = response.read()
+    except (ConnectionError, http.client.HTTPException):
+        connection.close()
+        del _connections[port]
+        raise
+    if response.will_close:
+        connection.close()
+        del _connections[port]
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, data
 
 
 def new_session(port: int) -> tuple[str, dict[str, str]]:
