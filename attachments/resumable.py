@@ -453,12 +453,11 @@ class PatchWriter:
         upload: ResumableUpload,
         offset: int,
         checksum: tuple[str, bytes] | None,
-        leased: str | None = None,
+        leased: tuple[str, float] | None = None,
     ) -> None:
-        self.token = leased
-        self.lock_fd: int | None = None
+        """`leased`: the lease's token and when it was asked for (`time.monotonic()`)."""
+        self.token, self._lease_taken = leased or (None, time.monotonic())
         self._file: _Appender | None = None
-        self._lease_taken = time.monotonic()
         if leased is None:
             token = secrets.token_hex(16)
             taken = _take_lease(upload.session, upload.upload_id, offset, token)
@@ -485,11 +484,11 @@ class PatchWriter:
         cls, session: Session, upload_id: str, offset: int, checksum: tuple[str, bytes] | None
     ) -> PatchWriter:
         """Lease the upload for a PATCH at `offset`, or raise why not (404, 409, 410, 423)."""
-        token = secrets.token_hex(16)
+        token, asked = secrets.token_hex(16), time.monotonic()
         upload = _take_lease(session, upload_id, offset, token)
         if upload is None:
             raise _refusal(session, upload_id, offset)
-        return cls(upload, offset, checksum, leased=token)
+        return cls(upload, offset, checksum, leased=(token, asked))
 
     # The lease: renewed from a thread that may use the database, checked before each write.
 
