@@ -191,7 +191,8 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
     """
     Write a PATCH body as it arrives; whether all of it came (False: the
     client left). One write is on a worker thread while the next buffer is
-    received, and the upload's lease is renewed between writes when due.
+    received. The upload's lease is renewed when due as long as bytes come,
+    however slowly.
     """
     pending: list[bytes] = []
     pending_bytes = 0
@@ -200,8 +201,6 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
     async def write(chunk: bytes) -> asyncio.Future[None]:
         if writing is not None:
             await writing
-        if writer.renewal_due:
-            await _in_worker_thread(writer.renew)
         return asyncio.get_running_loop().run_in_executor(None, writer.write, chunk)
 
     try:
@@ -209,6 +208,8 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
             message = await receive()
             if message["type"] == "http.disconnect":
                 break
+            if writer.renewal_due:
+                await _in_worker_thread(writer.renew)
             body = message.get("body", b"")
             if body:
                 pending.append(body)
