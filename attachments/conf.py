@@ -15,6 +15,9 @@ The attachments app's settings, each read live from Django settings so that
                                   (16 MiB)
     ATTACHMENTS_TUS_EXPIRY        seconds a resumable (tus) upload may stay unfinished after its
                                   last byte arrived before it is removed (86400)
+    ATTACHMENTS_TUS_LEASE         seconds a PATCH holds a resumable upload without renewing
+                                  its lease; a holder that died frees it this long after its
+                                  last renewal (30)
     ATTACHMENTS_DIRECT_IO         write uploads larger than one buffer with O_DIRECT where the
                                   filesystem accepts it (True); turn off on network
                                   filesystems where uncached writes are synchronous
@@ -120,6 +123,10 @@ class Settings:
     @property
     def TUS_EXPIRY(self) -> int:
         return int(self.raw("TUS_EXPIRY"))
+
+    @property
+    def TUS_LEASE(self) -> float:
+        return float(getattr(settings, "ATTACHMENTS_TUS_LEASE", 30))
 
     @property
     def RECONCILE_AT_START(self) -> bool:

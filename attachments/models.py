@@ -115,7 +115,9 @@ class Attachment(models.Model):
         verbose_name = _("attachment")
         verbose_name_plural = _("attachments")
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["session", "created_at"], name="attachment_session_created")]
+        indexes = [
+            models.Index(fields=["session", "created_at"], name="attachment_session_created")
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.attachment_id})"
@@ -147,6 +149,11 @@ class ResumableUpload(models.Model):
     offset = models.PositiveBigIntegerField(_("offset"), default=0)
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     expires_at = models.DateTimeField(_("expires at"), db_index=True)
+    # The PATCH writing the upload now, on whichever worker or host: a lease
+    # taken with a conditional UPDATE (attachments.resumable), free once
+    # `lease_expires_at` has passed, so a holder that died releases it.
+    lease_token = models.CharField(_("lease token"), max_length=32, blank=True, default="")
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("resumable upload")

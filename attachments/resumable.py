@@ -11,11 +11,16 @@ same id, scanners, quotas, manifest entry, row and event.
 - The offset lives in the database, the bytes on disk: a PATCH may reach
   any worker, and an interrupted PATCH keeps every byte it wrote (fsync'd
   before the offset moves).
-- One PATCH writes an upload at a time: each takes an `flock` on the
-  upload's staging directory without waiting, and another PATCH meanwhile
-  gets 423. The lock lives in the kernel (shared-volume filesystems carry it
-  across machines), dies with its process, and is the same lock that tells
-  reconciliation an upload is in use.
+- One PATCH writes an upload at a time, whichever worker or host it
+  reaches: it leases the upload's row with a conditional UPDATE, which also
+  checks the offset (one round trip), and another PATCH meanwhile gets 423.
+  The lease lives in the database, is renewed while bytes flow, and frees
+  itself `ATTACHMENTS_TUS_LEASE` seconds after a holder died (`PatchWriter`
+  says how its expiry is bounded). Recording a finished upload also takes
+  the staging directory's `flock`, as multipart uploads do, for
+  reconciliation.
+- Whole aligned buffers are written around the page cache (O_DIRECT), so
+  the fsync each PATCH needs before its 204 has little left to flush.
 - The sha256 of the whole file is computed as the bytes arrive. A digest's
   state cannot be saved portably, so the process keeps it between PATCHes;
   a PATCH that reaches another worker, or one started after a restart,
@@ -30,16 +35,19 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import errno
 import hashlib
+import mmap
 import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection
 from django.utils import timezone
 from rest_framework import status
 
@@ -58,6 +66,10 @@ CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # Digests kept between PATCHes, per process.
 _KEPT_DIGESTS = 1024
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+# O_DIRECT needs memory, file offset and length aligned to the device's block
+# size, at most a page on common hardware; mmap buffers start on a page.
+_DIRECT_ALIGN = mmap.PAGESIZE
 
 
 class TusVersionMismatch(ApiError):
@@ -246,44 +258,258 @@ def purge_expired(now: Any = None) -> int:
     return count
 
 
+def _set_direct(fd: int, enabled: bool) -> bool:
+    """Turn O_DIRECT on or off for `fd`; whether it is now on."""
+    import fcntl  # POSIX only, and only reached where os.O_DIRECT exists
+
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if enabled else (flags & ~_O_DIRECT))
+    except OSError:
+        if enabled:
+            return False  # e.g. tmpfs before Linux 6.6, some FUSE filesystems
+        raise
+    return enabled
+
+
+class _Appender:
+    """
+    Appends to an upload's file from `start`. Whole aligned buffers go
+    around the page cache (O_DIRECT), as multipart uploads do: the bytes are
+    on their way to the device while the body still arrives, so the fsync
+    that must precede the acknowledgement has almost nothing left to flush.
+    A head up to the first block boundary (a PATCH that starts unaligned)
+    and the tail of the PATCH are ordinary writes.
+    """
+
+    def __init__(self, path: Any, start: int, direct_io: bool) -> None:
+        self.fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            os.ftruncate(self.fd, start)  # bytes past the offset were never acknowledged
+            os.lseek(self.fd, start, os.SEEK_SET)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.position = start
+        self._direct = False
+        self._want_direct = bool(_O_DIRECT) and direct_io
+        size = -(-max(conf.UPLOAD_BUFFER_BYTES, 1) // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        self._buffer = mmap.mmap(-1, size) if self._want_direct else None
+        self._filled = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self._buffer is None:
+            self._write_all(view)
+            return
+        if not self._direct and self._filled == 0:
+            head = -self.position % _DIRECT_ALIGN
+            if head:
+                # Up to the first block boundary, through the page cache.
+                self._write_all(view[:head])
+                view = view[head:]
+        buffer = self._buffer
+        while view:
+            taken = min(len(view), len(buffer) - self._filled)
+            buffer[self._filled : self._filled + taken] = view[:taken]
+            self._filled += taken
+            view = view[taken:]
+            if self._filled == len(buffer):
+                if not self._direct and self._want_direct:
+                    self._direct = self._want_direct = _set_direct(self.fd, True)
+                self._write_buffer()
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            written = os.write(self.fd, view)
+            self.position += written
+            view = view[written:]
+
+    def _write_buffer(self) -> None:
+        assert self._buffer is not None
+        pending = memoryview(self._buffer)[: self._filled]
+        try:
+            while pending:
+                try:
+                    written = os.write(self.fd, pending)
+                except OSError as exc:
+                    # The filesystem took O_DIRECT but wants another alignment.
+                    if not (self._direct and exc.errno == errno.EINVAL):
+                        raise
+                    self._direct = self._want_direct = _set_direct(self.fd, False)
+                    continue
+                self.position += written
+                pending = pending[written:]
+        finally:
+            pending.release()
+        self._filled = 0
+
+    def flush(self) -> None:
+        """Write what the buffer holds (a tail seldom a whole number of blocks)."""
+        if self._filled:
+            if self._direct:
+                self._direct = _set_direct(self.fd, False)
+            self._write_buffer()
+
+    def truncate(self, size: int) -> None:
+        self._filled = 0
+        os.ftruncate(self.fd, size)
+        self.position = size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
+
+
+def _lease_span() -> timedelta:
+    return timedelta(seconds=conf.TUS_LEASE)
+
+
+def _take_lease(
+    session: Session, upload_id: str, offset: int | None, token: str
+) -> ResumableUpload | None:
+    """
+    One conditional UPDATE: the upload, now leased to `token`, if it exists,
+    has not expired, is free (no lease, or one past its expiry) and, with
+    `offset`, is at that offset and not complete; else None. On PostgreSQL
+    and SQLite both, the row is returned by the same statement (RETURNING),
+    so a PATCH starts with one round trip to the database.
+    """
+    now = timezone.now()
+    meta = ResumableUpload._meta
+    quote = connection.ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    adapt = connection.ops.adapt_datetimefield_value
+    conditions = [
+        f"{column('session')} = %s",
+        f"{column('upload_id')} = %s",
+        f"{column('expires_at')} > %s",
+        f"({column('lease_expires_at')} IS NULL OR {column('lease_expires_at')} <= %s)",
+    ]
+    params: list[Any] = [session.pk, upload_id, adapt(now), adapt(now)]
+    if offset is not None:
+        conditions.append(f"{column('offset')} = %s")
+        conditions.append(f"({column('offset')} < {column('length')} OR {column('length')} = 0)")
+        params.append(offset)
+    returned = ", ".join(quote(field.column) for field in meta.concrete_fields)
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {column('lease_token')} = %s, "
+        f"{column('lease_expires_at')} = %s WHERE {' AND '.join(conditions)} "
+        f"RETURNING {returned}"
+    )
+    rows = list(ResumableUpload.objects.raw(sql, [token, adapt(now + _lease_span()), *params]))
+    if not rows:
+        return None
+    upload = rows[0]
+    upload.session = session
+    return upload
+
+
+def _release_lease(upload: ResumableUpload, token: str) -> None:
+    ResumableUpload.objects.filter(pk=upload.pk, lease_token=token).update(
+        lease_token="", lease_expires_at=None
+    )
+
+
+def _refusal(session: Session, upload_id: str, offset: int) -> ApiError:
+    """Why an upload could not be leased for a PATCH at `offset` (the slow, rare path)."""
+    upload = find_upload(session, upload_id)  # 404, or 410 (and removed)
+    if upload.offset == upload.length and upload.length:
+        return OffsetMismatch("Every byte of this upload arrived already.", offset=upload.offset)
+    if upload.lease_expires_at is not None and upload.lease_expires_at > timezone.now():
+        return UploadLocked()
+    if offset != upload.offset:
+        return OffsetMismatch(
+            f"Upload-Offset is {offset}, the upload is at {upload.offset}.", offset=upload.offset
+        )
+    return UploadLocked()  # freed or moved in between: the client retries
+
+
 class PatchWriter:
     """
-    Appends one PATCH's bytes to an upload. Open it (which takes the
-    upload's lock and checks the offset), `write()` the body's chunks, then
+    Appends one PATCH's bytes to an upload. Open it (which leases the upload
+    and checks the offset, in one UPDATE), `write()` the body's chunks, then
     `close()` with whether the whole body arrived.
+
+    The lease is the PATCH's exclusivity, wherever the other PATCH runs: a
+    row in the database, taken with a conditional UPDATE and held for
+    `ATTACHMENTS_TUS_LEASE` seconds. While bytes flow the holder renews it
+    (`renewal_due`, `renew()`) every third of that; it never writes or
+    truncates past two thirds of it without a renewal, so another worker,
+    even on a host whose clock is up to a third of the lease ahead, only
+    takes over once this one has stopped. A holder that died (kill -9, a
+    lost host) frees the upload at most one lease after its last renewal.
     """
 
     def __init__(
-        self, upload: ResumableUpload, offset: int, checksum: tuple[str, bytes] | None
+        self,
+        upload: ResumableUpload,
+        offset: int,
+        checksum: tuple[str, bytes] | None,
+        leased: tuple[str, float] | None = None,
     ) -> None:
+        """`leased`: the lease's token and when it was asked for (`time.monotonic()`)."""
+        self.token, self._lease_taken = leased or (None, time.monotonic())
+        self._file: _Appender | None = None
+        if leased is None:
+            token = secrets.token_hex(16)
+            taken = _take_lease(upload.session, upload.upload_id, offset, token)
+            if taken is None:
+                raise _refusal(upload.session, upload.upload_id, offset)
+            self.token, upload = token, taken
         self.upload = upload
-        if upload.offset == upload.length and upload.length:
-            raise OffsetMismatch("Every byte of this upload arrived already.", offset=upload.offset)
         try:
-            self.lock_fd = paths.lock_directory(upload.directory, blocking=False)
-        except FileNotFoundError:
-            raise UploadNotFound() from None
-        if self.lock_fd is None:
-            raise UploadLocked()
-        self._fd = -1
-        try:
-            upload.refresh_from_db(fields=["offset", "expires_at"])
-            if offset != upload.offset:
-                raise OffsetMismatch(
-                    f"Upload-Offset is {offset}, the upload is at {upload.offset}.",
-                    offset=upload.offset,
-                )
             self.start = upload.offset
-            self._fd = os.open(upload.file_path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
-            os.ftruncate(self._fd, self.start)  # bytes past the offset were never acknowledged
-            os.lseek(self._fd, self.start, os.SEEK_SET)
+            self._file = _Appender(upload.file_path, self.start, conf.DIRECT_IO)
             self.digest = _digests.take(upload.upload_id, self.start) or self._rehash(self.start)
             self.chunk_digest = CHECKSUMS[checksum[0]]() if checksum else None
             self.expected_chunk_digest = checksum[1] if checksum else None
             self.written = 0
+        except FileNotFoundError:
+            self.release()
+            raise UploadNotFound() from None
         except BaseException:
             self.release()
             raise
+
+    @classmethod
+    def open(
+        cls, session: Session, upload_id: str, offset: int, checksum: tuple[str, bytes] | None
+    ) -> PatchWriter:
+        """Lease the upload for a PATCH at `offset`, or raise why not (404, 409, 410, 423)."""
+        token, asked = secrets.token_hex(16), time.monotonic()
+        upload = _take_lease(session, upload_id, offset, token)
+        if upload is None:
+            raise _refusal(session, upload_id, offset)
+        return cls(upload, offset, checksum, leased=(token, asked))
+
+    # The lease: renewed from a thread that may use the database, checked before each write.
+
+    @property
+    def renewal_due(self) -> bool:
+        return time.monotonic() - self._lease_taken >= conf.TUS_LEASE / 3
+
+    def renew(self) -> None:
+        """Extend the lease; UploadLocked if another request took it over meanwhile."""
+        asked = time.monotonic()
+        renewed = ResumableUpload.objects.filter(pk=self.upload.pk, lease_token=self.token).update(
+            lease_expires_at=timezone.now() + _lease_span()
+        )
+        if not renewed:
+            self.token = None
+            raise UploadLocked("Another request took this upload over; resume from its offset.")
+        self._lease_taken = asked
+
+    def _check_lease(self) -> None:
+        if time.monotonic() - self._lease_taken >= conf.TUS_LEASE * 2 / 3:
+            raise UploadLocked("This request's hold on the upload lapsed; resume from HEAD.")
 
     def _rehash(self, upto: int) -> Any:
         digest = hashlib.sha256()
@@ -302,19 +528,20 @@ class PatchWriter:
         return self.start + self.written
 
     def write(self, data: bytes | memoryview) -> None:
+        """Append `data` (blocking; it must not change until this returns). No database use."""
         if self.offset + len(data) > self.upload.length:
             raise InvalidTusHeader(
                 "Upload-Length", "The body goes past the upload's declared Upload-Length."
             )
+        self._check_lease()
+        assert self._file is not None
         # sha256 and write() both release the GIL: large chunks are hashed on
         # another thread while this one writes (as multipart uploads are).
         hashed = (
             hash_workers.submit(self._hash, data) if len(data) >= PARALLEL_HASH_MIN_BYTES else None
         )
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            self._file.write(data)
         except OSError as exc:
             if is_disk_full(exc):
                 raise InsufficientStorage() from exc
@@ -337,8 +564,11 @@ class PatchWriter:
         """
         Make the received bytes durable and move the offset; the new offset.
         With a checksum, a chunk that did not arrive whole or does not match
-        is discarded (ChecksumMismatch for a whole one).
+        is discarded (ChecksumMismatch for a whole one). The one database
+        round trip moves the offset and ends the lease together, unless the
+        upload is complete: then the lease is held until it is recorded.
         """
+        assert self._file is not None
         try:
             keep = self.written
             mismatch = False
@@ -347,16 +577,30 @@ class PatchWriter:
                     keep = 0
                 elif self.chunk_digest.digest() != self.expected_chunk_digest:
                     keep, mismatch = 0, True
+            if self.renewal_due:
+                self.renew()  # before touching the file again
+            self._check_lease()
             if keep != self.written:
-                os.ftruncate(self._fd, self.start)
+                self._file.truncate(self.start)
                 self.digest = None
-            os.fsync(self._fd)
+            else:
+                self._file.flush()
+            os.fsync(self._file.fd)
             new_offset = self.start + keep
-            with transaction.atomic():
-                ResumableUpload.objects.filter(pk=self.upload.pk).update(
-                    offset=new_offset,
-                    expires_at=timezone.now() + timedelta(seconds=conf.TUS_EXPIRY),
-                )
+            complete = new_offset == self.upload.length
+            moved = ResumableUpload.objects.filter(
+                pk=self.upload.pk, lease_token=self.token
+            ).update(
+                offset=new_offset,
+                expires_at=timezone.now() + timedelta(seconds=conf.TUS_EXPIRY),
+                lease_token=self.token if complete else "",
+                lease_expires_at=timezone.now() + _lease_span() if complete else None,
+            )
+            if not moved:
+                self.token = None
+                raise UploadLocked("Another request took this upload over; resume from its offset.")
+            if not complete:
+                self.token = None  # released by the same UPDATE
             self.upload.offset = new_offset
             if self.digest is not None:
                 _digests.keep(self.upload.upload_id, new_offset, self.digest)
@@ -364,22 +608,22 @@ class PatchWriter:
                 raise ChecksumMismatch()
             return new_offset
         finally:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+            self._file.close()
 
     @property
     def complete(self) -> bool:
         return self.upload.offset == self.upload.length
 
     def finish_upload(self) -> Attachment:
-        """Record the complete upload as an attachment (releases the lock either way)."""
+        """Record the complete upload as an attachment (releases the lease either way)."""
         from .uploads import accept_upload
 
         upload = self.upload
         digest = _digests.take(upload.upload_id, upload.offset) or self._rehash(upload.offset)
         with open(upload.file_path, "rb") as source:
             head = source.read(SNIFF_BYTES)
+        # Recording wants the staging directory's flock (reconciliation's sign of a live upload).
+        lock_fd = paths.lock_directory(upload.directory)
         received = ReceivedFile(
             attachment_id=upload.attachment_id,
             name=upload.name,
@@ -389,14 +633,14 @@ class PatchWriter:
             size=upload.length,
             sha256=digest.hexdigest(),
             head=head,
-            lock_fd=self.lock_fd if self.lock_fd is not None else -1,
+            lock_fd=lock_fd if lock_fd is not None else -1,
         )
-        self.lock_fd = None  # the received file owns it now
         try:
             attachment = accept_upload(upload.session, received)
         except BaseException:
             # Refused (quota, scanner) or failed: the bytes are gone, so is the upload.
             ResumableUpload.objects.filter(pk=upload.pk).delete()
+            self.token = None
             raise
         # The row stays until it expires, so that a client that lost the last
         # answer learns from HEAD that every byte arrived.
@@ -404,12 +648,28 @@ class PatchWriter:
         return attachment
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
-            self.lock_fd = None
+        """Let go of the file and, if still held, the lease (the offset stays where it was)."""
+        if self._file is not None:
+            self._file.close()
+        if self.token is not None:
+            token, self.token = self.token, None
+            _release_lease(self.upload, token)
+
+
+def terminate_unless_busy(session: Session, upload: ResumableUpload) -> None:
+    """Termination: remove the upload unless a request is writing or recording it (423)."""
+    token = secrets.token_hex(16)
+    if _take_lease(session, upload.upload_id, None, token) is None:
+        find_upload(session, upload.upload_id)  # gone or expired meanwhile: 404 / 410
+        raise UploadLocked()
+    lock = paths.lock_directory(upload.directory, blocking=False)
+    if lock is None:  # a request of this host is recording it
+        _release_lease(upload, token)
+        raise UploadLocked()
+    try:
+        terminate(upload)
+    finally:
+        os.close(lock)
 
 
 def open_patch(session: Session, upload_id: str, headers: Mapping[str, str]) -> PatchWriter:
@@ -423,7 +683,7 @@ def open_patch(session: Session, upload_id: str, headers: Mapping[str, str]) -> 
         raise WrongContentType()
     offset = parse_length("Upload-Offset", headers.get("upload-offset"))
     checksum = parse_checksum(headers.get("upload-checksum"))
-    return PatchWriter(find_upload(session, upload_id), offset, checksum)
+    return PatchWriter.open(session, upload_id, offset, checksum)
 
 
 def finish_patch(writer: PatchWriter, whole_body: bool) -> ResumableUpload:

@@ -29,7 +29,7 @@ from channels.db import database_sync_to_async
 from django.urls import Resolver404, ResolverMatch, resolve
 
 from . import resumable
-from .access import authorize_scope, authorize_scope_sync
+from .access import authorize_scope_sync
 from .conf import conf
 from .exceptions import ApiError, classify_server_error, server_error_response
 from .receiving import LimitExceeded
@@ -132,22 +132,19 @@ class StreamingUploadMiddleware:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        session = None
-        try:
-            session = await authorize_scope(scope, session_id)
-            writer = await database_sync_to_async(resumable.open_patch)(
-                session, upload_id, headers
-            )
-        except Exception as exc:
-            return StreamedUpload(session=session, error=_as_api_error(exc))
+        session, writer, error = await _in_worker_thread(
+            _authorize_and_open_patch, scope, session_id, upload_id, headers
+        )
+        if writer is None:
+            return StreamedUpload(session=session, error=error)
         whole = False
         try:
             whole = await _receive_patch_body(writer, receive)
         except Exception as exc:
-            await database_sync_to_async(resumable.finish_patch)(writer, False)
+            await _in_worker_thread(resumable.finish_patch, writer, False)
             return StreamedUpload(session=session, error=_as_api_error(exc))
         try:
-            upload = await database_sync_to_async(resumable.finish_patch)(writer, whole)
+            upload = await _in_worker_thread(resumable.finish_patch, writer, whole)
         except Exception as exc:
             return StreamedUpload(session=session, error=_as_api_error(exc))
         if not whole:
@@ -191,27 +188,66 @@ class StreamingUploadMiddleware:
 
 
 async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
-    """Write a PATCH body as it arrives; whether all of it came (False: the client left)."""
+    """
+    Write a PATCH body as it arrives; whether all of it came (False: the
+    client left). One write is on a worker thread while the next buffer is
+    received. The upload's lease is renewed when due as long as bytes come,
+    however slowly.
+    """
     pending: list[bytes] = []
     pending_bytes = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        body = message.get("body", b"")
-        if body:
-            pending.append(body)
-            pending_bytes += len(body)
-        more = message.get("more_body", False)
-        if pending and (pending_bytes >= conf.UPLOAD_BUFFER_BYTES or not more):
-            chunk = b"".join(pending) if len(pending) > 1 else pending[0]
-            pending, pending_bytes = [], 0
-            await asyncio.to_thread(writer.write, chunk)
-        if not more:
-            return True
-    if pending:
-        await asyncio.to_thread(writer.write, b"".join(pending))
-    return False
+    writing: asyncio.Future[None] | None = None
+
+    async def write(chunk: bytes) -> asyncio.Future[None]:
+        if writing is not None:
+            await writing
+        return asyncio.get_running_loop().run_in_executor(None, writer.write, chunk)
+
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            if writer.renewal_due:
+                await _in_worker_thread(writer.renew)
+            body = message.get("body", b"")
+            if body:
+                pending.append(body)
+                pending_bytes += len(body)
+            more = message.get("more_body", False)
+            if pending and (pending_bytes >= conf.UPLOAD_BUFFER_BYTES or not more):
+                chunk = b"".join(pending) if len(pending) > 1 else pending[0]
+                pending, pending_bytes = [], 0
+                writing = await write(chunk)
+            if not more:
+                return True
+        if pending:
+            writing = await write(b"".join(pending))
+        return False
+    finally:
+        if writing is not None:
+            await writing
+
+
+async def _in_worker_thread(function: Callable[..., Any], *args: Any) -> Any:
+    """
+    A database call of a PATCH on a thread of the pool, not the one thread
+    Django's sync views share: a PATCH's few database trips do not queue
+    behind other requests' views.
+    """
+    return await database_sync_to_async(function, thread_sensitive=False)(*args)
+
+
+def _authorize_and_open_patch(
+    scope: Scope, session_id: str, upload_id: str, headers: dict[str, str]
+) -> tuple[Any, resumable.PatchWriter | None, ApiError | None]:
+    """The session, authorised, and the PATCH's writer: one thread hop, one connection."""
+    session = None
+    try:
+        session = authorize_scope_sync(scope, session_id)
+        return session, resumable.open_patch(session, upload_id, headers), None
+    except Exception as exc:
+        return session, None, _as_api_error(exc)
 
 
 def _authorize_and_admit(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import links, paths, resumable
+from . import links, resumable
 from .access import (
     DjangoUserAuthentication,
     authorize_request,
@@ -427,6 +426,8 @@ class ResumableUploadMixin(SessionScopedMixin):
         whole = False
         try:
             for chunk in request_chunks(request._request, conf.UPLOAD_BUFFER_BYTES):
+                if writer.renewal_due:
+                    writer.renew()
                 writer.write(chunk)
             whole = True
         finally:
@@ -506,12 +507,7 @@ class ResumableUploadView(ResumableUploadMixin, APIView):
 
     @extend_schema(request=None, responses={204: None, **errors(404, 410, 412, 423)})
     def delete(self, request: Request, session_id: str, upload_id: str) -> Response:
-        upload = self.get_upload()
-        lock = paths.lock_directory(upload.directory, blocking=False)
-        if lock is None:
-            raise resumable.UploadLocked()
-        try:
-            resumable.terminate(upload)
-        finally:
-            os.close(lock)
+        session = self.get_session()
+        upload = resumable.find_upload(session, upload_id)
+        resumable.terminate_unless_busy(session, upload)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -14,6 +14,7 @@ Environment:
     MAC_DIRECT_IO            0 to write uploads through the page cache (e.g. on NFS); default 1
     MAC_RECONCILE_AT_START   0 to skip reconciling the warehouse when a worker starts; default 1
     MAC_TUS_EXPIRY           seconds an unfinished resumable upload is kept after its last byte
+    MAC_TUS_LEASE            seconds before a resumable upload held by a dead worker is free (30)
     MAC_BUFFERED_BODY_MAX_BYTES  largest request body under Daphne (which buffers bodies)
     MAC_UPLOAD_SCANNERS      comma-separated scanners, e.g. attachments.clamav.scan (none)
     MAC_UNSCANNABLE          refuse (default) or keep files too large for a scanner
@@ -313,6 +314,8 @@ if (_buffered_max := _env_int("MAC_BUFFERED_BODY_MAX_BYTES")) is not None:
     ATTACHMENTS_BUFFERED_BODY_MAX_BYTES = _buffered_max
 if (_tus_expiry := _env_int("MAC_TUS_EXPIRY")) is not None:
     ATTACHMENTS_TUS_EXPIRY = _tus_expiry
+if (_tus_lease := _env_int("MAC_TUS_LEASE")) is not None:
+    ATTACHMENTS_TUS_LEASE = _tus_lease
 ATTACHMENTS_UPLOAD_SCANNERS = [s for s in os.environ.get("MAC_UPLOAD_SCANNERS", "").split(",") if s]
 ATTACHMENTS_UNSCANNABLE = os.environ.get("MAC_UNSCANNABLE", "refuse")
 ATTACHMENTS_CLAMD_ADDRESS = os.environ.get("MAC_CLAMD_ADDRESS", "unix:///run/clamav/clamd.ctl")

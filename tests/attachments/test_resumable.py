@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from datetime import timedelta
 
 import pytest
@@ -135,6 +136,20 @@ def test_creation_with_upload_and_an_empty_file(client, session):
     ]
 
 
+def test_chunks_at_unaligned_offsets_land_byte_for_byte(client, session, settings):
+    # Small buffers, so that whole buffers go around the page cache (O_DIRECT)
+    # between an unaligned head and tail, as 8 MiB ones do in production.
+    settings.ATTACHMENTS_UPLOAD_BUFFER_BYTES = 8192
+    data = os.urandom(100_000)
+    location = create(client, session, len(data))["Location"]
+    for start, end in [(0, 5_000), (5_000, 41_000), (41_000, 41_001), (41_001, 100_000)]:
+        reply = patch(client, location, start, data[start:end])
+        assert (reply.status_code, reply["Upload-Offset"]) == (204, str(end))
+    attachment = Attachment.objects.get()
+    assert (session.directory / attachment.path).read_bytes() == data
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def test_a_restart_between_chunks_rehashes_what_is_on_disk(client, session):
     data = os.urandom(200_000)
     location = create(client, session, len(data))["Location"]
@@ -233,6 +248,41 @@ def test_a_second_writer_at_once_gets_423(client, session):
     finally:
         holder.close(True)
         holder.release()
+
+
+def test_a_lapsed_lease_lets_another_patch_take_over_and_the_old_holder_stops(
+    client, session, settings
+):
+    settings.ATTACHMENTS_TUS_LEASE = 0.6
+    data = os.urandom(100)
+    location = create(client, session, len(data))["Location"]
+    stalled = resumable.PatchWriter(ResumableUpload.objects.get(), 0, None)
+    stalled.write(b"x" * 10)
+    assert patch(client, location, 0, data[:50]).status_code == 423
+    time.sleep(0.7)  # the holder sends nothing for longer than its lease
+    taken = patch(client, location, 0, data[:50])
+    assert (taken.status_code, taken["Upload-Offset"]) == (204, "50")
+    # The old holder's hold lapsed: it writes nothing more and acknowledges nothing.
+    with pytest.raises(resumable.UploadLocked):
+        stalled.write(b"x" * 10)
+    with pytest.raises(resumable.UploadLocked):
+        stalled.close(True)
+    stalled.release()
+    assert client.head(location, **TUS)["Upload-Offset"] == "50"
+    assert patch(client, location, 50, data[50:]).status_code == 204
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_termination_waits_for_a_patch_in_progress(client, session):
+    location = create(client, session, 100)["Location"]
+    holder = resumable.PatchWriter(ResumableUpload.objects.get(), 0, None)
+    try:
+        reply = client.delete(location, **TUS)
+        assert reply.status_code == 423 and reply.json()["code"] == "upload_locked"
+    finally:
+        holder.close(True)
+        holder.release()
+    assert client.delete(location, **TUS).status_code == 204
 
 
 def test_termination_removes_the_upload_and_its_bytes(client, session):

@@ -127,3 +127,52 @@ def test_an_interrupted_patch_keeps_every_byte_that_arrived(server):
         assert finished.status_code == 204
         attachment = next(iter(listed(s.url, session_id, auth).values()))
         assert attachment["sha256"] == hashlib.sha256(sent + rest).hexdigest()
+
+
+def test_a_slow_patch_renews_its_lease_and_keeps_the_upload(server):
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    # A one-second lease, and a PATCH whose body takes about three to arrive.
+    with server(MAC_TUS_LEASE="1") as s:
+        session_id, auth = create_session(s.url)
+        data = os.urandom(3 << 20)
+        created = httpx.post(
+            f"{s.url}/api/uploads/{session_id}/tus/",
+            headers={**auth, "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data))},
+            timeout=10,
+        )
+        location = created.headers["Location"]
+        target = urlsplit(location)
+        head = {**auth, "Tus-Resumable": "1.0.0"}
+        with socket.create_connection((target.hostname, target.port)) as sock:
+            sock.sendall(
+                (
+                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+                    "Content-Type: application/offset+octet-stream\r\n"
+                    f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
+                ).encode()
+            )
+            piece = 256 * 1024
+            for start in range(0, len(data), piece):
+                sock.sendall(data[start : start + piece])
+                time.sleep(0.25)
+                if start == len(data) // 2:
+                    # Past its first lease, the slow PATCH still holds the upload.
+                    other = httpx.patch(
+                        location,
+                        content=b"x",
+                        headers={
+                            **head,
+                            "Content-Type": "application/offset+octet-stream",
+                            "Upload-Offset": "0",
+                        },
+                        timeout=10,
+                    )
+                    assert other.status_code == 423, other.text
+            answer = sock.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 204"), answer
+        attachment = next(iter(listed(s.url, session_id, auth).values()))
+        assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
