@@ -152,8 +152,14 @@ def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) 
     }
 
 
+# Where --profile writes the servers' py-spy profiles (collapsed stacks), if set.
+PROFILE_DIR: Path | None = None
+
+
 @contextlib.contextmanager
-def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
+def app_server(
+    env: dict[str, str], workers: int, work: Path, profile: str = ""
+) -> Iterator[int]:
     port = free_port()
     log = open(work / f"server-{port}.log", "wb")
     command = [
@@ -171,6 +177,13 @@ def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
     ]
     if workers > 1:
         command += ["--workers", str(workers)]
+    if PROFILE_DIR is not None and profile:
+        # Sampled for the server's whole life; --subprocesses follows the workers.
+        output = PROFILE_DIR / f"{profile}.txt"
+        command = [
+            "py-spy", "record", "--format", "raw", "--subprocesses", "--rate", "200",
+            "--output", str(output), "--", *command,
+        ]  # fmt: skip
     process = subprocess.Popen(
         command,
         cwd=PROJECT_DIR,
@@ -191,9 +204,10 @@ def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
                 time.sleep(0.2)
         yield port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        # py-spy writes its profile when interrupted, and Uvicorn stops on SIGINT too.
+        os.killpg(process.pid, signal.SIGINT if command[0] == "py-spy" else signal.SIGTERM)
         try:
-            process.wait(15)
+            process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -281,10 +295,12 @@ def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None
     )
 
 
-def run_config(name: str, env: dict[str, str], work: Path, scale: float, ceilings: dict) -> None:
+def run_config(
+    name: str, env: dict[str, str], work: Path, scale: float, ceilings: dict, profile: str
+) -> None:
     n = lambda value: max(16, int(value * scale))  # noqa: E731
     print(f"\n{name}")
-    with app_server(env, 1, work) as port:
+    with app_server(env, 1, work, profile) as port:
         one = new_sessions(port, 1)
         drive(port, one, 4, 64)  # warm-up: imports, connections, caches
         print(line("1 client, one session", drive(port, one, 1, n(200)), ceilings["1"]))
@@ -322,7 +338,16 @@ def main() -> int:
     )
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL + Redis")
     parser.add_argument("--quick", action="store_true", help="a tenth of the requests")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record each server with py-spy (collapsed stacks, one file per configuration)",
+    )
     args = parser.parse_args()
+    if args.profile:
+        global PROFILE_DIR
+        PROFILE_DIR = Path(args.profile).resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     scale = 0.1 if args.quick else 1.0
     work = Path(tempfile.mkdtemp(prefix="bench-uploads-"))
     base_env = {
@@ -352,7 +377,12 @@ def main() -> int:
             [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=embedded, check=True
         )
         run_config(
-            "embedded defaults (SQLite, in-memory layer), 1 worker", embedded, work, scale, ceilings
+            "embedded defaults (SQLite, in-memory layer), 1 worker",
+            embedded,
+            work,
+            scale,
+            ceilings,
+            "embedded",
         )
 
         if args.postgres:
@@ -371,11 +401,11 @@ def main() -> int:
             subprocess.run(
                 [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=pg, check=True
             )
-            run_config("PostgreSQL + Redis, 1 worker", pg, work, scale, ceilings)
+            run_config("PostgreSQL + Redis, 1 worker", pg, work, scale, ceilings, "postgres")
             print("\nPostgreSQL + Redis, 16 clients into 16 sessions, by worker processes")
             results = {}
             for workers in (1, 3):
-                with app_server(pg, workers, work) as port:
+                with app_server(pg, workers, work, f"postgres-{workers}-workers") as port:
                     sessions16 = new_sessions(port, 16)
                     drive(port, sessions16, 16, 160)
                     results[workers] = drive(port, sessions16, 16, max(160, int(1000 * scale)))
