@@ -5,10 +5,12 @@ A batch of files for one session is recorded under the session's manifest
 lock (`flock`, held across processes) in these steps:
 
 1. each file's staging directory is renamed to `attachments/<id>/`;
-2. the new manifest is written to a temporary file and fsync'd. This is the
-   step that needs disk space, so a full disk fails here, with nothing
-   recorded. It runs on another thread while step 3 inserts the rows, and
-   the files' fsyncs run beside both; step 3 commits once all are done;
+2. the new manifest is written to a temporary file and fsync'd, while the
+   files' fsyncs run on other threads. This is the step that needs disk
+   space, so a full disk fails here, with nothing recorded. It is done
+   before the transaction, so the database's writer lock (SQLite has one)
+   is held only for the statements and the COMMIT; a batch that a quota
+   cuts short rewrites it inside the transaction;
 3. one database transaction locks the session's row (a purge cannot slip
    in), checks the quotas against the session's counters, inserts the
    batch's rows in one statement (`attachments_recorded` lets the
@@ -42,7 +44,7 @@ import logging
 import shutil
 import threading
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -120,8 +122,17 @@ class _SessionQueue:
 # fsync of received files, several at once (a batch's files, and the
 # manifest's fsync on the committing thread meanwhile).
 _syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-fsync")
-# Manifest writes (step 2), beside the transaction that inserts the rows.
-_manifest_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="manifest-write")
+# SQLite lets one transaction write at a time, and makes the others wait by
+# sleeping and retrying (its busy handler, in steps of up to 100 ms): batches
+# of different sessions convoyed behind each other. In this process they
+# queue on a lock instead, and each is let in as soon as the one before
+# commits. (Other processes, and other writers, still meet the busy handler.)
+_sqlite_writer = threading.RLock()
+
+
+def _writer_turn() -> contextlib.AbstractContextManager[Any]:
+    return _sqlite_writer if connection.vendor == "sqlite" else contextlib.nullcontext()
+
 
 _queues: weakref.WeakValueDictionary[int, _SessionQueue] = weakref.WeakValueDictionary()
 _queues_mutex = threading.Lock()
@@ -244,7 +255,6 @@ def _commit_locked(session: Session, batch: list[PendingFile]) -> None:
 def _commit_under_lock(session: Session, manifest: Manifest, batch: list[PendingFile]) -> None:
     document = manifest.read()
     published: list[PendingFile] = []
-    writing: Future[PreparedManifest] | None = None
     prepared: PreparedManifest | None = None
     accepted: list[PendingFile] = []
     rows: dict[PendingFile, Attachment] = {}
@@ -257,28 +267,37 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
                     raise SessionNotFound() from None
                 raise
             published.append(item)
-        # The files' fsyncs run beside the transaction and the manifest's.
+        # The files' fsyncs run beside the manifest's.
         syncs = {item: _syncers.submit(item.received.sync) for item in batch}
-        with transaction.atomic():
-            accepted = _admit_batch(session, batch)
-            if accepted:
-                for item in accepted:
-                    document.append(item.entry)
-                writing = _manifest_writers.submit(manifest.prepare, document)
-                rows = _insert_rows(session, accepted)
-                prepared = writing.result()
+        for item in batch:
+            document.append(item.entry)
+        try:
+            prepared = manifest.prepare(document)
+        finally:
             unsynced = {
                 item: error
                 for item, done in syncs.items()
-                if (error := done.exception()) is not None and not item.done
+                if (error := done.exception()) is not None
             }
-            if unsynced:
-                raise _SyncFailed(unsynced)
+        if unsynced:
+            raise _SyncFailed(unsynced)
+        with _writer_turn(), transaction.atomic():
+            accepted = _admit_batch(session, batch)
+            if len(accepted) < len(batch):
+                # Refused by a quota: the manifest is written again without them.
+                manifest.discard(prepared)
+                prepared = None
+                refused = {item.entry.attachment_id for item in batch} - {
+                    item.entry.attachment_id for item in accepted
+                }
+                document.attachments = [
+                    entry for entry in document.attachments if entry.attachment_id not in refused
+                ]
+                if accepted:
+                    prepared = manifest.prepare(document)
+            if accepted:
+                rows = _insert_rows(session, accepted)
     except BaseException:
-        if writing is not None and prepared is None:
-            # Written meanwhile, or failed: either way not to be installed.
-            with contextlib.suppress(BaseException):
-                prepared = writing.result()
         if prepared is not None:
             manifest.discard(prepared)
         # Back to staging, not removed: a retry (after a dropped database
@@ -354,7 +373,9 @@ def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingF
     `_admit_batch()` took.
     """
     rows = [
-        Attachment(session=session, attachment_id=item.entry.attachment_id, **mirror_fields(item.entry))
+        Attachment(
+            session=session, attachment_id=item.entry.attachment_id, **mirror_fields(item.entry)
+        )
         for item in accepted
     ]
     Attachment.objects.bulk_create(rows)

@@ -196,7 +196,7 @@ def test_a_backend_terminated_mid_commit_is_retried_and_keeps_the_file():
 def test_a_batch_is_recorded_at_once_with_contiguous_sequences_in_its_order():
     session = new_session()
     first = accept_upload(session, receive(session, "first.txt", b"before the batch"))
-    batch = [pending(session, receive(session, f"b{n}.txt", f"batch {n}".encode())) for n in range(6)]
+    batch = [pending(session, receive(session, f"b{n}.txt", b"batch %d" % n)) for n in range(6)]
     recorded: list[list[str]] = []
 
     def on_recorded(sender, session, attachments, **kwargs):
@@ -248,3 +248,19 @@ def test_a_batch_that_fails_in_its_transaction_leaves_nothing():
     assert not [p for p in directory.iterdir() if p.name.startswith(".manifest-")]
     assert set(assert_consistent(session)) == {kept.attachment_id}
     assert ArtifactEvent.objects.filter(session=session).count() == 1
+
+
+def test_a_batch_cut_short_by_a_quota_lists_only_what_it_kept(settings):
+    settings.ATTACHMENTS_SESSION_MAX_FILES = 3
+    session = new_session()
+    first = accept_upload(session, receive(session, "first.txt", b"first"))
+    batch = [pending(session, receive(session, f"b{n}.txt", b"batch %d" % n)) for n in range(4)]
+    commit_batch(session, batch)
+    kept = [item.outcome().attachment_id for item in batch[:2]]
+    for item in batch[2:]:
+        with pytest.raises(QuotaExceeded):
+            item.outcome()
+        assert not (session.directory / item.entry.path).exists()
+    assert list(assert_consistent(session)) == [first.attachment_id, *kept]
+    directory = session.directory / "code_workspace/attachments"
+    assert not [p for p in directory.iterdir() if p.name.startswith(".manifest-")]
