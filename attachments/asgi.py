@@ -160,9 +160,12 @@ class StreamingUploadMiddleware:
             declared: int | None = int(headers.get(b"content-length", b""))
         except ValueError:
             declared = None
-        session, admission, error = await database_sync_to_async(_authorize_and_admit)(
-            scope, session_id, headers.get(b"content-type", b""), declared
-        )
+        # Any thread will do (the call closes its connection when done): the
+        # one thread that thread-sensitive calls share would queue every
+        # upload of the process behind each other's authorisation.
+        session, admission, error = await database_sync_to_async(
+            _authorize_and_admit, thread_sensitive=False
+        )(scope, session_id, headers.get(b"content-type", b""), declared)
         if admission is None:
             return StreamedUpload(session=session, error=error)
 
