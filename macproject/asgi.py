@@ -77,7 +77,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 
 from artifacts.asgi import EventFeedMiddleware, ShutdownMiddleware  # noqa: E402
 from artifacts.routing import websocket_urlpatterns  # noqa: E402
-from attachments.asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
+from attachments.asgi import (  # noqa: E402
+    JSONServerErrorMiddleware,
+    StreamingUploadMiddleware,
+    UploadRequestHandler,
+)
 from attachments.buffering import guard_daphne  # noqa: E402
 from attachments.conf import conf as attachments_conf  # noqa: E402
 from attachments.reconcile import reconcile_in_background  # noqa: E402
@@ -97,7 +101,11 @@ application = ShutdownMiddleware(
     ProtocolTypeRouter(
         {
             "http": JSONServerErrorMiddleware(
-                EventFeedMiddleware(StreamingUploadMiddleware(FileBodyMiddleware(django_asgi_app)))
+                EventFeedMiddleware(
+                    StreamingUploadMiddleware(
+                        FileBodyMiddleware(django_asgi_app), upload_app=UploadRequestHandler()
+                    )
+                )
             ),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(
