@@ -17,6 +17,7 @@ commit. The message is only a hint to re-read the database; see
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from asgiref.sync import async_to_sync
@@ -79,6 +80,47 @@ def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
 
     transaction.on_commit(announce_event)
     return event
+
+
+def append_created_events(session: Session, attachments: Sequence[Attachment]) -> None:
+    """
+    Append a `created` event for each of `attachments` (new rows of
+    `session`, recorded together) with one sequence allocation, in the
+    caller's transaction, which must hold the session's row lock; announce
+    the last one once that transaction commits.
+    """
+    if not attachments:
+        return
+    with transaction.atomic(savepoint=False):
+        stream, _created = EventStream.objects.get_or_create(session_id=session.pk)
+        first = stream.last_sequence + 1
+        events = [
+            ArtifactEvent(
+                session_id=session.pk,
+                sequence=first + offset,
+                change_type=ArtifactEvent.ChangeType.CREATED,
+                attachment_id=attachment.attachment_id,
+                node_id=attachment.node_id or "",
+                path=attachment.path,
+                name=attachment.name,
+                ext=extension_of(attachment.name),
+                size=attachment.size,
+                mime=attachment.mime,
+                kind=attachment.kind,
+                sha256=attachment.sha256,
+            )
+            for offset, attachment in enumerate(attachments)
+        ]
+        ArtifactEvent.objects.bulk_create(events)
+        stream.last_sequence = first + len(events) - 1
+        _apply_retention(stream)
+        stream.save(update_fields=["last_sequence", "trimmed_through"])
+    public_id, sequence = session.session_id, stream.last_sequence
+
+    def announce_events() -> None:
+        announce(public_id, sequence)
+
+    transaction.on_commit(announce_events)
 
 
 def _apply_retention(stream: EventStream) -> None:

@@ -13,6 +13,7 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 
 from attachments.models import Attachment, Session
+from attachments.signals import attachments_recorded
 
 from . import events
 from .models import ArtifactEvent
@@ -62,6 +63,13 @@ def _change_for_save(instance: Attachment, created: bool) -> str | None:
     if live and (previous["sha256"], previous["size"]) != (instance.sha256, instance.size):
         return ArtifactEvent.ChangeType.UPDATED
     return None
+
+
+@receiver(attachments_recorded, sender=Attachment, dispatch_uid="artifacts.attachments_recorded")
+def attachments_recorded_in_bulk(
+    sender: type[Attachment], session: Session, attachments: list[Attachment], **kwargs: Any
+) -> None:
+    events.append_created_events(session, attachments)
 
 
 @receiver(post_delete, sender=Attachment, dispatch_uid="artifacts.attachment_deleted")

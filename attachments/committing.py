@@ -5,13 +5,18 @@ A batch of files for one session is recorded under the session's manifest
 lock (`flock`, held across processes) in these steps:
 
 1. each file's staging directory is renamed to `attachments/<id>/`;
-2. the new manifest is written to a temporary file and fsync'd. This is the
-   step that needs disk space, so a full disk fails here, with nothing
-   recorded;
+2. the new manifest is written to a temporary file and fsync'd, while the
+   files' fsyncs run on other threads. This is the step that needs disk
+   space, so a full disk fails here, with nothing recorded. It is done
+   before the transaction, so the database's writer lock (SQLite has one)
+   is held only for the statements and the COMMIT; a batch that a quota
+   cuts short rewrites it inside the transaction;
 3. one database transaction locks the session's row (a purge cannot slip
-   in), checks the quotas against the session's counters, creates a row per
-   file (the `artifacts` app's receivers append its event in the same
-   transaction) and moves the counters. **Its COMMIT is the commit point.**
+   in), checks the quotas against the session's counters, inserts the
+   batch's rows in one statement (`attachments_recorded` lets the
+   `artifacts` app append their events, numbered by one allocation, in the
+   same transaction) and moves the counters. **Its COMMIT is the commit
+   point.**
 4. the temporary manifest is renamed over the old one and the directory is
    fsync'd, which also makes the renames of step 1 durable;
 5. every request in the batch is answered.
@@ -33,6 +38,7 @@ processes), and each is answered as soon as its own batch is durable.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -50,6 +56,7 @@ from .manifest_sync import manifest_for, mirror_fields, sync_locked
 from .models import Attachment, Session
 from .quotas import QuotaExceeded, Usage, quota_error
 from .receiving import ReceivedFile
+from .signals import attachments_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +99,17 @@ class _SessionQueue:
 # fsync of received files, several at once (a batch's files, and the
 # manifest's fsync on the committing thread meanwhile).
 _syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-fsync")
+# SQLite lets one transaction write at a time, and makes the others wait by
+# sleeping and retrying (its busy handler, in steps of up to 100 ms): batches
+# of different sessions convoyed behind each other. In this process they
+# queue on a lock instead, and each is let in as soon as the one before
+# commits. (Other processes, and other writers, still meet the busy handler.)
+_sqlite_writer = threading.RLock()
+
+
+def _writer_turn() -> contextlib.AbstractContextManager[Any]:
+    return _sqlite_writer if connection.vendor == "sqlite" else contextlib.nullcontext()
+
 
 _queues: weakref.WeakValueDictionary[int, _SessionQueue] = weakref.WeakValueDictionary()
 _queues_mutex = threading.Lock()
@@ -215,6 +233,8 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
     document = manifest.read()
     published: list[PendingFile] = []
     prepared: PreparedManifest | None = None
+    accepted: list[PendingFile] = []
+    rows: dict[PendingFile, Attachment] = {}
     try:
         for item in batch:
             try:
@@ -224,21 +244,36 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
                     raise SessionNotFound() from None
                 raise
             published.append(item)
-        # The files' fsyncs run beside the transaction and the manifest's.
+        # The files' fsyncs run beside the manifest's.
         syncs = {item: _syncers.submit(item.received.sync) for item in batch}
-        with transaction.atomic():
-            accepted = _record_rows(session, batch)
-            for item, _attachment in accepted:
-                document.append(item.entry)
-            if accepted:
-                prepared = manifest.prepare(document)
+        for item in batch:
+            document.append(item.entry)
+        try:
+            prepared = manifest.prepare(document)
+        finally:
             unsynced = {
                 item: error
                 for item, done in syncs.items()
-                if (error := done.exception()) is not None and not item.done
+                if (error := done.exception()) is not None
             }
-            if unsynced:
-                raise _SyncFailed(unsynced)
+        if unsynced:
+            raise _SyncFailed(unsynced)
+        with _writer_turn(), transaction.atomic():
+            accepted = _admit_batch(session, batch)
+            if len(accepted) < len(batch):
+                # Refused by a quota: the manifest is written again without them.
+                manifest.discard(prepared)
+                prepared = None
+                refused = {item.entry.attachment_id for item in batch} - {
+                    item.entry.attachment_id for item in accepted
+                }
+                document.attachments = [
+                    entry for entry in document.attachments if entry.attachment_id not in refused
+                ]
+                if accepted:
+                    prepared = manifest.prepare(document)
+            if accepted:
+                rows = _insert_rows(session, accepted)
     except BaseException:
         if prepared is not None:
             manifest.discard(prepared)
@@ -257,8 +292,8 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
                 "Recorded %d upload(s), but the manifest could not be replaced", len(accepted)
             )
             _repair_manifest(session, manifest)
-    for item, attachment in accepted:
-        item.succeed(attachment)
+    for item in accepted:
+        item.succeed(rows[item])
 
 
 class _SyncFailed(Exception):
@@ -277,45 +312,54 @@ def _repair_manifest(session: Session, manifest: Manifest) -> None:
         logger.exception("Manifest of session %s left for reconciliation", session.session_id)
 
 
-def _record_rows(
-    session: Session, batch: list[PendingFile]
-) -> list[tuple[PendingFile, Attachment]]:
+def _admit_batch(session: Session, batch: list[PendingFile]) -> list[PendingFile]:
     """
-    The transaction of step 3. Items refused by a quota are marked done with
-    their error (the rest of the batch goes on); a dead session fails all.
+    The first half of step 3: lock the session's row and take what its
+    quotas allow. Items refused by a quota are marked done with their error
+    (the rest of the batch goes on); a dead session fails all. Call it in
+    the transaction that `_insert_rows()` then completes.
     """
-    accepted: list[tuple[PendingFile, Attachment]] = []
-    with transaction.atomic():
-        row = (
-            Session.objects.live()
-            .select_for_update()
-            .filter(pk=session.pk)
-            .values("used_files", "used_bytes")
-            .first()
-        )
-        if row is None:
-            raise SessionNotFound()
-        used = Usage(files=row["used_files"], bytes=row["used_bytes"])
-        added_files = added_bytes = 0
-        for item in batch:
-            refusal = _quota_refusal(used, added_files, added_bytes, item.entry.size)
-            if refusal is not None:
-                item.fail(refusal)
-                continue
-            attachment = Attachment.objects.create(
-                session=session,
-                attachment_id=item.entry.attachment_id,
-                **mirror_fields(item.entry),
-            )
-            accepted.append((item, attachment))
-            added_files += 1
-            added_bytes += item.entry.size
-        if accepted:
-            Session.objects.filter(pk=session.pk).update(
-                used_files=F("used_files") + added_files,
-                used_bytes=F("used_bytes") + added_bytes,
-            )
+    row = (
+        Session.objects.live()
+        .select_for_update()
+        .filter(pk=session.pk)
+        .values("used_files", "used_bytes")
+        .first()
+    )
+    if row is None:
+        raise SessionNotFound()
+    used = Usage(files=row["used_files"], bytes=row["used_bytes"])
+    accepted: list[PendingFile] = []
+    added_bytes = 0
+    for item in batch:
+        refusal = _quota_refusal(used, len(accepted), added_bytes, item.entry.size)
+        if refusal is not None:
+            item.fail(refusal)
+            continue
+        accepted.append(item)
+        added_bytes += item.entry.size
     return accepted
+
+
+def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingFile, Attachment]:
+    """
+    The rest of step 3: the batch's rows in one INSERT, their events (by the
+    `artifacts` app's receiver) and the counters, under the row lock
+    `_admit_batch()` took.
+    """
+    rows = [
+        Attachment(
+            session=session, attachment_id=item.entry.attachment_id, **mirror_fields(item.entry)
+        )
+        for item in accepted
+    ]
+    Attachment.objects.bulk_create(rows)
+    attachments_recorded.send(sender=Attachment, session=session, attachments=rows)
+    Session.objects.filter(pk=session.pk).update(
+        used_files=F("used_files") + len(rows),
+        used_bytes=F("used_bytes") + sum(row.size for row in rows),
+    )
+    return dict(zip(accepted, rows, strict=True))
 
 
 def _quota_refusal(used: Usage, files: int, size_so_far: int, size: int) -> QuotaExceeded | None:

@@ -147,11 +147,32 @@ def _text_of(entry: AttachmentEntry) -> str:
     return text
 
 
+# Entries encoded together before their bytes are joined into one piece.
+_ENCODED_PIECES = 32
+
+
+@dataclasses.dataclass
+class _Encoded:
+    """
+    The UTF-8 JSON of a document's first `count` entries, in pieces (each the
+    text of consecutive entries joined by ",\n"), valid while `entries` is
+    still the document's list and only `append()` has changed it.
+    """
+
+    entries: list[AttachmentEntry]
+    count: int
+    pieces: list[bytes]
+
+
 @dataclasses.dataclass
 class ManifestDocument:
     session_id: str
     attachments: list[AttachmentEntry]
     updated_at: str = ""
+    # What the last save encoded, so the next one encodes only what was
+    # appended since: a save costs O(new entries) in Python, whatever the
+    # session holds (the bytes are still all written).
+    _encoded: _Encoded | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def get(self, attachment_id: str) -> AttachmentEntry | None:
         for entry in self.attachments:
@@ -160,6 +181,7 @@ class ManifestDocument:
         return None
 
     def upsert(self, entry: AttachmentEntry) -> None:
+        self._encoded = None
         for index, existing in enumerate(self.attachments):
             if existing.attachment_id == entry.attachment_id:
                 self.attachments[index] = entry
@@ -171,13 +193,28 @@ class ManifestDocument:
         self.attachments.append(entry)
 
     def remove(self, attachment_id: str) -> AttachmentEntry | None:
+        self._encoded = None
         for index, existing in enumerate(self.attachments):
             if existing.attachment_id == attachment_id:
                 return self.attachments.pop(index)
         return None
 
     def copy(self) -> ManifestDocument:
-        return ManifestDocument(self.session_id, list(self.attachments), self.updated_at)
+        entries = list(self.attachments)
+        encoded = self._current_encoding()
+        if encoded is not None:
+            encoded = _Encoded(entries, encoded.count, list(encoded.pieces))
+        return ManifestDocument(self.session_id, entries, self.updated_at, encoded)
+
+    def _current_encoding(self) -> _Encoded | None:
+        encoded = self._encoded
+        if (
+            encoded is None
+            or encoded.entries is not self.attachments
+            or encoded.count > len(self.attachments)
+        ):
+            return None
+        return encoded
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -201,6 +238,37 @@ class ManifestDocument:
             return head[:-1] + ', "attachments": []}\n'
         body = ",\n".join(_text_of(entry) for entry in self.attachments)
         return head[:-1] + ', "attachments": [\n' + body + "\n]}\n"
+
+    def to_json_pieces(self) -> list[bytes]:
+        """`to_json()` encoded as UTF-8, in pieces, encoding only the entries appended since."""
+        if not self.attachments:
+            self._encoded = None
+            return [self.to_json().encode("utf-8")]
+        encoded = self._current_encoding()
+        if encoded is None:
+            encoded = _Encoded(self.attachments, 0, [])
+        if encoded.count < len(self.attachments):
+            new = self.attachments[encoded.count :]
+            encoded.pieces.append(",\n".join(_text_of(entry) for entry in new).encode("utf-8"))
+            encoded.count = len(self.attachments)
+            if len(encoded.pieces) > _ENCODED_PIECES:
+                encoded.pieces = [b",\n".join(encoded.pieces)]
+        self._encoded = encoded
+        head = json.dumps(
+            {
+                "version": MANIFEST_VERSION,
+                "session_id": self.session_id,
+                "updated_at": self.updated_at,
+            },
+            ensure_ascii=False,
+        )
+        pieces = [(head[:-1] + ', "attachments": [\n').encode("utf-8")]
+        for index, piece in enumerate(encoded.pieces):
+            if index:
+                pieces.append(b",\n")
+            pieces.append(piece)
+        pieces.append(b"\n]}\n")
+        return pieces
 
 
 @dataclasses.dataclass
@@ -353,12 +421,13 @@ class Manifest:
         Call it under the lock.
         """
         document.updated_at = utc_now_iso()
-        payload = document.to_json().encode("utf-8")
+        pieces = document.to_json_pieces()
         fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
         try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view) :]
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -23,9 +23,14 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from asgiref.sync import SyncToAsync
 from channels.db import database_sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, resolve
 
 from . import resumable
@@ -91,11 +96,50 @@ def resumable_patch_route(scope: Scope) -> tuple[str, str] | None:
     return str(match.kwargs.get("session_id", "")), str(match.kwargs.get("upload_id", ""))
 
 
-class StreamingUploadMiddleware:
-    """ASGI middleware that streams upload bodies to disk before Django sees the request."""
+# Threads that answer upload POSTs (UploadRequestHandler). A request waiting
+# for its batch's commit holds one of these, never a thread other requests need.
+_upload_threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="upload-request")
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
+    """
+    Django's ASGI handler for upload POSTs, running the middleware chain and
+    the view as WSGI does: all of it in one call, on a thread that stays.
+    Django's async chain hops to a thread twice per middleware (each
+    `MiddlewareMixin` runs `process_request` and `process_response` there)
+    and starts a thread per request; a small upload spent more time on that
+    than on being recorded. The middlewares, and so the headers of the
+    response, are the same.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        respond = SyncToAsync(self._respond, thread_sensitive=False, executor=_upload_threads)
+        response: HttpResponseBase = await respond(request)
+        return response
+
+    def _respond(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            response: HttpResponseBase = self.get_response(request)
+        finally:
+            # The thread outlives the request: its connection goes back now,
+            # as request_finished does for the request's own thread.
+            close_old_connections()
+        return response
+
+
+class StreamingUploadMiddleware:
+    """
+    ASGI middleware that streams upload bodies to disk before Django sees the
+    request. `upload_app`, if given, answers upload POSTs once their body is
+    received (an `UploadRequestHandler`); anything else goes to `app`.
+    """
+
+    def __init__(self, app: ASGIApp, upload_app: ASGIApp | None = None) -> None:
         self.app = app
+        self.upload_app = upload_app or app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session_id = upload_session_id(scope)
@@ -117,8 +161,9 @@ class StreamingUploadMiddleware:
             (name, b"0" if name.lower() == b"content-length" else value)
             for name, value in scope["headers"]
         ]
+        app = self.app if patch_route is not None else self.upload_app
         try:
-            await self.app(forwarded, _empty_body_receive(receive), send)
+            await app(forwarded, _empty_body_receive(receive), send)
         finally:
             received = outcome.received
             if received is not None and not received.claimed:
@@ -157,9 +202,12 @@ class StreamingUploadMiddleware:
             declared: int | None = int(headers.get(b"content-length", b""))
         except ValueError:
             declared = None
-        session, admission, error = await database_sync_to_async(_authorize_and_admit)(
-            scope, session_id, headers.get(b"content-type", b""), declared
-        )
+        # Any thread will do (the call closes its connection when done): the
+        # one thread that thread-sensitive calls share would queue every
+        # upload of the process behind each other's authorisation.
+        session, admission, error = await database_sync_to_async(
+            _authorize_and_admit, thread_sensitive=False
+        )(scope, session_id, headers.get(b"content-type", b""), declared)
         if admission is None:
             return StreamedUpload(session=session, error=error)
 

@@ -23,7 +23,9 @@ what the client and the loopback allow. nginx comes from Debian's packages
 
 --postgres uses DATABASE_URL (default postgres://root@127.0.0.1:5432/bench_uploads,
 created if missing) and REDIS_URL (default redis://127.0.0.1:6379/9).
-Every upload is durable before its 201 (file fsync, manifest fsync and
+Each line also gives the server's CPU time per upload (all its processes,
+user + system, from /proc), which other load on the machine does not inflate
+the way it does latencies. Every upload is durable before its 201 (file fsync, manifest fsync and
 rename, database commit), as in production.
 """
 
@@ -125,6 +127,27 @@ def client_worker(
     return results
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) used so far by the processes of a process group."""
+    ticks = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, pgrp, ... utime (12th), stime (13th).
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+# The process group of the server being driven, for its CPU time per upload.
+SERVER_PGID: int | None = None
+
+
 def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) -> dict[str, float]:
     per_client = max(1, total // clients)
     jobs = [
@@ -137,10 +160,12 @@ def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) 
         )
         for i in range(clients)
     ]
-    started = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(clients) as pool:
+        cpu_before = group_cpu_seconds(SERVER_PGID) if SERVER_PGID else 0.0
+        started = time.perf_counter()
         outcomes = [r for rs in pool.map(client_worker, jobs) for r in rs]
-    elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        cpu_after = group_cpu_seconds(SERVER_PGID) if SERVER_PGID else 0.0
     latencies = [lat for lat, status in outcomes if status in (200, 201)]
     failed = sum(1 for _lat, status in outcomes if status not in (200, 201))
     return {
@@ -149,11 +174,18 @@ def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) 
         "per_second": len(outcomes) / elapsed,
         "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else float("nan"),
         "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
+        "cpu_ms": (cpu_after - cpu_before) * 1000 / len(outcomes),
     }
 
 
+# Where --profile writes the servers' py-spy profiles (collapsed stacks), if set.
+PROFILE_DIR: Path | None = None
+
+
 @contextlib.contextmanager
-def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
+def app_server(
+    env: dict[str, str], workers: int, work: Path, profile: str = ""
+) -> Iterator[int]:
     port = free_port()
     log = open(work / f"server-{port}.log", "wb")
     command = [
@@ -171,6 +203,13 @@ def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
     ]
     if workers > 1:
         command += ["--workers", str(workers)]
+    if PROFILE_DIR is not None and profile:
+        # Sampled for the server's whole life; --subprocesses follows the workers.
+        output = PROFILE_DIR / f"{profile}.txt"
+        command = [
+            "py-spy", "record", "--format", "raw", "--subprocesses", "--rate", "200",
+            "--output", str(output), "--", *command,
+        ]  # fmt: skip
     process = subprocess.Popen(
         command,
         cwd=PROJECT_DIR,
@@ -189,11 +228,15 @@ def app_server(env: dict[str, str], workers: int, work: Path) -> Iterator[int]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError((work / f"server-{port}.log").read_text()) from None
                 time.sleep(0.2)
+        global SERVER_PGID
+        SERVER_PGID = process.pid
         yield port
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        SERVER_PGID = None
+        # py-spy writes its profile when interrupted, and Uvicorn stops on SIGINT too.
+        os.killpg(process.pid, signal.SIGINT if command[0] == "py-spy" else signal.SIGTERM)
         try:
-            process.wait(15)
+            process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -275,16 +318,19 @@ def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None
     if ceiling is not None:
         share = f"  ({figures['per_second'] / ceiling['per_second']:.2f} of {ceiling['per_second']:.0f}/s no-work nginx)"
     failed = f"  FAILED {figures['failed']}" if figures["failed"] else ""
+    cpu = f"  server CPU {figures['cpu_ms']:5.1f} ms/upload" if figures["cpu_ms"] else ""
     return (
         f"  {label:<44} {figures['per_second']:7.1f} uploads/s  p50 {figures['p50_ms']:6.1f} ms  "
-        f"p99 {figures['p99_ms']:7.1f} ms{share}{failed}"
+        f"p99 {figures['p99_ms']:7.1f} ms{cpu}{share}{failed}"
     )
 
 
-def run_config(name: str, env: dict[str, str], work: Path, scale: float, ceilings: dict) -> None:
+def run_config(
+    name: str, env: dict[str, str], work: Path, scale: float, ceilings: dict, profile: str
+) -> None:
     n = lambda value: max(16, int(value * scale))  # noqa: E731
     print(f"\n{name}")
-    with app_server(env, 1, work) as port:
+    with app_server(env, 1, work, profile) as port:
         one = new_sessions(port, 1)
         drive(port, one, 4, 64)  # warm-up: imports, connections, caches
         print(line("1 client, one session", drive(port, one, 1, n(200)), ceilings["1"]))
@@ -322,7 +368,16 @@ def main() -> int:
     )
     parser.add_argument("--postgres", action="store_true", help="also run on PostgreSQL + Redis")
     parser.add_argument("--quick", action="store_true", help="a tenth of the requests")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record each server with py-spy (collapsed stacks, one file per configuration)",
+    )
     args = parser.parse_args()
+    if args.profile:
+        global PROFILE_DIR
+        PROFILE_DIR = Path(args.profile).resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     scale = 0.1 if args.quick else 1.0
     work = Path(tempfile.mkdtemp(prefix="bench-uploads-"))
     base_env = {
@@ -352,7 +407,12 @@ def main() -> int:
             [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=embedded, check=True
         )
         run_config(
-            "embedded defaults (SQLite, in-memory layer), 1 worker", embedded, work, scale, ceilings
+            "embedded defaults (SQLite, in-memory layer), 1 worker",
+            embedded,
+            work,
+            scale,
+            ceilings,
+            "embedded",
         )
 
         if args.postgres:
@@ -371,11 +431,11 @@ def main() -> int:
             subprocess.run(
                 [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=pg, check=True
             )
-            run_config("PostgreSQL + Redis, 1 worker", pg, work, scale, ceilings)
+            run_config("PostgreSQL + Redis, 1 worker", pg, work, scale, ceilings, "postgres")
             print("\nPostgreSQL + Redis, 16 clients into 16 sessions, by worker processes")
             results = {}
             for workers in (1, 3):
-                with app_server(pg, workers, work) as port:
+                with app_server(pg, workers, work, f"postgres-{workers}-workers") as port:
                     sessions16 = new_sessions(port, 16)
                     drive(port, sessions16, 16, 160)
                     results[workers] = drive(port, sessions16, 16, max(160, int(1000 * scale)))

@@ -81,7 +81,11 @@ from attachments.buffering import guard_daphne  # noqa: E402
 from attachments.conf import conf as attachments_conf  # noqa: E402
 from attachments.file_body_middleware import FileBodyMiddleware  # noqa: E402
 from attachments.reconcile import reconcile_in_background  # noqa: E402
-from attachments.uploads_asgi import JSONServerErrorMiddleware, StreamingUploadMiddleware  # noqa: E402
+from attachments.uploads_asgi import (  # noqa: E402
+    JSONServerErrorMiddleware,
+    StreamingUploadMiddleware,
+    UploadRequestHandler,
+)
 
 # Daphne reads (and Twisted parses) whole bodies before the application
 # sees them: refuse over-long ones before that (attachments.buffering).
@@ -97,7 +101,11 @@ application = ShutdownMiddleware(
     ProtocolTypeRouter(
         {
             "http": JSONServerErrorMiddleware(
-                EventFeedMiddleware(StreamingUploadMiddleware(FileBodyMiddleware(django_asgi_app)))
+                EventFeedMiddleware(
+                    StreamingUploadMiddleware(
+                        FileBodyMiddleware(django_asgi_app), upload_app=UploadRequestHandler()
+                    )
+                )
             ),
             "websocket": AllowedHostsOriginValidator(
                 AuthMiddlewareStack(

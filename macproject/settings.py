@@ -217,6 +217,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Threads cannot share an in-memory database, so tests get a file.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+    # Django's backend, reusing SQLite handles instead of opening one per
+    # request (and paying for the PRAGMAs above each time): macproject.sqlite.
+    DATABASES["default"]["ENGINE"] = "macproject.sqlite"
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A pool per worker process: a request borrows a connection instead of
     # opening one (most of a short request's time without it).

@@ -134,6 +134,9 @@ def test_the_architecture_document_names_what_exists(graph):
     assert [n for n in sorted(named) if unresolved(graph, n)] == []
 
 
+DJANGO_PACKAGES = {"migrations", "management", "templatetags"}
+
+
 def readme_layout() -> dict[str, set[str]]:
     """The modules the README's Layout lists, by package."""
     text = (ROOT / "README.md").read_text()
@@ -145,9 +148,12 @@ def readme_layout() -> dict[str, set[str]]:
         if header:
             package = header.group(1)
             continue
-        entry = re.match(r"^  ([\w.]+\.py(?:, [\w.]+\.py)*)\s", line)
+        # A module (`name.py`) or a package (`name/`).
+        entry = re.match(r"^  ([\w.]+(?:\.py|/)(?:, [\w.]+(?:\.py|/))*)\s", line)
         if entry and package is not None:
-            names = {name.removesuffix(".py") for name in entry.group(1).split(", ")}
+            names = {
+                name.removesuffix(".py").removesuffix("/") for name in entry.group(1).split(", ")
+            }
             listed.setdefault(package, set()).update(names)
     return listed
 
@@ -156,4 +162,10 @@ def test_the_readme_layout_lists_every_module_and_no_other():
     listed = readme_layout()
     for package in PACKAGES:
         modules = {p.stem for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
+        # Packages too, but not the ones every Django app has by convention.
+        modules |= {
+            p.parent.name
+            for p in (ROOT / package).glob("*/__init__.py")
+            if p.parent.name not in DJANGO_PACKAGES
+        }
         assert listed.get(package) == modules, package

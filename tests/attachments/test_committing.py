@@ -15,11 +15,14 @@ import threading
 import pytest
 
 from artifacts.models import ArtifactEvent
+from attachments.committing import PendingFile, commit_batch
 from attachments.exceptions import SessionNotFound
+from attachments.manifest import AttachmentEntry
 from attachments.models import Attachment, Session
 from attachments.quotas import QuotaExceeded, counted_usage, usage
 from attachments.receiving import UploadSink
 from attachments.sessions import purge_session
+from attachments.signals import attachments_recorded
 from attachments.uploads import accept_upload
 
 from .builders import new_session
@@ -31,6 +34,21 @@ def receive(session, name: str, content: bytes):
     sink = UploadSink(session.directory / "code_workspace/attachments", name)
     sink.write(content)
     return sink.finish()
+
+
+def pending(session, received) -> PendingFile:
+    """A received file as the upload service queues it for its batch."""
+    path = (received.final_directory() / received.filename).relative_to(session.directory)
+    entry = AttachmentEntry.for_new_file(
+        attachment_id=received.attachment_id,
+        name=received.name,
+        path=path.as_posix(),
+        head=received.head,
+        size=received.size,
+        sha256=received.sha256,
+        source=Attachment.Source.USER_UPLOAD,
+    )
+    return PendingFile(received, entry)
 
 
 def manifest_entries(session) -> dict[str, dict]:
@@ -173,3 +191,76 @@ def test_a_backend_terminated_mid_commit_is_retried_and_keeps_the_file():
     assert terminated
     assert (session.directory / attachment.path).read_bytes() == b"every byte" * 100
     assert set(assert_consistent(session)) == {attachment.attachment_id}
+
+
+def test_a_batch_is_recorded_at_once_with_contiguous_sequences_in_its_order():
+    session = new_session()
+    first = accept_upload(session, receive(session, "first.txt", b"before the batch"))
+    batch = [pending(session, receive(session, f"b{n}.txt", b"batch %d" % n)) for n in range(6)]
+    recorded: list[list[str]] = []
+
+    def on_recorded(sender, session, attachments, **kwargs):
+        recorded.append([a.attachment_id for a in attachments])
+
+    attachments_recorded.connect(on_recorded, sender=Attachment, dispatch_uid="test-batch")
+    try:
+        commit_batch(session, batch)
+    finally:
+        attachments_recorded.disconnect(sender=Attachment, dispatch_uid="test-batch")
+    ids = [item.entry.attachment_id for item in batch]
+    assert [item.outcome().attachment_id for item in batch] == ids
+    assert recorded == [ids]  # one insert, one signal, for the whole batch
+    events = list(
+        ArtifactEvent.objects.filter(session=session)
+        .order_by("sequence")
+        .values_list("sequence", "attachment_id", "change_type")
+    )
+    assert events == [(1, first.attachment_id, "created")] + [
+        (2 + n, attachment_id, "created") for n, attachment_id in enumerate(ids)
+    ]
+    assert list(assert_consistent(session)) == [first.attachment_id, *ids]  # manifest order
+
+
+def test_a_batch_that_fails_in_its_transaction_leaves_nothing():
+    """The manifest written beside the failed transaction is thrown away with it."""
+    session = new_session()
+    kept = accept_upload(session, receive(session, "kept.txt", b"kept"))
+    manifest_before = (
+        session.directory / "code_workspace/attachments/attachments_manifest.json"
+    ).read_bytes()
+    batch = [pending(session, receive(session, f"b{n}.txt", b"lost")) for n in range(3)]
+
+    def fail(sender, **kwargs):
+        raise RuntimeError("the event could not be written")
+
+    attachments_recorded.connect(fail, sender=Attachment, dispatch_uid="test-fail")
+    try:
+        commit_batch(session, batch)
+    finally:
+        attachments_recorded.disconnect(sender=Attachment, dispatch_uid="test-fail")
+    for item in batch:
+        with pytest.raises(RuntimeError):
+            item.outcome()
+        assert not item.received.path.exists()
+        assert not (session.directory / item.entry.path).exists()
+    directory = session.directory / "code_workspace/attachments"
+    assert (directory / "attachments_manifest.json").read_bytes() == manifest_before
+    assert not [p for p in directory.iterdir() if p.name.startswith(".manifest-")]
+    assert set(assert_consistent(session)) == {kept.attachment_id}
+    assert ArtifactEvent.objects.filter(session=session).count() == 1
+
+
+def test_a_batch_cut_short_by_a_quota_lists_only_what_it_kept(settings):
+    settings.ATTACHMENTS_SESSION_MAX_FILES = 3
+    session = new_session()
+    first = accept_upload(session, receive(session, "first.txt", b"first"))
+    batch = [pending(session, receive(session, f"b{n}.txt", b"batch %d" % n)) for n in range(4)]
+    commit_batch(session, batch)
+    kept = [item.outcome().attachment_id for item in batch[:2]]
+    for item in batch[2:]:
+        with pytest.raises(QuotaExceeded):
+            item.outcome()
+        assert not (session.directory / item.entry.path).exists()
+    assert list(assert_consistent(session)) == [first.attachment_id, *kept]
+    directory = session.directory / "code_workspace/attachments"
+    assert not [p for p in directory.iterdir() if p.name.startswith(".manifest-")]

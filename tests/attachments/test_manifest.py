@@ -109,3 +109,34 @@ def test_concurrent_writers_in_separate_processes_lose_no_entry(tmp_path: Path):
         assert process.exitcode == 0
     ids = {e.attachment_id for e in Manifest(tmp_path, "s1").read().attachments}
     assert ids == {f"att_w{w:02d}i{i:08d}" for w in range(workers) for i in range(per_worker)}
+
+
+def test_saves_that_encode_only_appended_entries_write_what_a_full_encoding_would(
+    tmp_path: Path,
+):
+    """Appends, replacements, removals and reassignments, save after save, in one process."""
+    manifest = Manifest(tmp_path, "s1")
+    steps = [
+        lambda doc: [doc.append(entry(f"a{n}", name=f"é{n}.txt")) for n in range(3)],
+        lambda doc: doc.append(entry("b")),
+        lambda doc: doc.upsert(entry("a1", size=99)),
+        lambda doc: [doc.append(entry(f"c{n}")) for n in range(40)],
+        # One entry per save, past the number of pieces that are joined into one.
+        *[lambda doc, n=n: doc.append(entry(f"g{n}")) for n in range(36)],
+        lambda doc: doc.remove("a0"),
+        lambda doc: doc.append(entry("d")),
+        lambda doc: setattr(doc, "attachments", doc.attachments[:5]),
+        lambda doc: doc.append(entry("e")),
+        lambda doc: [doc.remove(e.attachment_id) for e in list(doc.attachments)],
+        lambda doc: doc.append(entry("f")),
+    ]
+    expected: list[str] = []
+    for step in steps:
+        with manifest.edit() as document:
+            step(document)
+            ids = [e.attachment_id for e in document.attachments]
+        written = manifest.path.read_bytes()
+        assert written == manifest.read().to_json().encode("utf-8")
+        assert [e["attachment_id"] for e in json.loads(written)["attachments"]] == ids
+        expected = ids
+    assert [e.attachment_id for e in manifest.read().attachments] == expected == ["f"]

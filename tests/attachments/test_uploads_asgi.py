@@ -104,3 +104,32 @@ def test_django_sees_an_empty_body_and_the_streamed_file():
     assert sent[0]["status"] == 201
     reply = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
     assert (session.directory / reply["path"]).read_bytes() == content
+
+
+def test_uploads_answered_on_the_upload_threads_get_the_headers_of_djangos_async_chain():
+    """UploadRequestHandler runs the same middlewares, synchronously, in one hop."""
+    from django.core.asgi import get_asgi_application
+
+    from attachments.uploads_asgi import UploadRequestHandler
+
+    session = new_session()
+
+    def upload_through(app) -> tuple[int, dict[bytes, bytes], dict]:
+        body, content_type = multipart([("file", "h.txt", b"headers")])
+        scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+        scope["headers"].append((b"origin", b"http://elsewhere.example"))
+        sent = asyncio.run(run_app(app, scope, [{"type": "http.request", "body": body}]))
+        headers = {name.lower(): value for name, value in sent[0]["headers"]}
+        headers.pop(b"content-length")
+        return sent[0]["status"], headers, json.loads(sent[1]["body"])
+
+    django_app = get_asgi_application()
+    status, async_chain, first = upload_through(StreamingUploadMiddleware(django_app))
+    sync_chain_status, sync_chain, second = upload_through(
+        StreamingUploadMiddleware(django_app, upload_app=UploadRequestHandler())
+    )
+    assert status == sync_chain_status == 201
+    assert sync_chain == async_chain
+    assert b"x-frame-options" in sync_chain and b"x-content-type-options" in sync_chain
+    assert manifest_ids(session) == row_ids(session)
+    assert set(row_ids(session)) == {first["attachment_id"], second["attachment_id"]}
