@@ -45,6 +45,7 @@ import shutil
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
