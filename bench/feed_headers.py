@@ -8,8 +8,9 @@ for each response: it builds a Django request from the scope, checks the
 host, lets the middleware answer first (an HTTPS redirect), and passes the
 response through it. This prints the time of that work next to the time of
 a whole long-poll page (`wait_seconds=0`, `--events` events) served
-in-process by the project's ASGI application, and their ratio; the same for reading the query parameters. Scratch
-SQLite database and warehouse; nothing else is touched.
+in-process by the project's ASGI application, and their ratio; the same for
+reading the query parameters. Scratch SQLite database and warehouse; nothing
+else is touched.
 """
 
 from __future__ import annotations
