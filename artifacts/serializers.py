@@ -23,6 +23,10 @@ class FeedParameters(FileFilterParameters):
     # `after=` is not "from the start": a client that sends it has lost its cursor.
     blank_is_absent = False
 
+    @classmethod
+    def settings_key(cls) -> tuple[Any, ...]:
+        return (conf.MAX_PAGE_SIZE, conf.MAX_WAIT_SECONDS)
+
     def get_fields(self) -> dict[str, serializers.Field]:
         # Bounds come from the settings when the parameters are read, not at import.
         max_page = conf.MAX_PAGE_SIZE

@@ -8,8 +8,9 @@ for each response: it builds a Django request from the scope, checks the
 host, lets the middleware answer first (an HTTPS redirect), and passes the
 response through it. This prints the time of that work next to the time of
 a whole long-poll page (`wait_seconds=0`, `--events` events) served
-in-process by the project's ASGI application, and their ratio. Scratch
-SQLite database and warehouse; nothing else is touched.
+in-process by the project's ASGI application, and their ratio; the same for
+reading the query parameters. Scratch SQLite database and warehouse; nothing
+else is touched.
 """
 
 from __future__ import annotations
@@ -135,12 +136,24 @@ def main() -> None:
         started = time.perf_counter()
         header_work(scope, body)
         headers.append(time.perf_counter() - started)
+    from artifacts.feed import parse_query
+
+    # What reading a long-poll's query parameters costs (`parse_query`).
+    params = {"after": "0", "wait_seconds": "10", "include_mime": "image/"}
+    reads = []
+    for _ in range(args.samples):
+        started = time.perf_counter()
+        parse_query(params)
+        reads.append(time.perf_counter() - started)
     whole = asyncio.run(whole_requests(f"{path}?{query}", args.samples))
     header_ms, whole_ms = statistics.median(headers) * 1e3, statistics.median(whole) * 1e3
+    read_ms = statistics.median(reads) * 1e3
     print(f"long-poll page of {args.events} events, {args.samples} samples, medians:")
     print(f"  header work (request, host check, middleware): {header_ms:.3f} ms")
     print(f"  whole request through the ASGI app:            {whole_ms:.3f} ms")
     print(f"  ratio header / whole: {header_ms / whole_ms:.3f}")
+    print(f"  reading the query parameters:                  {read_ms:.3f} ms")
+    print(f"  ratio parameters / whole: {read_ms / whole_ms:.3f}")
     import shutil
 
     shutil.rmtree(scratch, ignore_errors=True)

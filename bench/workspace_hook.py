@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workflows.workspace import WorkspaceArtifactHook  # noqa: E402
 from attachments.store import AttachmentStore  # noqa: E402
+from workflows.workspace import WorkspaceArtifactHook  # noqa: E402
 
 PER_DIR = 100
 

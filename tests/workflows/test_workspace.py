@@ -10,9 +10,9 @@ from unittest import mock
 
 import pytest
 
+from attachments.store import AttachmentStore
 from workflows import workspace as workspace_module
 from workflows.workspace import WorkspaceArtifactHook, WorkspaceChanges
-from attachments.store import AttachmentStore
 
 
 @pytest.fixture
