@@ -19,7 +19,6 @@ from django.apps import apps
 
 from attachments.access import (
     Credentials,
-    authorize_scope,
     credentials_from_scope,
     owner_for_new_session,
     session_for,
@@ -27,6 +26,7 @@ from attachments.access import (
 from attachments.exceptions import ApiError, SessionNotFound, error_payload
 from attachments.sessions import create_session, get_live_session
 
+from .authorization import authorize
 from .cancellation import cancel_and_wait
 from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
 from .groups import session_group
@@ -370,7 +370,8 @@ class ArtifactsConsumer(ArtifactSocket):
             query = parse_query(
                 {k: v for k, v in params.items() if k not in _NOT_FEED_PARAMS}, waiting=False
             )
-            self.session_id = (await authorize_scope(self.scope, requested)).session_id
+            # Checked in a batch with the other sockets connecting now.
+            self.session_id = (await authorize(self.scope, requested)).session_id
         except ApiError as exc:
             await self.refuse(exc)
             return
