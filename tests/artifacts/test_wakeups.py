@@ -210,3 +210,32 @@ async def test_a_waiter_that_skipped_its_read_still_gets_an_event_whose_notifica
     assert sequences(page.events) == [1]
     assert time.monotonic() - committed < 0.3 + 1.5
     await keeper
+
+
+async def test_many_subscribers_woken_together_each_get_every_event_once_in_order(settings):
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    session = await database_sync_to_async(new_session)("fan-out-order")
+    subscribers = 300
+    received: list[list[int]] = [[] for _ in range(subscribers)]
+
+    async def subscriber(index: int):
+        async with aclosing(follow("fan-out-order", FeedQuery(after=0, limit=2))) as pages:
+            async for page in pages:
+                received[index].extend(sequences(page.events))
+                if len(received[index]) >= 13:
+                    return
+
+    tasks = [asyncio.create_task(subscriber(i)) for i in range(subscribers)]
+    while hub().watches.get("fan-out-order") is None or (
+        hub().watches["fan-out-order"].users < subscribers
+    ):
+        await asyncio.sleep(0.01)
+    # One event, then bursts that commit while the first fan-out is in flight.
+    await add_later(session, 0, "first.txt")
+    for burst in range(3):
+        await add_later(session, 0.01, *(f"{burst}-{i}.txt" for i in range(4)))
+    (_done, pending) = await asyncio.wait(tasks, timeout=20)
+    assert not pending
+    # Pages of two, so the batches that woke subscribers together are split
+    # across reads: still every event, once, in order, for each of them.
+    assert received == [list(range(1, 14))] * subscribers
