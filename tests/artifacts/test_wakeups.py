@@ -239,3 +239,24 @@ async def test_many_subscribers_woken_together_each_get_every_event_once_in_orde
     # Pages of two, so the batches that woke subscribers together are split
     # across reads: still every event, once, in order, for each of them.
     assert received == [list(range(1, 14))] * subscribers
+
+
+async def test_waiters_arriving_during_the_subscription_share_it(settings, monkeypatch):
+    from artifacts import wakeups
+
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    await database_sync_to_async(new_session)("joining")
+    head_reads: list[list[str]] = []
+    real = wakeups.session_heads
+
+    async def counting(session_ids):
+        head_reads.append(list(session_ids))
+        return await real(session_ids)
+
+    monkeypatch.setattr(wakeups, "session_heads", counting)
+    pages = await asyncio.gather(
+        *(poll("joining", FeedQuery(after=0, wait_seconds=0.5)) for _ in range(500))
+    )
+    assert all(p.timed_out and p.next_cursor == 0 for p in pages)
+    assert head_reads == [["joining"]]
+    assert hub().watches == {}
