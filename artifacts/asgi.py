@@ -36,6 +36,7 @@ from attachments.asgi import resolve_http
 from attachments.exceptions import server_error_response
 
 from . import shutdown
+from .admission import admission
 from .authorization import authorize
 from .cancellation import cancel_and_wait
 from .conf import conf
@@ -120,6 +121,9 @@ class EventFeedMiddleware:
         self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
     ) -> None:
         view_name, session_id = route
+        # In a burst, the work below waits its turn so that the loop keeps
+        # reading (and stamping) new arrivals (`artifacts.admission`).
+        await admission().turn()
         # The request as Django would see it (no body: these are GETs), for
         # its host check and for the header middleware.
         request = ASGIRequest(scope, io.BytesIO())
