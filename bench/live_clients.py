@@ -286,19 +286,6 @@ def frame(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
 
 
-def run_loop(main: Any) -> Any:
-    """
-    `asyncio.run`, on uvloop where it is installed (Uvicorn's standard extra
-    brings it): the clients' sockets then cost a fraction of the CPU, which
-    the server on the same machine needs more.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
-
-
 def client_process(
     kind: str, url: str, paths: list[str], wait: float, ready: Any, go: Any, results: Any
 ) -> None:
@@ -357,7 +344,7 @@ def client_process(
             "lag": lag.worst,
         }
 
-    results.put({"kind": kind, **run_loop(main())})
+    results.put({"kind": kind, **asyncio.run(main())})
 
 
 # Scenarios ----------------------------------------------------------------
