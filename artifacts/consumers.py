@@ -19,7 +19,6 @@ from channels.utils import await_many_dispatch
 
 from attachments.access import (
     Credentials,
-    authorize_scope,
     credentials_from_scope,
     owner_for_new_session,
     session_for,
@@ -33,6 +32,7 @@ from attachments.exceptions import (
 )
 from attachments.sessions import create_session
 
+from .authorization import authorize
 from .cancellation import cancel_and_wait
 from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
 from .groups import session_group
@@ -418,7 +418,8 @@ class ArtifactsConsumer(ArtifactSocket):
             query = parse_query(
                 {k: v for k, v in params.items() if k not in _NOT_FEED_PARAMS}, waiting=False
             )
-            self.session_id = (await authorize_scope(self.scope, requested)).session_id
+            # Checked in a batch with the other sockets connecting now.
+            self.session_id = (await authorize(self.scope, requested)).session_id
         except ApiError as exc:
             await self.refuse(exc)
             return

@@ -252,7 +252,9 @@ async def astart_cursor(session_id: str, after: int | None) -> int:
 
 async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
     """`read_page`, shared with the session's other local readers of the same page."""
-    query = replace(query, wait_seconds=0.0)
+    if query.wait_seconds:
+        # Keyed without the wait, so that long-polls and streams share reads.
+        query = replace(query, wait_seconds=0.0)
     return await asyncio.shield(
         watch.shared((session_id, query), partial(aread_page, session_id, query))
     )
@@ -325,7 +327,9 @@ async def follow(
                 page = await _read_unless_known(watch, session_id, query)
                 if page.events or page.next_cursor != query.after:
                     yield page
-                query = replace(query, after=page.next_cursor)
+                    # A new query only when the cursor moved: ten thousand
+                    # subscribers woken together each pass here.
+                    query = replace(query, after=page.next_cursor)
                 if page.has_more:
                     continue
                 if current.draining:

@@ -30,12 +30,14 @@ from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.urls import get_resolver
 
-from attachments.access import authorize_scope
 from attachments.exceptions import server_error_response
 from attachments.uploads_asgi import resolve_http
 
 from . import shutdown
+from .admission import admission
+from .authorization import authorize
 from .cancellation import cancel_and_wait
 from .conf import conf
 from .headers import answered_by_middleware, describe, through_middleware
@@ -55,12 +57,38 @@ PAGE_VIEW = "artifacts:events"
 STREAM_VIEW = "artifacts:event-stream"
 
 
+# Routes of GET paths already resolved: Django's resolver tries the
+# project's patterns one by one, which cost more than the rest of a waiting
+# long-poll's arrival. Kept for one URL resolver (a new ROOT_URLCONF
+# resolves afresh) and bounded, since paths carry session and file ids.
+MAX_CACHED_ROUTES = 4096
+_routes: dict[tuple[str, str], tuple[str, str] | None] = {}
+_routes_resolver: object = None
+
+
 def feed_route(scope: Scope) -> tuple[str, str] | None:
     """(view name, session id) if this is a GET for one of the feed views, else None."""
-    match = resolve_http(scope, "GET")
-    if match is None or match.view_name not in (PAGE_VIEW, STREAM_VIEW):
+    global _routes_resolver
+    if scope["type"] != "http" or scope["method"] != "GET":
         return None
-    return match.view_name, str(match.kwargs.get("session_id", ""))
+    # Django resolves with ROOT_URLCONF here: nothing has set a per-request urlconf yet.
+    resolver = get_resolver()
+    if resolver is not _routes_resolver:
+        _routes.clear()
+        _routes_resolver = resolver
+    key = (scope.get("root_path", ""), scope["path"])
+    try:
+        return _routes[key]
+    except KeyError:
+        pass
+    match = resolve_http(scope, "GET")
+    route = None
+    if match is not None and match.view_name in (PAGE_VIEW, STREAM_VIEW):
+        route = match.view_name, str(match.kwargs.get("session_id", ""))
+    if len(_routes) >= MAX_CACHED_ROUTES:
+        _routes.clear()
+    _routes[key] = route
+    return route
 
 
 class EventFeedMiddleware:
@@ -93,6 +121,9 @@ class EventFeedMiddleware:
         self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
     ) -> None:
         view_name, session_id = route
+        # In a burst, the work below waits its turn so that the loop keeps
+        # reading (and stamping) new arrivals (`artifacts.admission`).
+        await admission().turn()
         # The request as Django would see it (no body: these are GETs), for
         # its host check and for the header middleware.
         request = ASGIRequest(scope, io.BytesIO())
@@ -116,7 +147,7 @@ class EventFeedMiddleware:
         try:
             if view_name == PAGE_VIEW:
                 status, body = await respond_page(
-                    session_id, params, lambda: authorize_scope(scope, session_id), arrived
+                    session_id, params, lambda: authorize(scope, session_id), arrived
                 )
                 await _send_json(send, request, status, body)
                 return
@@ -126,7 +157,7 @@ class EventFeedMiddleware:
                 session_id,
                 params,
                 None if last_event_id is None else last_event_id.decode("latin-1"),
-                lambda: authorize_scope(scope, session_id),
+                lambda: authorize(scope, session_id),
             )
         except Exception as exc:
             # A database or layer outage is a 503 with Retry-After, as everywhere

@@ -31,11 +31,42 @@ from .conf import conf
 
 Handler = Callable[[HttpRequest], HttpResponseBase]
 
+# The attribute under which `through_middleware` hands the response to the
+# innermost handler of the shared chain.
+_RESPONSE = "_artifacts_feed_response"
+# The middleware chain, built once as Django's handler builds its own: ten
+# thousand long-polls answered together must not each import and construct
+# every middleware (their `__init__` reads settings). Dropped on any
+# settings change (`artifacts.signals`), since middleware such as
+# SecurityMiddleware reads its settings when it is constructed.
+_chain: Handler | None = None
+
 
 def feed_middleware() -> list[str]:
     """The dotted paths that run, in the order Django runs them."""
     wanted = set(conf.FEED_MIDDLEWARE)
     return [path for path in settings.MIDDLEWARE if path in wanted]
+
+
+def _carried_response(request: HttpRequest) -> HttpResponseBase:
+    response: HttpResponseBase = getattr(request, _RESPONSE)
+    return response
+
+
+def _middleware_chain() -> Handler:
+    global _chain
+    if _chain is None:
+        handler: Handler = _carried_response
+        for path in reversed(feed_middleware()):
+            handler = import_string(path)(handler)
+        _chain = handler
+    return _chain
+
+
+def forget_middleware(**kwargs: Any) -> None:
+    """Build the middleware chain afresh at its next use (settings have changed)."""
+    global _chain
+    _chain = None
 
 
 def through_middleware(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
@@ -44,10 +75,11 @@ def through_middleware(request: HttpRequest, response: HttpResponseBase) -> Http
     through to the view: the same object with headers added, or (rarely)
     another response that replaces it.
     """
-    handler: Handler = lambda _request: response  # noqa: E731
-    for path in reversed(feed_middleware()):
-        handler = import_string(path)(handler)
-    return handler(request)
+    setattr(request, _RESPONSE, response)
+    try:
+        return _middleware_chain()(request)
+    finally:
+        delattr(request, _RESPONSE)
 
 
 def answered_by_middleware(request: HttpRequest) -> HttpResponseBase | None:

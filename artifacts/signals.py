@@ -1,13 +1,15 @@
 """
 Receivers that turn changes to `attachments.Attachment` rows into artifact
 events. They run inside the transaction that changes the row, so the event
-commits (or rolls back) with it.
+commits (or rolls back) with it. One more receiver drops what the feed's
+fast path built from settings when they change (tests' `override_settings`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.core.signals import setting_changed
 from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
@@ -15,7 +17,7 @@ from django.dispatch import receiver
 from attachments.models import Attachment, Session
 from attachments.signals import attachments_recorded
 
-from . import events
+from . import events, headers
 from .models import ArtifactEvent
 
 # Attribute under which pre_save leaves the row's stored state for post_save.
@@ -98,3 +100,9 @@ def session_saved(
         return
     if update_fields is None or "purged_at" in update_fields:
         events.forget_session(instance)
+
+
+@receiver(setting_changed, dispatch_uid="artifacts.settings_changed")
+def settings_changed(**kwargs: Any) -> None:
+    """The feed's header middleware reads settings when built: build it again."""
+    headers.forget_middleware()

@@ -106,6 +106,7 @@ class SessionWatch:
         self.gone = False
         self.users = 0
         self.subscribed = False
+        self.subscribing: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()
         self._deadlines = deadlines
         self._waiters: set[asyncio.Future[bool]] = set()
@@ -312,15 +313,30 @@ class EventHub:
             watch = self.watches[session_id] = SessionWatch(session_id, self.deadlines)
         watch.users += 1
         try:
-            async with watch.lock:
-                if not watch.subscribed:
-                    await self._subscribe(watch)
+            if not watch.subscribed:
+                await asyncio.shield(self._subscribing(watch))
             yield watch
         finally:
             watch.users -= 1
             if not watch.users:
                 # Shielded: a cancelled waiter must still leave the group.
                 await asyncio.shield(self._release(watch))
+
+    def _subscribing(self, watch: SessionWatch) -> asyncio.Future[None]:
+        """
+        The subscription in progress, shared by every waiter that arrives
+        meanwhile: ten thousand long-polls queueing on the watch's lock would
+        cost time quadratic in their number (`asyncio.Lock.acquire` scans its
+        waiters). Await it through `asyncio.shield`.
+        """
+        if watch.subscribing is None or watch.subscribing.done():
+            watch.subscribing = asyncio.ensure_future(self._subscribe_once(watch))
+        return watch.subscribing
+
+    async def _subscribe_once(self, watch: SessionWatch) -> None:
+        async with watch.lock:
+            if not watch.subscribed:
+                await self._subscribe(watch)
 
     async def join(self, layer: BaseChannelLayer, group: str, channel: str) -> bool:
         """

@@ -23,6 +23,8 @@ Entry points, one per layer, all ending in `session_for()`:
   (`aauthorize_request` for async views);
 - `authorize_scope(scope, session_id)`: ASGI middlewares that run before
   Django (HTTP scopes) and Channels consumers (WebSocket scopes).
+- `authorize_scopes_sync(requests)`: many scopes at once, one query for
+  their sessions (the event feed's live clients, `artifacts.authorization`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import copy
 import hmac
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
@@ -149,6 +152,13 @@ def session_for(
     """
     valid_id = validate_session_id(session_id)
     session = Session.objects.live().filter(session_id=valid_id).first()
+    return _reached(credentials, session, target)
+
+
+def _reached(
+    credentials: Credentials, session: Session | None, target: links.LinkTarget | None
+) -> Session:
+    """`session_for()`'s verdict on the live session it found (None: none)."""
     if session is not None and may_reach(credentials, session, target):
         return session
     if credentials.csrf_failed and credentials.bearer is None:
@@ -278,6 +288,39 @@ def authorize_scope_sync(
 ) -> Session:
     """`authorize_scope()` for a caller already on a database thread (one hop, one connection)."""
     return session_for(_credentials_from_scope(scope), session_id, target)
+
+
+def authorize_scopes_sync(
+    requests: Sequence[tuple[dict[str, Any], object]],
+) -> list[Session | Exception]:
+    """
+    `authorize_scope_sync()` for each (scope, session id), with one query for
+    all of their sessions: live clients arriving together are mostly on a few
+    sessions. Each outcome is that request's own: its session, or the
+    exception `authorize_scope_sync()` would have raised for it.
+    """
+    checks: list[tuple[Credentials, str] | Exception] = []
+    for scope, session_id in requests:
+        try:
+            checks.append((_credentials_from_scope(scope), validate_session_id(session_id)))
+        except Exception as exc:  # noqa: BLE001 (that request's outcome)
+            checks.append(exc)
+    wanted = {check[1] for check in checks if not isinstance(check, Exception)}
+    found: dict[str, Session] = {}
+    if wanted:
+        for session in Session.objects.live().filter(session_id__in=wanted):
+            found[session.session_id] = session
+    outcomes: list[Session | Exception] = []
+    for check in checks:
+        if isinstance(check, Exception):
+            outcomes.append(check)
+            continue
+        credentials, valid_id = check
+        try:
+            outcomes.append(_reached(credentials, found.get(valid_id), None))
+        except Exception as exc:  # noqa: BLE001 (that request's outcome)
+            outcomes.append(exc)
+    return outcomes
 
 
 def authorize_request(

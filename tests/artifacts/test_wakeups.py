@@ -216,3 +216,53 @@ async def test_a_waiter_that_skipped_its_read_still_gets_an_event_whose_notifica
     # Found by a re-check: at its 20 s deadline it would have timed out.
     assert not page.timed_out
     await keeper
+
+
+async def test_many_subscribers_woken_together_each_get_every_event_once_in_order(settings):
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    session = await database_sync_to_async(new_session)("fan-out-order")
+    subscribers = 300
+    received: list[list[int]] = [[] for _ in range(subscribers)]
+
+    async def subscriber(index: int):
+        async with aclosing(follow("fan-out-order", FeedQuery(after=0, limit=2))) as pages:
+            async for page in pages:
+                received[index].extend(sequences(page.events))
+                if len(received[index]) >= 13:
+                    return
+
+    tasks = [asyncio.create_task(subscriber(i)) for i in range(subscribers)]
+    while hub().watches.get("fan-out-order") is None or (
+        hub().watches["fan-out-order"].users < subscribers
+    ):
+        await asyncio.sleep(0.01)
+    # One event, then bursts that commit while the first fan-out is in flight.
+    await add_later(session, 0, "first.txt")
+    for burst in range(3):
+        await add_later(session, 0.01, *(f"{burst}-{i}.txt" for i in range(4)))
+    (_done, pending) = await asyncio.wait(tasks, timeout=20)
+    assert not pending
+    # Pages of two, so the batches that woke subscribers together are split
+    # across reads: still every event, once, in order, for each of them.
+    assert received == [list(range(1, 14))] * subscribers
+
+
+async def test_waiters_arriving_during_the_subscription_share_it(settings, monkeypatch):
+    from artifacts import wakeups
+
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    await database_sync_to_async(new_session)("joining")
+    head_reads: list[list[str]] = []
+    real = wakeups.session_heads
+
+    async def counting(session_ids):
+        head_reads.append(list(session_ids))
+        return await real(session_ids)
+
+    monkeypatch.setattr(wakeups, "session_heads", counting)
+    pages = await asyncio.gather(
+        *(poll("joining", FeedQuery(after=0, wait_seconds=0.5)) for _ in range(500))
+    )
+    assert all(p.timed_out and p.next_cursor == 0 for p in pages)
+    assert head_reads == [["joining"]]
+    assert hub().watches == {}

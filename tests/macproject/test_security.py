@@ -102,6 +102,17 @@ def test_the_feed_follows_the_same_settings(session):
     assert response.headers["X-Frame-Options"] == "SAMEORIGIN"
 
 
+def test_the_feed_follows_settings_changed_after_its_first_response(session):
+    """The fast path builds its middleware once; a change of settings builds it again."""
+    url = f"/api/sessions/{session.session_id}/artifact-events?after=0"
+    before = asgi("GET", url, authorization=f"Bearer {session.token}")
+    with override_settings(SECURE_REFERRER_POLICY="no-referrer"):
+        during = asgi("GET", url, authorization=f"Bearer {session.token}")
+    after = asgi("GET", url, authorization=f"Bearer {session.token}")
+    assert during.headers["Referrer-Policy"] == "no-referrer"
+    assert before.headers["Referrer-Policy"] == after.headers["Referrer-Policy"] != "no-referrer"
+
+
 def test_the_feed_runs_only_the_middleware_the_project_lists(session, settings):
     settings.MIDDLEWARE = [
         m for m in settings.MIDDLEWARE if not m.endswith("XFrameOptionsMiddleware")

@@ -1,0 +1,101 @@
+"""
+Authorising live clients in batches.
+
+Every long-poll, event stream and socket of the feed is authorised against
+the database (`attachments.access.authorize_scope_sync`) before it waits.
+One trip to a database thread each would cost, for ten thousand clients
+arriving together, ten thousand thread hops, and with SQLite's default of
+no persistent connections ten thousand connections opened and closed: far
+more than the checks themselves. `authorize` queues the check instead, and
+a few hops in flight each take the whole queue (up to `MAX_BATCH`) and check
+it on one connection with one query for its sessions
+(`attachments.access.authorize_scopes_sync`). A lone client still gets
+one hop of its own at once; a burst gets a hop per `MAX_BATCH` clients.
+
+Each check has its own outcome: one caller's error (an unknown session, a
+bad token) is that caller's alone. A database failure fails the batch it
+meets, as it would have failed each of their hops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+from channels.db import database_sync_to_async
+
+from attachments.access import authorize_scopes_sync
+from attachments.models import Session
+
+# Checks one hop runs at most: long enough to amortise a hop, short enough
+# that the first caller of a burst is not kept waiting behind the last.
+MAX_BATCH = 256
+# Hops in flight at once (each on a thread of the loop's default pool).
+MAX_HOPS = 4
+
+Check = tuple[dict[str, Any], object, "asyncio.Future[Session]"]
+
+# The connection is closed after each batch as after a request
+# (`database_sync_to_async`): opened once per batch, not once per client.
+_authorize_on_thread = database_sync_to_async(authorize_scopes_sync, thread_sensitive=False)
+
+
+class Authorizer:
+    """The batches of one event loop."""
+
+    def __init__(self) -> None:
+        self._queue: list[Check] = []
+        self._hops: set[asyncio.Task[None]] = set()
+
+    async def authorize(self, scope: dict[str, Any], session_id: object) -> Session:
+        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._queue.append((scope, session_id, future))
+        if len(self._hops) < MAX_HOPS:
+            hop = asyncio.create_task(self._hop())
+            self._hops.add(hop)
+            hop.add_done_callback(self._hops.discard)
+        return await future
+
+    async def _hop(self) -> None:
+        while self._queue:
+            batch = [check for check in self._queue[:MAX_BATCH] if not check[2].done()]
+            del self._queue[:MAX_BATCH]
+            if not batch:
+                continue
+            try:
+                outcomes = await _authorize_on_thread([(s, i) for s, i, _ in batch])
+            except BaseException as exc:
+                # Only a failure of the hop itself (cancelled at shutdown, no thread).
+                for _scope, _id, future in batch:
+                    if future.done():
+                        continue
+                    if isinstance(exc, Exception):
+                        future.set_exception(exc)
+                    else:
+                        future.cancel()
+                raise
+            for (_scope, _id, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+
+_authorizers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Authorizer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def authorize(scope: dict[str, Any], session_id: object) -> Session:
+    """
+    `attachments.access.authorize_scope(scope, session_id)`, checked in a
+    batch with the other clients arriving at the same time.
+    """
+    loop = asyncio.get_running_loop()
+    current = _authorizers.get(loop)
+    if current is None:
+        current = _authorizers[loop] = Authorizer()
+    return await current.authorize(scope, session_id)

@@ -1,0 +1,31 @@
+"""The feed's ASGI fast path recognises its routes, remembered per path for the current URLconf."""
+
+from __future__ import annotations
+
+from django.test import override_settings
+
+from artifacts.asgi import PAGE_VIEW, STREAM_VIEW, feed_route
+
+
+def scope(path: str, method: str = "GET") -> dict:
+    return {"type": "http", "method": method, "path": path, "root_path": ""}
+
+
+def test_feed_routes_and_others():
+    for _ in range(2):  # resolved, then remembered
+        assert feed_route(scope("/api/sessions/s-1/artifact-events")) == (PAGE_VIEW, "s-1")
+        assert feed_route(scope("/api/sessions/s-1/artifact-events/stream")) == (
+            STREAM_VIEW,
+            "s-1",
+        )
+        assert feed_route(scope("/api/sessions/s-1")) is None
+        assert feed_route(scope("/api/sessions/s-1/artifact-events", "POST")) is None
+
+
+def test_a_new_urlconf_resolves_afresh():
+    path = "/api/sessions/s-2/artifact-events"
+    assert feed_route(scope(path)) == (PAGE_VIEW, "s-2")
+    # A URLconf without the feed under /api/: the remembered route no longer holds.
+    with override_settings(ROOT_URLCONF="attachments.urls"):
+        assert feed_route(scope(path)) is None
+    assert feed_route(scope(path)) == (PAGE_VIEW, "s-2")
