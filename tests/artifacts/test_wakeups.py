@@ -232,14 +232,13 @@ async def test_many_subscribers_woken_together_each_get_every_event_once_in_orde
                     return
 
     tasks = [asyncio.create_task(subscriber(i)) for i in range(subscribers)]
-    while hub().watches.get("fan-out-order") is None or (
-        hub().watches["fan-out-order"].users < subscribers
-    ):
-        await asyncio.sleep(0.01)
-    # One event, then bursts that commit while the first fan-out is in flight.
-    await add_later(session, 0, "first.txt")
+    await until(lambda: waiting("fan-out-order", subscribers))
+    # One event, then bursts that commit while the first fan-out is in flight
+    # (the pauses make that interleaving; nothing waits on them).
+    await add(session, "first.txt")
     for burst in range(3):
-        await add_later(session, 0.01, *(f"{burst}-{i}.txt" for i in range(4)))
+        await asyncio.sleep(0.01)
+        await add(session, *(f"{burst}-{i}.txt" for i in range(4)))
     (_done, pending) = await asyncio.wait(tasks, timeout=20)
     assert not pending
     # Pages of two, so the batches that woke subscribers together are split

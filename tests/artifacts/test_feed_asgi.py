@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.test import override_settings
 
-from artifacts.asgi import PAGE_VIEW, STREAM_VIEW, feed_route
+from artifacts.feed_asgi import PAGE_VIEW, STREAM_VIEW, feed_route
 
 
 def scope(path: str, method: str = "GET") -> dict:
