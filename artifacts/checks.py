@@ -6,6 +6,8 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 from django.utils.module_loading import import_string
 
+from .conf import PREFIX, conf
+
 
 def _is_number(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float)
@@ -17,7 +19,7 @@ def _is_count(value: object) -> bool:
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    retention = getattr(settings, "ARTIFACTS_EVENT_RETENTION", None)
+    retention = conf.raw("EVENT_RETENTION")
     if retention is not None and (not _is_count(retention) or retention < 1):
         errors.append(
             Error(
@@ -26,22 +28,17 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="artifacts.E001",
             )
         )
-    for name, default in (
-        ("ARTIFACTS_RECHECK_SECONDS", 1.0),
-        ("ARTIFACTS_MAX_WAIT_SECONDS", 60),
-        ("ARTIFACTS_SSE_KEEPALIVE_SECONDS", 15),
-        ("ARTIFACTS_SHUTDOWN_GRACE", 10),
-    ):
-        value = getattr(settings, name, default)
+    for name in ("RECHECK_SECONDS", "MAX_WAIT_SECONDS", "SSE_KEEPALIVE_SECONDS", "SHUTDOWN_GRACE"):
+        value = conf.raw(name)
         if not _is_number(value) or value <= 0:
             errors.append(
                 Error(
-                    f"{name} must be a positive number of seconds.",
+                    f"{PREFIX}{name} must be a positive number of seconds.",
                     hint=f"Got {value!r}.",
                     id="artifacts.E002",
                 )
             )
-    page = getattr(settings, "ARTIFACTS_MAX_PAGE_SIZE", 200)
+    page = conf.raw("MAX_PAGE_SIZE")
     if not _is_count(page) or page < 1:
         errors.append(
             Error(
@@ -50,7 +47,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="artifacts.E003",
             )
         )
-    scan = getattr(settings, "ARTIFACTS_MAX_SCAN_EVENTS", 10_000)
+    scan = conf.raw("MAX_SCAN_EVENTS")
     if not _is_count(scan) or (_is_count(page) and scan < page):
         errors.append(
             Error(
@@ -59,19 +56,17 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="artifacts.E004",
             )
         )
-    feed_middleware = getattr(settings, "ARTIFACTS_FEED_MIDDLEWARE", None)
-    if feed_middleware is not None:
-        try:
-            for path in feed_middleware:
-                import_string(path)
-        except (ImportError, AttributeError, TypeError, ValueError) as exc:
-            errors.append(
-                Error(
-                    "ARTIFACTS_FEED_MIDDLEWARE must list importable middleware (dotted paths).",
-                    hint=str(exc),
-                    id="artifacts.E005",
-                )
+    try:
+        for path in conf.raw("FEED_MIDDLEWARE"):
+            import_string(path)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        errors.append(
+            Error(
+                "ARTIFACTS_FEED_MIDDLEWARE must list importable middleware (dotted paths).",
+                hint=str(exc),
+                id="artifacts.E005",
             )
+        )
     if not getattr(settings, "CHANNEL_LAYERS", None):
         errors.append(
             Warning(

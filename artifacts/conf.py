@@ -24,6 +24,8 @@ The artifacts app's settings, each read live from Django settings so that
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 
 DEFAULT_FEED_MIDDLEWARE = (
@@ -33,38 +35,56 @@ DEFAULT_FEED_MIDDLEWARE = (
 )
 
 
+PREFIX = "ARTIFACTS_"
+# Each setting's default, which `conf` and the system checks (`artifacts.checks`) share.
+DEFAULTS: dict[str, Any] = {
+    "EVENT_RETENTION": None,
+    "RECHECK_SECONDS": 1.0,
+    "MAX_WAIT_SECONDS": 60,
+    "MAX_PAGE_SIZE": 200,
+    "MAX_SCAN_EVENTS": 10_000,
+    "SSE_KEEPALIVE_SECONDS": 15,
+    "SHUTDOWN_GRACE": 10,
+    "FEED_MIDDLEWARE": DEFAULT_FEED_MIDDLEWARE,
+}
+
+
 class Settings:
+    def raw(self, name: str) -> Any:
+        """The setting as the project gives it (unchecked), or its default."""
+        return getattr(settings, PREFIX + name, DEFAULTS[name])
+
     @property
     def EVENT_RETENTION(self) -> int | None:
-        return getattr(settings, "ARTIFACTS_EVENT_RETENTION", None)
+        return self.raw("EVENT_RETENTION")
 
     @property
     def RECHECK_SECONDS(self) -> float:
-        return float(getattr(settings, "ARTIFACTS_RECHECK_SECONDS", 1.0))
+        return float(self.raw("RECHECK_SECONDS"))
 
     @property
     def MAX_WAIT_SECONDS(self) -> float:
-        return float(getattr(settings, "ARTIFACTS_MAX_WAIT_SECONDS", 60))
+        return float(self.raw("MAX_WAIT_SECONDS"))
 
     @property
     def MAX_PAGE_SIZE(self) -> int:
-        return int(getattr(settings, "ARTIFACTS_MAX_PAGE_SIZE", 200))
+        return int(self.raw("MAX_PAGE_SIZE"))
 
     @property
     def MAX_SCAN_EVENTS(self) -> int:
-        return int(getattr(settings, "ARTIFACTS_MAX_SCAN_EVENTS", 10_000))
+        return int(self.raw("MAX_SCAN_EVENTS"))
 
     @property
     def SSE_KEEPALIVE_SECONDS(self) -> float:
-        return float(getattr(settings, "ARTIFACTS_SSE_KEEPALIVE_SECONDS", 15))
+        return float(self.raw("SSE_KEEPALIVE_SECONDS"))
 
     @property
     def SHUTDOWN_GRACE(self) -> float:
-        return float(getattr(settings, "ARTIFACTS_SHUTDOWN_GRACE", 10))
+        return float(self.raw("SHUTDOWN_GRACE"))
 
     @property
     def FEED_MIDDLEWARE(self) -> tuple[str, ...]:
-        return tuple(getattr(settings, "ARTIFACTS_FEED_MIDDLEWARE", DEFAULT_FEED_MIDDLEWARE))
+        return tuple(self.raw("FEED_MIDDLEWARE"))
 
 
 conf = Settings()

@@ -2,23 +2,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Info, Warning
 
 from . import sandbox
+from .conf import PREFIX, conf
 
 _POSITIVE_NUMBERS = (
-    "WORKFLOWS_NODE_TIMEOUT",
-    "WORKFLOWS_WATCH_DEBOUNCE",
-    "WORKFLOWS_CONTROL_POLL_SECONDS",
-    "WORKFLOWS_HEARTBEAT_SECONDS",
-    "WORKFLOWS_HEARTBEAT_TIMEOUT",
+    "NODE_TIMEOUT",
+    "WATCH_DEBOUNCE",
+    "CONTROL_POLL_SECONDS",
+    "HEARTBEAT_SECONDS",
+    "HEARTBEAT_TIMEOUT",
 )
-_OPTIONAL_COUNTS = (
-    "WORKFLOWS_NODE_CPU_SECONDS",
-    "WORKFLOWS_NODE_MEMORY_BYTES",
-    "WORKFLOWS_HUMAN_INPUT_TIMEOUT",
-)
+_OPTIONAL_COUNTS = ("NODE_CPU_SECONDS", "NODE_MEMORY_BYTES", "HUMAN_INPUT_TIMEOUT")
 
 
 def _is_number(value: object) -> bool:
@@ -27,7 +23,7 @@ def _is_number(value: object) -> bool:
 
 def check_settings(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    directory = getattr(settings, "WORKFLOWS_DIR", None)
+    directory = conf.raw("DIR")
     if (
         directory is not None
         and not isinstance(directory, str)
@@ -37,26 +33,26 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             Error("WORKFLOWS_DIR must be a path.", hint=f"Got {directory!r}.", id="workflows.E001")
         )
     for name in _POSITIVE_NUMBERS:
-        value = getattr(settings, name, 1)
+        value = conf.raw(name)
         if not _is_number(value) or value <= 0:
             errors.append(
                 Error(
-                    f"{name} must be a positive number.",
+                    f"{PREFIX}{name} must be a positive number.",
                     hint=f"Got {value!r}.",
                     id="workflows.E002",
                 )
             )
     for name in _OPTIONAL_COUNTS:
-        value = getattr(settings, name, None)
+        value = conf.raw(name)
         if value is not None and (not _is_number(value) or value <= 0):
             errors.append(
                 Error(
-                    f"{name} must be None or a positive number.",
+                    f"{PREFIX}{name} must be None or a positive number.",
                     hint=f"Got {value!r}.",
                     id="workflows.E003",
                 )
             )
-    env = getattr(settings, "WORKFLOWS_NODE_ENV", {})
+    env = conf.raw("NODE_ENV")
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
@@ -72,7 +68,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
 
 def check_sandbox(**kwargs: Any) -> list[CheckMessage]:
     """Which confinement python nodes get here: said always, a warning when there is none."""
-    mode = getattr(settings, "WORKFLOWS_SANDBOX", sandbox.AUTO)
+    mode = conf.raw("SANDBOX")
     if mode not in sandbox.MODES:
         return [
             Error(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -32,74 +33,98 @@ from .workspace import DEFAULT_IGNORED_DIRS
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
+PREFIX = "WORKFLOWS_"
+# Each setting's default, which `conf` and the system checks (`workflows.checks`) share.
+DEFAULTS: dict[str, Any] = {
+    "DIR": None,
+    "PYTHON": None,
+    "NODE_TIMEOUT": 300,
+    "NODE_CPU_SECONDS": None,
+    "NODE_MEMORY_BYTES": 2 << 30,
+    "NODE_ENV": {},
+    "SANDBOX": "auto",
+    "SANDBOX_BWRAP": "bwrap",
+    "SANDBOX_USER": "",
+    "HUMAN_INPUT_TIMEOUT": None,
+    "WATCH_WORKSPACE": True,
+    "WATCH_DEBOUNCE": 0.5,
+    "WORKSPACE_IGNORED_DIRS": DEFAULT_IGNORED_DIRS,
+    "CONTROL_POLL_SECONDS": 2,
+    "HEARTBEAT_SECONDS": 10,
+    "HEARTBEAT_TIMEOUT": 60,
+}
+
+
 class Settings:
+    def raw(self, name: str) -> Any:
+        """The setting as the project gives it (unchecked), or its default."""
+        return getattr(settings, PREFIX + name, DEFAULTS[name])
+
     @property
     def DIR(self) -> Path:
-        return Path(getattr(settings, "WORKFLOWS_DIR", None) or EXAMPLES_DIR).absolute()
+        return Path(self.raw("DIR") or EXAMPLES_DIR).absolute()
 
     @property
     def PYTHON(self) -> str:
-        return str(getattr(settings, "WORKFLOWS_PYTHON", None) or sys.executable)
+        return str(self.raw("PYTHON") or sys.executable)
 
     @property
     def NODE_TIMEOUT(self) -> float:
-        return float(getattr(settings, "WORKFLOWS_NODE_TIMEOUT", 300))
+        return float(self.raw("NODE_TIMEOUT"))
 
     @property
     def NODE_CPU_SECONDS(self) -> int | None:
-        value = getattr(settings, "WORKFLOWS_NODE_CPU_SECONDS", None)
+        value = self.raw("NODE_CPU_SECONDS")
         return None if value is None else int(value)
 
     @property
     def NODE_MEMORY_BYTES(self) -> int | None:
-        return getattr(settings, "WORKFLOWS_NODE_MEMORY_BYTES", 2 << 30)
+        return self.raw("NODE_MEMORY_BYTES")
 
     @property
     def NODE_ENV(self) -> dict[str, str]:
-        return dict(getattr(settings, "WORKFLOWS_NODE_ENV", {}))
+        return dict(self.raw("NODE_ENV"))
 
     @property
     def SANDBOX(self) -> str:
-        return str(getattr(settings, "WORKFLOWS_SANDBOX", "auto"))
+        return str(self.raw("SANDBOX"))
 
     @property
     def SANDBOX_BWRAP(self) -> str:
-        return str(getattr(settings, "WORKFLOWS_SANDBOX_BWRAP", "bwrap"))
+        return str(self.raw("SANDBOX_BWRAP"))
 
     @property
     def SANDBOX_USER(self) -> str:
-        return str(getattr(settings, "WORKFLOWS_SANDBOX_USER", "") or "")
+        return str(self.raw("SANDBOX_USER") or "")
 
     @property
     def HUMAN_INPUT_TIMEOUT(self) -> float | None:
-        value = getattr(settings, "WORKFLOWS_HUMAN_INPUT_TIMEOUT", None)
+        value = self.raw("HUMAN_INPUT_TIMEOUT")
         return None if value is None else float(value)
 
     @property
     def WATCH_WORKSPACE(self) -> bool:
-        return bool(getattr(settings, "WORKFLOWS_WATCH_WORKSPACE", True))
+        return bool(self.raw("WATCH_WORKSPACE"))
 
     @property
     def WATCH_DEBOUNCE(self) -> float:
-        return float(getattr(settings, "WORKFLOWS_WATCH_DEBOUNCE", 0.5))
+        return float(self.raw("WATCH_DEBOUNCE"))
 
     @property
     def WORKSPACE_IGNORED_DIRS(self) -> frozenset[str]:
-        return frozenset(
-            getattr(settings, "WORKFLOWS_WORKSPACE_IGNORED_DIRS", DEFAULT_IGNORED_DIRS)
-        )
+        return frozenset(self.raw("WORKSPACE_IGNORED_DIRS"))
 
     @property
     def CONTROL_POLL_SECONDS(self) -> float:
-        return float(getattr(settings, "WORKFLOWS_CONTROL_POLL_SECONDS", 2))
+        return float(self.raw("CONTROL_POLL_SECONDS"))
 
     @property
     def HEARTBEAT_SECONDS(self) -> float:
-        return float(getattr(settings, "WORKFLOWS_HEARTBEAT_SECONDS", 10))
+        return float(self.raw("HEARTBEAT_SECONDS"))
 
     @property
     def HEARTBEAT_TIMEOUT(self) -> float:
-        return float(getattr(settings, "WORKFLOWS_HEARTBEAT_TIMEOUT", 60))
+        return float(self.raw("HEARTBEAT_TIMEOUT"))
 
 
 conf = Settings()
