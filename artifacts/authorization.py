@@ -65,15 +65,18 @@ class Authorizer:
                 continue
             try:
                 outcomes = await _authorize_on_thread([(s, i) for s, i, _ in batch])
-            except BaseException as exc:
-                # Only a failure of the hop itself (cancelled at shutdown, no thread).
+            except Exception as exc:
+                # The whole batch failed (the database is down): each caller
+                # gets the error to answer with, and the hop goes on, since
+                # nobody awaits the hop itself.
                 for _scope, _id, future in batch:
-                    if future.done():
-                        continue
-                    if isinstance(exc, Exception):
+                    if not future.done():
                         future.set_exception(exc)
-                    else:
-                        future.cancel()
+                continue
+            except BaseException:
+                # Cancelled (at shutdown): so are its callers.
+                for _scope, _id, future in batch:
+                    future.cancel()
                 raise
             for (_scope, _id, future), outcome in zip(batch, outcomes, strict=True):
                 if future.done():
