@@ -44,6 +44,16 @@ from .selection import FileFilters
 
 logger = logging.getLogger(__name__)
 
+
+def _not_the_stored_level_notice(record: logging.LogRecord) -> bool:
+    # A deflated zip stores its already-compressed files as they are, and
+    # zipstream-ng logs a warning for each that the stream's level does not
+    # apply to them: true, intended, and one log line per file of every zip.
+    return "compress_level has no effect" not in record.getMessage()
+
+
+logging.getLogger("zipstream.ng").addFilter(_not_the_stored_level_notice)
+
 # Formats that are compressed already: deflating them again costs CPU for nothing.
 STORED_EXTENSIONS = frozenset(
     {
