@@ -57,28 +57,11 @@ def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
         )
         stream, _created = EventStream.objects.get_or_create(session_id=attachment.session_id)
         stream.last_sequence += 1
-        event = ArtifactEvent.objects.create(
-            session_id=attachment.session_id,
-            sequence=stream.last_sequence,
-            change_type=change_type,
-            attachment_id=attachment.attachment_id,
-            node_id=attachment.node_id or "",
-            path=attachment.path,
-            name=attachment.name,
-            ext=extension_of(attachment.name),
-            size=attachment.size,
-            mime=attachment.mime,
-            kind=attachment.kind,
-            sha256=attachment.sha256,
-        )
+        event = _event_for(attachment, stream.last_sequence, change_type)
+        event.save(force_insert=True)
         _apply_retention(stream)
         stream.save(update_fields=["last_sequence", "trimmed_through"])
-    sequence = event.sequence
-
-    def announce_event() -> None:
-        announce(public_id, sequence)
-
-    transaction.on_commit(announce_event)
+    _announce_on_commit(public_id, event.sequence)
     return event
 
 
@@ -95,30 +78,39 @@ def append_created_events(session: Session, attachments: Sequence[Attachment]) -
         stream, _created = EventStream.objects.get_or_create(session_id=session.pk)
         first = stream.last_sequence + 1
         events = [
-            ArtifactEvent(
-                session_id=session.pk,
-                sequence=first + offset,
-                change_type=ArtifactEvent.ChangeType.CREATED,
-                attachment_id=attachment.attachment_id,
-                node_id=attachment.node_id or "",
-                path=attachment.path,
-                name=attachment.name,
-                ext=extension_of(attachment.name),
-                size=attachment.size,
-                mime=attachment.mime,
-                kind=attachment.kind,
-                sha256=attachment.sha256,
-            )
+            _event_for(attachment, first + offset, ArtifactEvent.ChangeType.CREATED)
             for offset, attachment in enumerate(attachments)
         ]
         ArtifactEvent.objects.bulk_create(events)
         stream.last_sequence = first + len(events) - 1
         _apply_retention(stream)
         stream.save(update_fields=["last_sequence", "trimmed_through"])
-    public_id, sequence = session.session_id, stream.last_sequence
+    _announce_on_commit(session.session_id, stream.last_sequence)
 
+
+def _event_for(attachment: Attachment, sequence: int, change_type: str) -> ArtifactEvent:
+    """The (unsaved) event describing `attachment` as it is now, at `sequence`."""
+    return ArtifactEvent(
+        session_id=attachment.session_id,
+        sequence=sequence,
+        change_type=change_type,
+        attachment_id=attachment.attachment_id,
+        node_id=attachment.node_id or "",
+        path=attachment.path,
+        name=attachment.name,
+        ext=extension_of(attachment.name),
+        size=attachment.size,
+        mime=attachment.mime,
+        kind=attachment.kind,
+        sha256=attachment.sha256,
+    )
+
+
+def _announce_on_commit(session_id: str, sequence: int) -> None:
+    # A plain function, not a partial: Django's on_commit logs a failing
+    # callback by its __qualname__.
     def announce_events() -> None:
-        announce(public_id, sequence)
+        announce(session_id, sequence)
 
     transaction.on_commit(announce_events)
 
