@@ -64,7 +64,7 @@ import threading
 import time
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -113,6 +113,25 @@ MANIFEST_LOCK = ".attachments_manifest.lock"
 
 def now() -> float:
     return time.time()
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    path: str,
+    params: dict[str, str],
+    token: str,
+    write: Callable[[bytes], object],
+) -> httpx.Response:
+    """GET `path`; a 200's body goes to `write` as it arrives, an error's JSON is read."""
+    async with client.stream(
+        "GET", path, params=params, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        if response.status_code != 200:
+            await response.aread()
+        else:
+            async for chunk in response.aiter_bytes():
+                write(chunk)
+    return response
 
 
 def parse_iso(value: str) -> float:
@@ -334,17 +353,13 @@ class Load:
             t0 = now()
             digest = hashlib.sha256()
             try:
-                async with client.stream(
-                    "GET",
+                response = await fetch(
+                    client,
                     f"/api/sessions/{target['session']}/artifacts/{target['attachment_id']}",
-                    params={"mode": "stream"},
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as response:
-                    if response.status_code != 200:
-                        await response.aread()  # the error's JSON
-                    else:
-                        async for chunk in response.aiter_bytes():
-                            digest.update(chunk)
+                    {"mode": "stream"},
+                    token,
+                    digest.update,
+                )
             except httpx.HTTPError as exc:
                 self.record("download", t0, f"conn:{type(exc).__name__}")
                 continue
@@ -358,19 +373,15 @@ class Load:
         t0 = now()
         with tempfile.TemporaryFile() as spool:
             try:
-                async with client.stream(
-                    "GET",
+                response = await fetch(
+                    client,
                     f"/api/sessions/{session}/download",
                     # Mostly what a dashboard's "Download all" asks; now and then a
                     # stored zip, which has a length up front and resumes.
-                    params={"compress": "false" if self.random.random() < 0.25 else "true"},
-                    headers={"Authorization": f"Bearer {token}"},
-                ) as response:
-                    if response.status_code != 200:
-                        await response.aread()  # the error's JSON
-                    else:
-                        async for chunk in response.aiter_bytes():
-                            spool.write(chunk)
+                    {"compress": "false" if self.random.random() < 0.25 else "true"},
+                    token,
+                    spool.write,
+                )
             except httpx.HTTPError as exc:
                 self.record("zip", t0, f"conn:{type(exc).__name__}")
                 return
