@@ -29,9 +29,24 @@ class Received:
 
 
 def create_session(base_url: str) -> str:
-    response = httpx.post(base_url + "/api/sessions", json={})
+    return create_session_with_auth(base_url)[0]
+
+
+def create_session_with_auth(base_url: str) -> tuple[str, dict[str, str]]:
+    """A new session's id, and the headers that carry its token."""
+    response = httpx.post(base_url + "/api/sessions", json={}, timeout=10)
     assert response.status_code == 201, response.text
-    return response.json()["session_id"]
+    body = response.json()
+    return body["session_id"], {"Authorization": f"Bearer {body['token']}"}
+
+
+def upload_file(base_url: str, session_id: str, name: str, data: bytes) -> dict:
+    """Upload a file with a plain multipart request; the attachment's JSON."""
+    response = httpx.post(
+        f"{base_url}/api/uploads/{session_id}", files={"file": (name, data)}, timeout=60
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
 
 
 async def upload(

@@ -13,26 +13,14 @@ import pytest
 from tests.attachments.builders import directory_hashes, zip_hashes
 from tests.servers import SERVER_KINDS
 
+from .event_clients import create_session, upload_file
+
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(params=SERVER_KINDS)
 def kind(request) -> str:
     return request.param
-
-
-def create_session(base_url: str) -> str:
-    response = httpx.post(base_url + "/api/sessions", json={})
-    assert response.status_code == 201, response.text
-    return response.json()["session_id"]
-
-
-def upload(base_url: str, session_id: str, name: str, data: bytes) -> dict:
-    response = httpx.post(
-        f"{base_url}/api/uploads/{session_id}", files={"file": (name, data)}, timeout=60
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def open_warehouse_files(pid: int, warehouse: Path) -> list[str]:
@@ -52,8 +40,8 @@ def test_stream_with_ranges_and_the_session_zip(server, kind, warehouse, tmp_pat
     secret.write_bytes(b"must never be served")
     with server(kind) as s:
         session_id = create_session(s.url)
-        item = upload(s.url, session_id, "big.bin", data)
-        upload(s.url, session_id, "notes.md", b"# notes\n" * 2000)
+        item = upload_file(s.url, session_id, "big.bin", data)
+        upload_file(s.url, session_id, "notes.md", b"# notes\n" * 2000)
         session_dir = warehouse / f"session_{session_id}"
         (session_dir / "code_workspace" / "leak.txt").symlink_to(secret)
         url = f"{s.url}/api/sessions/{session_id}/artifacts/{item['attachment_id']}?mode=stream"
@@ -93,7 +81,7 @@ def test_stream_with_ranges_and_the_session_zip(server, kind, warehouse, tmp_pat
 def test_a_client_that_leaves_mid_download_leaves_no_file_open(server, kind, warehouse):
     with server(kind) as s:
         session_id = create_session(s.url)
-        item = upload(s.url, session_id, "big.bin", os.urandom(12 * 1024 * 1024))
+        item = upload_file(s.url, session_id, "big.bin", os.urandom(12 * 1024 * 1024))
         url = f"{s.url}/api/sessions/{session_id}/artifacts/{item['attachment_id']}?mode=stream"
         for target in (url, f"{s.url}/api/sessions/{session_id}/download"):
             with httpx.stream("GET", target, timeout=30) as response:

@@ -26,6 +26,8 @@ import websockets
 from tests.attachments.builders import PNG_1x1
 from tests.servers import SERVER_KINDS
 
+from .event_clients import create_session, upload_file
+
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 CSV = b"city,population\nParis,2148000\nLyon,516000\n"
@@ -35,18 +37,6 @@ REFERENCE_NAMES = ("event_id", "file_name", "mime_type", "sha256", "relative_pat
 @pytest.fixture(params=SERVER_KINDS)
 def kind(request) -> str:
     return request.param
-
-
-def create_session(base_url: str) -> str:
-    response = httpx.post(base_url + "/api/sessions", json={})
-    assert response.status_code == 201, response.text
-    return response.json()["session_id"]
-
-
-def upload(base_url: str, session_id: str, name: str, data: bytes) -> dict:
-    response = httpx.post(f"{base_url}/api/uploads/{session_id}", files={"file": (name, data)})
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def assert_reference_names(event: dict) -> None:
@@ -120,7 +110,7 @@ def test_the_reference_web_ui_runs_a_workflow_and_shows_its_artifacts(server):
 def test_execute_takes_the_workflow_with_or_without_its_suffix(server, name):
     with server("uvicorn") as s:
         session_id = create_session(s.url)
-        attachment = upload(s.url, session_id, "cities.csv", CSV)
+        attachment = upload_file(s.url, session_id, "cities.csv", CSV)
         started = httpx.post(
             s.url + "/api/workflow/execute",
             json={
@@ -138,7 +128,7 @@ def test_execute_takes_the_workflow_with_or_without_its_suffix(server, name):
 def test_every_transport_carries_the_reference_names(server):
     with server("uvicorn") as s:
         session_id = create_session(s.url)
-        upload(s.url, session_id, "first.txt", b"first")
+        upload_file(s.url, session_id, "first.txt", b"first")
 
         async def socket_events(url: str) -> list[dict]:
             async with websockets.connect(url, open_timeout=10) as socket:
@@ -202,7 +192,7 @@ def test_file_names_as_curl_and_requests_send_them(server, tmp_path):
 def test_a_304_carries_no_content_length(server, kind):
     with server(kind) as s:
         session_id = create_session(s.url)
-        attachment = upload(s.url, session_id, "dot.png", PNG_1x1)
+        attachment = upload_file(s.url, session_id, "dot.png", PNG_1x1)
         url = f"{s.url}/api/sessions/{session_id}/artifacts/{attachment['attachment_id']}"
         whole = httpx.get(url, params={"mode": "stream"})
         assert whole.headers["content-length"] == str(len(PNG_1x1))
@@ -267,13 +257,14 @@ def test_httpx_sse_and_sseclient_read_a_filtered_stream(server):
     with server("uvicorn") as s:
         session_id = create_session(s.url)
         for name in ("a.png", "b.txt", "c.txt", "d.png", "e.txt"):
-            upload(s.url, session_id, name, PNG_1x1 if name.endswith(".png") else b"text")
+            upload_file(s.url, session_id, name, PNG_1x1 if name.endswith(".png") else b"text")
         url = f"{s.url}/api/sessions/{session_id}/artifact-events/stream"
         params = {"after": 0, "include_ext": "png"}
 
-        with httpx.Client(timeout=20) as client, connect_sse(
-            client, "GET", url, params=params
-        ) as source:
+        with (
+            httpx.Client(timeout=20) as client,
+            connect_sse(client, "GET", url, params=params) as source,
+        ):
             matched, last_id = [], None
             for sse in source.iter_sse():
                 last_id = sse.id
@@ -291,10 +282,13 @@ def test_httpx_sse_and_sseclient_read_a_filtered_stream(server):
         assert [e.id for e in read] == ["1", "4"]
 
         # Resuming from the last id, as a reconnecting client does.
-        upload(s.url, session_id, "f.png", PNG_1x1)
+        upload_file(s.url, session_id, "f.png", PNG_1x1)
         headers = {"Last-Event-ID": last_id}
-        with httpx.Client(timeout=20) as client, connect_sse(
-            client, "GET", url, params={"include_ext": "png"}, headers=headers
-        ) as source:
+        with (
+            httpx.Client(timeout=20) as client,
+            connect_sse(
+                client, "GET", url, params={"include_ext": "png"}, headers=headers
+            ) as source,
+        ):
             resumed = next(sse for sse in source.iter_sse() if sse.data)
         assert (resumed.json()["file_name"], resumed.id) == ("f.png", "6")

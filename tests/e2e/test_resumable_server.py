@@ -16,13 +16,10 @@ from tusclient import client as tus
 
 from tests.servers import run_server
 
+from .event_clients import create_session_with_auth
+
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 CHUNK = 256 * 1024
-
-
-def create_session(base_url: str) -> tuple[str, dict[str, str]]:
-    reply = httpx.post(f"{base_url}/api/sessions", timeout=10).json()
-    return reply["session_id"], {"Authorization": f"Bearer {reply['token']}"}
 
 
 def listed(base_url: str, session_id: str, auth: dict[str, str]) -> dict[str, dict]:
@@ -36,7 +33,7 @@ def test_an_upload_interrupted_by_a_killed_server_resumes_to_the_same_bytes(ware
     source.write_bytes(data)
     logs = tmp_path / "logs"
     with run_server("uvicorn", warehouse, logs) as first:
-        session_id, auth = create_session(first.url)
+        session_id, auth = create_session_with_auth(first.url)
         client = tus.TusClient(f"{first.url}/api/uploads/{session_id}/tus/", headers=auth)
         uploader = client.uploader(
             str(source), chunk_size=CHUNK, upload_checksum=True, metadata={"filename": "big.bin"}
@@ -69,7 +66,7 @@ def test_a_whole_upload_with_tuspy_in_one_go(server, tmp_path):
     source = tmp_path / "notes.md"
     source.write_bytes(b"# Notes\n" * 5000)
     with server() as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         client = tus.TusClient(f"{s.url}/api/uploads/{session_id}/tus/", headers=auth)
         client.uploader(
             str(source), chunk_size=16 * 1024, metadata={"filename": "notes.md"}
@@ -85,7 +82,7 @@ def test_an_interrupted_patch_keeps_every_byte_that_arrived(server):
     from urllib.parse import urlsplit
 
     with server() as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         created = httpx.post(
             f"{s.url}/api/uploads/{session_id}/tus/",
             headers={**auth, "Tus-Resumable": "1.0.0", "Upload-Length": "600000"},
@@ -136,7 +133,7 @@ def test_a_slow_patch_renews_its_lease_and_keeps_the_upload(server):
 
     # A one-second lease, and a PATCH whose body takes about three to arrive.
     with server(MAC_TUS_LEASE="1") as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         data = os.urandom(3 << 20)
         created = httpx.post(
             f"{s.url}/api/uploads/{session_id}/tus/",

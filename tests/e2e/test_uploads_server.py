@@ -18,6 +18,8 @@ import pytest
 from attachments.models import Attachment
 from tests.servers import SERVER_KINDS
 
+from .event_clients import create_session_with_auth
+
 pytestmark = [
     pytest.mark.server,
     pytest.mark.django_db(transaction=True),
@@ -28,14 +30,6 @@ pytestmark = [
 @pytest.fixture(params=SERVER_KINDS)
 def kind(request) -> str:
     return request.param
-
-
-def create_session(base_url: str) -> tuple[str, dict[str, str]]:
-    """A new session's id, and the headers that carry its token."""
-    response = httpx.post(base_url + "/api/sessions", json={})
-    assert response.status_code == 201, response.text
-    body = response.json()
-    return body["session_id"], {"authorization": f"Bearer {body['token']}"}
 
 
 def manifest(warehouse, session_id: str) -> dict:
@@ -59,14 +53,18 @@ def test_fifty_concurrent_uploads_to_one_session_are_all_recorded(server, kind, 
             )
 
     with server(kind) as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         responses = asyncio.run(upload_all(s.url, session_id, auth))
-        assert [r.status_code for r in responses] == [201] * 50, [r.text for r in responses if r.status_code != 201]
+        assert [r.status_code for r in responses] == [201] * 50, [
+            r.text for r in responses if r.status_code != 201
+        ]
         listed = httpx.get(f"{s.url}/api/uploads/{session_id}", headers=auth).json()["attachments"]
 
     expected = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
     assert {a["name"]: a["sha256"] for a in listed} == expected
-    assert {a["name"]: a["sha256"] for a in manifest(warehouse, session_id)["attachments"]} == expected
+    assert {
+        a["name"]: a["sha256"] for a in manifest(warehouse, session_id)["attachments"]
+    } == expected
     rows = Attachment.objects.filter(session__session_id=session_id)
     assert {a.name: a.sha256 for a in rows} == expected
     for attachment in rows:
@@ -78,7 +76,7 @@ def test_a_large_upload_arrives_intact(server, kind, warehouse):
     data = os.urandom(24 * 1024 * 1024 + 7)
     # Daphne buffers bodies, so it takes one this large only when told to.
     with server(kind, MAC_BUFFERED_BODY_MAX_BYTES=str(32 << 20)) as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         response = httpx.post(
             f"{s.url}/api/uploads/{session_id}",
             files={"file": ("big.bin", data)},
@@ -94,7 +92,7 @@ def test_a_large_upload_arrives_intact(server, kind, warehouse):
 
 def test_over_the_limit_is_a_json_413_and_nothing_is_kept(server, kind, warehouse):
     with server(kind, MAC_MAX_UPLOAD_BYTES="100000") as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         response = httpx.post(
             f"{s.url}/api/uploads/{session_id}",
             files={"file": ("x.bin", b"x" * 100_001)},
@@ -112,18 +110,18 @@ def test_over_the_limit_is_a_json_413_and_nothing_is_kept(server, kind, warehous
 def test_a_client_that_disconnects_mid_upload_leaves_nothing(server, kind, warehouse):
     boundary = "b0undary"
     head = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.bin\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cut.bin"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     declared = len(head) + 10_000_000
     with server(kind) as s:
-        session_id, auth = create_session(s.url)
+        session_id, auth = create_session_with_auth(s.url)
         port = int(s.url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(
                 (
                     f"POST /api/uploads/{session_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                    f"Authorization: {auth['authorization']}\r\n"
+                    f"Authorization: {auth['Authorization']}\r\n"
                     f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
                     f"Content-Length: {declared}\r\n\r\n"
                 ).encode()
@@ -133,7 +131,9 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(server, kind, wareh
             time.sleep(0.5)
         attachments = warehouse / f"session_{session_id}/code_workspace/attachments"
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(p.name.startswith("att_") for p in attachments.iterdir()):
+        while time.monotonic() < deadline and any(
+            p.name.startswith("att_") for p in attachments.iterdir()
+        ):
             time.sleep(0.1)
         assert [p.name for p in attachments.iterdir() if p.name.startswith("att_")] == []
         listed = httpx.get(f"{s.url}/api/uploads/{session_id}", headers=auth)
@@ -147,7 +147,7 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing(server, kind, wareh
 
 def test_without_the_token_nothing_is_written(server, kind, warehouse):
     with server(kind) as s:
-        session_id, _auth = create_session(s.url)
+        session_id, _auth = create_session_with_auth(s.url)
         for headers in ({}, {"authorization": "Bearer not-the-token"}):
             response = httpx.post(
                 f"{s.url}/api/uploads/{session_id}",
@@ -163,7 +163,7 @@ def test_without_the_token_nothing_is_written(server, kind, warehouse):
 @pytest.mark.access_policy("open")
 def test_the_open_policy_is_logged_at_start_and_needs_only_the_id(server, kind):
     with server(kind) as s:
-        session_id, _auth = create_session(s.url)
+        session_id, _auth = create_session_with_auth(s.url)
         response = httpx.post(f"{s.url}/api/uploads/{session_id}", files={"file": ("a", b"a")})
         assert response.status_code == 201
         assert 'ATTACHMENTS_ACCESS_POLICY is "open"' in s.log()

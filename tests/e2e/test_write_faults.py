@@ -22,12 +22,9 @@ import pytest
 from attachments.models import Attachment
 from tests.servers import run_server
 
+from .event_clients import create_session_with_auth
+
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
-
-
-def create_session(base_url: str) -> tuple[str, dict[str, str]]:
-    reply = httpx.post(f"{base_url}/api/sessions", timeout=10).json()
-    return reply["session_id"], {"Authorization": f"Bearer {reply['token']}"}
 
 
 def session_state(warehouse: Path, session_id: str) -> tuple[dict, list[str], list[str]]:
@@ -53,7 +50,7 @@ def test_a_worker_killed_mid_upload_loses_no_acknowledged_file_and_leaves_nothin
     lock = threading.Lock()
     logs = tmp_path / "logs"
     with run_server("uvicorn", warehouse, logs, MAC_RECONCILE_AT_START="0") as first:
-        session_id, auth = create_session(first.url)
+        session_id, auth = create_session_with_auth(first.url)
 
         def client(index: int) -> None:
             n = 0
@@ -132,7 +129,7 @@ def small_filesystem(path: Path, size: str):
 def test_a_full_disk_is_a_json_507_and_leaves_nothing(tmp_path):
     with small_filesystem(tmp_path / "small", "4m") as warehouse:
         with run_server("uvicorn", warehouse, tmp_path / "logs") as s:
-            session_id, auth = create_session(s.url)
+            session_id, auth = create_session_with_auth(s.url)
             big = httpx.post(
                 f"{s.url}/api/uploads/{session_id}",
                 files={"file": ("big.bin", os.urandom(6 * 1024 * 1024))},
