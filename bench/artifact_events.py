@@ -33,7 +33,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import httpx
 import websockets
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_URL = "/api/sessions/{}/artifact-events"
@@ -60,11 +60,6 @@ def percentile(values: list[float], q: float) -> float:
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RawHTTP:

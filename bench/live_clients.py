@@ -41,7 +41,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Client loop lag above this makes a client process's timings suspect.
@@ -72,11 +72,6 @@ def spread(values: list[float]) -> str:
         f"{v * 1000:.0f} ms" for v in (percentile(values, 50), percentile(values, 99), max(values))
     )
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_fd_limit() -> int:

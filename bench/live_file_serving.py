@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,11 +76,6 @@ http {{
 }}
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:

@@ -33,7 +33,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,15 +41,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from _common import free_port, wait_until_listening
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 BOUNDARY = "resumablebench0b1f"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -78,15 +74,7 @@ def server(env: dict[str, str], work: Path) -> Iterator[tuple[int, subprocess.Po
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((work / f"server-{port}.log").read_text()) from None
-                time.sleep(0.1)
+        wait_until_listening(port, process, log=work / f"server-{port}.log")
         yield port, process
     finally:
         if process.poll() is None:

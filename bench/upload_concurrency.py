@@ -47,16 +47,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from _common import free_port, wait_until_listening
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 FILE_BYTES = 10 * 1024
 BOUNDARY = "benchboundary7d3a9"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -218,15 +215,7 @@ def app_server(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((work / f"server-{port}.log").read_text()) from None
-                time.sleep(0.2)
+        wait_until_listening(port, process, log=work / f"server-{port}.log", interval=0.2)
         global SERVER_PGID
         SERVER_PGID = process.pid
         yield port
@@ -297,15 +286,7 @@ http {{
     )
     process = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(root)], start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until_listening(port, timeout=10)
         yield port
     finally:
         os.killpg(process.pid, signal.SIGTERM)
