@@ -27,7 +27,8 @@ from . import event_clients as clients
 pytestmark = [pytest.mark.server, pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 # A request waits up to the connection pool's timeout (10 s) for a connection
-# before it is answered 503.
+# before it is answered 503, and the first after the outage for the pool's
+# next reconnection attempt.
 OUTAGE_WAIT = 30
 
 
@@ -84,9 +85,7 @@ def postgres() -> None:
         pytest.skip("needs PostgreSQL: set DATABASE_URL=postgres://...")
 
 
-def test_a_database_outage_is_a_json_error_on_every_transport_and_ends_by_itself(
-    server, postgres
-):
+def test_a_database_outage_is_a_json_error_on_every_transport_and_ends_by_itself(server, postgres):
     with server("uvicorn") as s:
         session_id = clients.create_session(s.url)
 
@@ -108,7 +107,9 @@ def test_a_database_outage_is_a_json_error_on_every_transport_and_ends_by_itself
             assert closed == 1013
         assert "Traceback" not in s.log()
 
-        # Back: the same server answers and follows again.
-        assert httpx.get(f"{s.url}/api/sessions/{session_id}/artifact-events").status_code == 200
+        # Back: the same server answers and follows again, once its pool has
+        # reconnected (it retries with a backoff of a few seconds after an outage).
+        back = httpx.get(f"{s.url}/api/sessions/{session_id}/artifact-events", timeout=OUTAGE_WAIT)
+        assert back.status_code == 200
         connected = asyncio.run(connection_message(artifacts_socket(s, session_id)))
         assert connected["type"] == "connection"
