@@ -15,7 +15,8 @@ import pytest
 
 from attachments.file_body_middleware import PATHSEND_HOLD_SECONDS
 
-from .test_downloads_server import create_session, open_warehouse_files, upload
+from .event_clients import create_session, upload_file
+from .test_downloads_server import open_warehouse_files
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
@@ -34,7 +35,7 @@ def test_whole_files_and_ranges_arrive_intact_and_nothing_stays_open(server, kin
     # Daphne buffers request bodies, so it takes this upload only when told to.
     with server(kind, MAC_BUFFERED_BODY_MAX_BYTES=str(32 << 20)) as s:
         session_id = create_session(s.url)
-        item = upload(s.url, session_id, "big.bin", data)
+        item = upload_file(s.url, session_id, "big.bin", data)
         url = f"{s.url}/api/sessions/{session_id}/artifacts/{item['attachment_id']}?mode=stream"
         with httpx.Client(timeout=60) as client:
             for _ in range(3):
@@ -51,7 +52,7 @@ def test_whole_files_and_ranges_arrive_intact_and_nothing_stays_open(server, kin
             assert head.headers["content-length"] == str(len(data))
             cached = client.get(url, headers={"If-None-Match": whole.headers["etag"]})
             assert (cached.status_code, cached.content) == (304, b"")
-        empty = upload(s.url, session_id, "empty.txt", b"")
+        empty = upload_file(s.url, session_id, "empty.txt", b"")
         empty_url = url.replace(item["attachment_id"], empty["attachment_id"])
         assert httpx.get(empty_url).content == b""
         pid = server_pid(s)
