@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+import threading
 
 import magic
 
@@ -39,6 +40,20 @@ _TEXTUAL_APPLICATION_TYPES = {
 _UNINFORMATIVE = {"text/plain", "application/x-empty", "inode/x-empty"}
 
 
+# One libmagic handle per thread. python-magic's shared handle is behind a
+# lock, so concurrent uploads took turns at detection, a few milliseconds of
+# C each for text, while the call itself releases the GIL and could run on
+# another core. A handle costs about 0.3 ms and 200 KiB to open.
+_handles = threading.local()
+
+
+def _magic_handle() -> magic.Magic:
+    handle: magic.Magic | None = getattr(_handles, "magic", None)
+    if handle is None:
+        handle = _handles.magic = magic.Magic(mime=True)
+    return handle
+
+
 def _is_textual(mime: str) -> bool:
     return (
         mime.startswith("text/")
@@ -60,7 +75,7 @@ def detect_mime(head: bytes, name: str) -> str:
     verdict into a more precise textual type, so a renamed binary can never
     pass for text and a text file can never pass for an image.
     """
-    detected = magic.from_buffer(head[:SNIFF_BYTES], mime=True) if head else "application/x-empty"
+    detected = _magic_handle().from_buffer(head[:SNIFF_BYTES]) if head else "application/x-empty"
     if detected in _UNINFORMATIVE:
         guessed = guess_from_name(name)
         if guessed and _is_textual(guessed):

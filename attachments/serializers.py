@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -15,7 +16,27 @@ from .selection import FileFilterParameters
 from .sessions import validate_session_id
 
 
-class AttachmentSerializer(serializers.ModelSerializer):
+class PrebuiltFieldsMixin:
+    """
+    A ModelSerializer that builds its fields from the model once per class.
+    DRF builds them for every serializer it creates, which for one file's
+    row cost more than the rest of its representation: an upload's response
+    spent longer here than in its database transaction. Each serializer still
+    gets its own copies, since binding a field to its parent changes it.
+    """
+
+    _prebuilt_fields: ClassVar[dict[type, dict[str, serializers.Field]]] = {}
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        cls = type(self)
+        prototype = PrebuiltFieldsMixin._prebuilt_fields.get(cls)
+        if prototype is None:
+            prototype = super().get_fields()  # type: ignore[misc]
+            PrebuiltFieldsMixin._prebuilt_fields[cls] = prototype
+        return copy.deepcopy(prototype)
+
+
+class AttachmentSerializer(PrebuiltFieldsMixin, serializers.ModelSerializer):
     session_id = serializers.CharField(source="session.session_id", read_only=True)
     mime_type = serializers.CharField(source="mime", read_only=True)
 
@@ -91,7 +112,7 @@ class SessionCreateSerializer(serializers.Serializer):
     )
 
 
-class SessionSerializer(serializers.ModelSerializer):
+class SessionSerializer(PrebuiltFieldsMixin, serializers.ModelSerializer):
     """
     A session's status and counts. Other installed apps add read-only fields
     through `contributed_fields` (name -> function of the session), filled in
