@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connection, transaction
 
 from attachments.models import Attachment, Session
 
@@ -55,12 +55,10 @@ def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
             .values_list("session_id", flat=True)
             .get(pk=attachment.session_id)
         )
-        stream, _created = EventStream.objects.get_or_create(session_id=attachment.session_id)
-        stream.last_sequence += 1
+        stream = _allocate_sequences(attachment.session_id, 1)
         event = _event_for(attachment, stream.last_sequence, change_type)
         event.save(force_insert=True)
         _apply_retention(stream)
-        stream.save(update_fields=["last_sequence", "trimmed_through"])
     _announce_on_commit(public_id, event.sequence)
     return event
 
@@ -75,17 +73,47 @@ def append_created_events(session: Session, attachments: Sequence[Attachment]) -
     if not attachments:
         return
     with transaction.atomic(savepoint=False):
-        stream, _created = EventStream.objects.get_or_create(session_id=session.pk)
-        first = stream.last_sequence + 1
+        stream = _allocate_sequences(session.pk, len(attachments))
+        first = stream.last_sequence - len(attachments) + 1
         events = [
             _event_for(attachment, first + offset, ArtifactEvent.ChangeType.CREATED)
             for offset, attachment in enumerate(attachments)
         ]
         ArtifactEvent.objects.bulk_create(events)
-        stream.last_sequence = first + len(events) - 1
         _apply_retention(stream)
-        stream.save(update_fields=["last_sequence", "trimmed_through"])
     _announce_on_commit(session.session_id, stream.last_sequence)
+
+
+def _allocate_sequences(session_pk: int, count: int) -> EventStream:
+    """
+    Move the session's counter on by `count`, in the caller's transaction
+    (which holds the session's row lock), and return it as it now stands.
+    On SQLite and PostgreSQL this is one UPDATE ... RETURNING, where reading
+    the counter and writing it back took two statements of every upload's
+    transaction.
+    """
+    if connection.vendor not in ("sqlite", "postgresql"):
+        stream, _created = EventStream.objects.get_or_create(session_id=session_pk)
+        stream.last_sequence += count
+        stream.save(update_fields=["last_sequence"])
+        return stream
+    quote = connection.ops.quote_name
+    table = quote(EventStream._meta.db_table)
+    last, trimmed, key = (
+        quote(EventStream._meta.get_field(name).column)
+        for name in ("last_sequence", "trimmed_through", "session")
+    )
+    statement = (
+        f"UPDATE {table} SET {last} = {last} + %s WHERE {key} = %s RETURNING {last}, {trimmed}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [count, session_pk])
+        row = cursor.fetchone()
+    if row is None:
+        # The session's first event: nobody else can be creating its
+        # counter, since they would need the session's row lock too.
+        return EventStream.objects.create(session_id=session_pk, last_sequence=count)
+    return EventStream(session_id=session_pk, last_sequence=row[0], trimmed_through=row[1])
 
 
 def _event_for(attachment: Attachment, sequence: int, change_type: str) -> ArtifactEvent:
@@ -122,6 +150,7 @@ def _apply_retention(stream: EventStream) -> None:
     floor = stream.last_sequence - keep
     ArtifactEvent.objects.filter(session_id=stream.session_id, sequence__lte=floor).delete()
     stream.trimmed_through = floor
+    EventStream.objects.filter(pk=stream.session_id).update(trimmed_through=floor)
 
 
 def forget_session(session: Session) -> None:

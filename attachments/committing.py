@@ -216,16 +216,15 @@ def _finish_committed(
 def _commit_locked(session: Session, batch: list[PendingFile]) -> None:
     if not batch:
         return
-    if not Session.objects.live().filter(pk=session.pk).exists():
-        # Purged while the files arrived: its directory went with it.
-        raise SessionNotFound()
     manifest = manifest_for(session)
     try:
         with manifest.lock():
             _commit_under_lock(session, manifest, batch)
     except SessionNotFound:
-        # A purge that ran meanwhile removed the directory; taking the lock
-        # made part of it again.
+        # Purged while the files arrived: the purge removed the directory,
+        # and taking the lock made part of it again. (The transaction, which
+        # locks the session's row, is what finds out; checking beforehand
+        # cost every upload a query and still left this window open.)
         shutil.rmtree(session.directory, ignore_errors=True)
         raise
 
