@@ -20,6 +20,7 @@ nothing is written.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -28,10 +29,10 @@ from typing import Any
 
 from asgiref.sync import SyncToAsync
 from channels.db import database_sync_to_async
-from django.core.handlers.asgi import ASGIHandler
-from django.db import close_old_connections
-from django.http import HttpRequest, HttpResponseBase
-from django.urls import Resolver404, ResolverMatch, resolve
+from django.core import signals
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import HttpResponseBase
+from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix
 
 from . import resumable
 from .access import authorize_scope_sync
@@ -103,30 +104,48 @@ _upload_threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="upload-
 
 class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
     """
-    Django's ASGI handler for upload POSTs, running the middleware chain and
-    the view as WSGI does: all of it in one call, on a thread that stays.
-    Django's async chain hops to a thread twice per middleware (each
-    `MiddlewareMixin` runs `process_request` and `process_response` there)
-    and starts a thread per request; a small upload spent more time on that
-    than on being recorded. The middlewares, and so the headers of the
-    response, are the same.
+    Django's ASGI handler for upload POSTs, running a request as WSGI does:
+    the request signals, the middleware chain and the view in one call, on
+    a thread that stays. Django's async chain hops to a thread twice per
+    middleware (each `MiddlewareMixin` runs `process_request` and
+    `process_response` there), and its handler starts a thread for every
+    request, for the signals and for closing the response; a small upload
+    spent more time on that than on being recorded. The middlewares, and so
+    the headers of the response, are the same.
+
+    The body has already been read (`StreamingUploadMiddleware`), and the
+    response is JSON, rendered before it is sent, so it is closed on that
+    thread too, before it is sent. A client that leaves meanwhile does not
+    stop the call: its upload is recorded or refused all the same.
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
 
-    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        respond = SyncToAsync(self._respond, thread_sensitive=False, executor=_upload_threads)
-        response: HttpResponseBase = await respond(request)
-        return response
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # No ThreadSensitiveContext: nothing here runs on a thread-sensitive executor.
+        await self.handle(scope, receive, send)
 
-    def _respond(self, request: HttpRequest) -> HttpResponseBase:
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        set_script_prefix(get_script_prefix(scope))
+        respond = SyncToAsync(self._respond, thread_sensitive=False, executor=_upload_threads)
+        response: HttpResponseBase = await respond(scope)
+        await self.send_response(response, send)
+
+    def _respond(self, scope: Scope) -> HttpResponseBase:
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        response: HttpResponseBase | None = None
         try:
-            response: HttpResponseBase = self.get_response(request)
+            request, response = self.create_request(scope, io.BytesIO())
+            if request is not None:
+                response = self.get_response(request)
+                response._handler_class = self.__class__
         finally:
-            # The thread outlives the request: its connection goes back now,
-            # as request_finished does for the request's own thread.
-            close_old_connections()
+            if response is None:
+                signals.request_finished.send(sender=self.__class__)
+        # Closing sends request_finished, whose close_old_connections gives
+        # this thread's database connection back: the thread outlives the request.
+        response.close()
         return response
 
 
