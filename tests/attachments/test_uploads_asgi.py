@@ -133,3 +133,47 @@ def test_uploads_answered_on_the_upload_threads_get_the_headers_of_djangos_async
     assert b"x-frame-options" in sync_chain and b"x-content-type-options" in sync_chain
     assert manifest_ids(session) == row_ids(session)
     assert set(row_ids(session)) == {first["attachment_id"], second["attachment_id"]}
+
+
+def test_an_upload_answered_on_an_upload_thread_sends_the_request_signals_on_that_thread():
+    """
+    request_started and request_finished run close_old_connections: sent on
+    the thread that recorded the upload, once each, they give that thread's
+    database connection back when the request ends.
+    """
+    import threading
+
+    from django.core import signals
+    from django.core.asgi import get_asgi_application
+
+    from attachments.signals import attachments_recorded
+    from attachments.uploads_asgi import UploadRequestHandler
+
+    session = new_session()
+    seen: list[tuple[str, int]] = []
+
+    def started(**kwargs):
+        seen.append(("started", threading.get_ident()))
+
+    def finished(**kwargs):
+        seen.append(("finished", threading.get_ident()))
+
+    def recorded(**kwargs):
+        seen.append(("recorded", threading.get_ident()))
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    attachments_recorded.connect(recorded)
+    try:
+        app = StreamingUploadMiddleware(get_asgi_application(), upload_app=UploadRequestHandler())
+        body, content_type = multipart([("file", "t.txt", b"threads")])
+        scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+        sent = asyncio.run(run_app(app, scope, [{"type": "http.request", "body": body}]))
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+        attachments_recorded.disconnect(recorded)
+    assert sent[0]["status"] == 201
+    assert [name for name, _thread in seen] == ["started", "recorded", "finished"]
+    assert len({thread for _name, thread in seen}) == 1
+    assert seen[0][1] != threading.get_ident()
