@@ -12,11 +12,11 @@ lock (`flock`, held across processes) in these steps:
    is held only for the statements and the COMMIT; a batch that a quota
    cuts short rewrites it inside the transaction;
 3. one database transaction locks the session's row (a purge cannot slip
-   in), checks the quotas against the session's counters, inserts the
+   in), checks the quotas against the session's counters and moves them
+   (with no quota set, moving them is what takes the lock), inserts the
    batch's rows in one statement (`attachments_recorded` lets the
    `artifacts` app append their events, numbered by one allocation, in the
-   same transaction) and moves the counters. **Its COMMIT is the commit
-   point.**
+   same transaction). **Its COMMIT is the commit point.**
 4. the temporary manifest is renamed over the old one and the directory is
    fsync'd, which also makes the renames of step 1 durable;
 5. every request in the batch is answered.
@@ -314,11 +314,18 @@ def _repair_manifest(session: Session, manifest: Manifest) -> None:
 
 def _admit_batch(session: Session, batch: list[PendingFile]) -> list[PendingFile]:
     """
-    The first half of step 3: lock the session's row and take what its
-    quotas allow. Items refused by a quota are marked done with their error
-    (the rest of the batch goes on); a dead session fails all. Call it in
-    the transaction that `_insert_rows()` then completes.
+    The first half of step 3: lock the session's row, take what its quotas
+    allow and move its counters by what was taken. Items refused by a quota
+    are marked done with their error (the rest of the batch goes on); a dead
+    session fails all. Call it in the transaction that `_insert_rows()` then
+    completes.
     """
+    if conf.SESSION_MAX_FILES is None and conf.SESSION_MAX_BYTES is None:
+        # No quota to check, so nothing to read first: moving the counters
+        # is what locks the row, and what finds a purged session.
+        if not _count_in(session, batch, live_only=True):
+            raise SessionNotFound()
+        return list(batch)
     row = (
         Session.objects.live()
         .select_for_update()
@@ -338,14 +345,25 @@ def _admit_batch(session: Session, batch: list[PendingFile]) -> list[PendingFile
             continue
         accepted.append(item)
         added_bytes += item.entry.size
+    if accepted:
+        _count_in(session, accepted)
     return accepted
+
+
+def _count_in(session: Session, items: list[PendingFile], live_only: bool = False) -> bool:
+    """Add `items` to the session's usage counters; False if it matched no (live) session."""
+    sessions = Session.objects.live() if live_only else Session.objects.all()
+    moved = sessions.filter(pk=session.pk).update(
+        used_files=F("used_files") + len(items),
+        used_bytes=F("used_bytes") + sum(item.entry.size for item in items),
+    )
+    return moved > 0
 
 
 def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingFile, Attachment]:
     """
-    The rest of step 3: the batch's rows in one INSERT, their events (by the
-    `artifacts` app's receiver) and the counters, under the row lock
-    `_admit_batch()` took.
+    The rest of step 3: the batch's rows in one INSERT and their events (by
+    the `artifacts` app's receiver), under the row lock `_admit_batch()` took.
     """
     rows = [
         Attachment(
@@ -355,10 +373,6 @@ def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingF
     ]
     Attachment.objects.bulk_create(rows)
     attachments_recorded.send(sender=Attachment, session=session, attachments=rows)
-    Session.objects.filter(pk=session.pk).update(
-        used_files=F("used_files") + len(rows),
-        used_bytes=F("used_bytes") + sum(row.size for row in rows),
-    )
     return dict(zip(accepted, rows, strict=True))
 
 
