@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
@@ -268,6 +268,23 @@ async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQu
     return await _read_watched(watch, session_id, query)
 
 
+@lru_cache(maxsize=1024)
+def _timed_out_at(cursor: int) -> Page:
+    """
+    The empty, timed-out page at `cursor`, one object for all: long-polls
+    timing out together at a session's head then share its encoding
+    (`Page.encoded`) rather than each encode its own copy.
+    """
+    return Page(events=[], next_cursor=cursor, has_more=False, last_sequence=cursor, timed_out=True)
+
+
+def _timed_out(page: Page) -> Page:
+    if page.events or page.has_more:
+        return replace(page, timed_out=True)
+    # Nothing after the cursor: it is the head, as far as this read knew.
+    return _timed_out_at(page.next_cursor)
+
+
 async def poll(session_id: str, query: FeedQuery, since: float | None = None) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
@@ -291,7 +308,7 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
         if page.events or page.has_more or query.wait_seconds <= 0:
             return page
         if current.draining:
-            return replace(page, timed_out=True)
+            return _timed_out(page)
         query = replace(query, after=page.next_cursor)
     async with current.watch(session_id) as watch:
         while True:
@@ -303,7 +320,7 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
                 if page.events or page.has_more:
                     return page
                 if current.draining or not await news:
-                    return replace(page, timed_out=True)
+                    return _timed_out(page)
             finally:
                 news.cancel()
 
