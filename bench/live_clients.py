@@ -61,6 +61,8 @@ from _common import free_port
 ROOT = Path(__file__).resolve().parent.parent
 # Client loop lag above this makes a client process's timings suspect.
 KEEP_UP_SECONDS = 0.1
+# Connections of one client process that may be opening at once.
+IN_FLIGHT = 256
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -387,11 +389,22 @@ def client_process(
     raise_fd_limit()
     host, port = url.removeprefix("http://").split(":")
     clients = Clients(kind, host, int(port), paths)
-    # Connects paced at `connect_rate` a second, serving the sockets between.
+    # Connects paced at `connect_rate` a second, and no more than
+    # `IN_FLIGHT` at once still connecting (or, for streams and sockets,
+    # still waiting for their first message), serving the sockets between:
+    # a burst beyond what the server accepts overflows its listen queue, and
+    # the connections it resets are the bench's failures, not the server's.
     started = time.monotonic()
+    pending: list[Connection] = []
     for i, conn in enumerate(clients.connections):
         clients.connect(conn)
-        while i + 1 > (time.monotonic() - started) * connect_rate:
+        pending.append(conn)
+        while True:
+            pending = [c for c in pending if not (c.ready or c.failed or c.sock is None)]
+            if kind == "longpoll":
+                pending = [c for c in pending if not c.connected]
+            if len(pending) < IN_FLIGHT and i + 1 <= (time.monotonic() - started) * connect_rate:
+                break
             clients.step(0.002)
     conns = clients.connections
     if kind == "longpoll":
