@@ -250,14 +250,25 @@ async def astart_cursor(session_id: str, after: int | None) -> int:
     return int(await _astart_cursor(session_id, after))
 
 
-async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
-    """`read_page`, shared with the session's other local readers of the same page."""
+def _page_read(session_id: str, query: FeedQuery) -> tuple[Hashable, Callable[[], Any]]:
+    """The key under which local readers share a page read, and the read."""
     if query.wait_seconds:
         # Keyed without the wait, so that long-polls and streams share reads.
         query = replace(query, wait_seconds=0.0)
-    return await asyncio.shield(
-        watch.shared((session_id, query), partial(aread_page, session_id, query))
-    )
+    return (session_id, query), partial(aread_page, session_id, query)
+
+
+async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
+    """`read_page`, shared with the session's other local readers of the same page."""
+    page: Page = await asyncio.shield(watch.shared(*_page_read(session_id, query)))
+    return page
+
+
+def _expect_read(
+    watch: SessionWatch, news: asyncio.Future[bool], session_id: str, query: FeedQuery
+) -> None:
+    """Have the wake-up that resolves `news` start this waiter's next read first."""
+    watch.expect(news, *_page_read(session_id, query))
 
 
 async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
@@ -319,7 +330,10 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
                 query = replace(query, after=page.next_cursor)
                 if page.events or page.has_more:
                     return page
-                if current.draining or not await news:
+                if current.draining:
+                    return _timed_out(page)
+                _expect_read(watch, news, session_id, query)
+                if not await news:
                     return _timed_out(page)
             finally:
                 news.cancel()
@@ -351,6 +365,7 @@ async def follow(
                     continue
                 if current.draining:
                     return
+                _expect_read(watch, news, session_id, query)
                 if not await news:
                     yield None
             finally:

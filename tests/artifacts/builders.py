@@ -122,6 +122,6 @@ def waiting(session_id: str, count: int = 1) -> bool:
     return (
         watch is not None
         and watch.users >= count
-        and len(watch._waiters) >= count
-        and not watch._reads
+        and watch.waiting >= count
+        and not watch.reading
     )
