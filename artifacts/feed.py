@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
@@ -250,14 +250,25 @@ async def astart_cursor(session_id: str, after: int | None) -> int:
     return int(await _astart_cursor(session_id, after))
 
 
-async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
-    """`read_page`, shared with the session's other local readers of the same page."""
+def _page_read(session_id: str, query: FeedQuery) -> tuple[Hashable, Callable[[], Any]]:
+    """The key under which local readers share a page read, and the read."""
     if query.wait_seconds:
         # Keyed without the wait, so that long-polls and streams share reads.
         query = replace(query, wait_seconds=0.0)
-    return await asyncio.shield(
-        watch.shared((session_id, query), partial(aread_page, session_id, query))
-    )
+    return (session_id, query), partial(aread_page, session_id, query)
+
+
+async def _read_watched(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
+    """`read_page`, shared with the session's other local readers of the same page."""
+    page: Page = await asyncio.shield(watch.shared(*_page_read(session_id, query)))
+    return page
+
+
+def _expect_read(
+    watch: SessionWatch, news: asyncio.Future[bool], session_id: str, query: FeedQuery
+) -> None:
+    """Have the wake-up that resolves `news` start this waiter's next read first."""
+    watch.expect(news, *_page_read(session_id, query))
 
 
 async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQuery) -> Page:
@@ -266,6 +277,23 @@ async def _read_unless_known(watch: SessionWatch, session_id: str, query: FeedQu
         assert query.after is not None
         return Page(events=[], next_cursor=query.after, has_more=False, last_sequence=query.after)
     return await _read_watched(watch, session_id, query)
+
+
+@lru_cache(maxsize=1024)
+def _timed_out_at(cursor: int) -> Page:
+    """
+    The empty, timed-out page at `cursor`, one object for all: long-polls
+    timing out together at a session's head then share its encoding
+    (`Page.encoded`) rather than each encode its own copy.
+    """
+    return Page(events=[], next_cursor=cursor, has_more=False, last_sequence=cursor, timed_out=True)
+
+
+def _timed_out(page: Page) -> Page:
+    if page.events or page.has_more:
+        return replace(page, timed_out=True)
+    # Nothing after the cursor: it is the head, as far as this read knew.
+    return _timed_out_at(page.next_cursor)
 
 
 async def poll(session_id: str, query: FeedQuery, since: float | None = None) -> Page:
@@ -291,7 +319,7 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
         if page.events or page.has_more or query.wait_seconds <= 0:
             return page
         if current.draining:
-            return replace(page, timed_out=True)
+            return _timed_out(page)
         query = replace(query, after=page.next_cursor)
     async with current.watch(session_id) as watch:
         while True:
@@ -302,8 +330,11 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
                 query = replace(query, after=page.next_cursor)
                 if page.events or page.has_more:
                     return page
-                if current.draining or not await news:
-                    return replace(page, timed_out=True)
+                if current.draining:
+                    return _timed_out(page)
+                _expect_read(watch, news, session_id, query)
+                if not await news:
+                    return _timed_out(page)
             finally:
                 news.cancel()
 
@@ -334,6 +365,7 @@ async def follow(
                     continue
                 if current.draining:
                     return
+                _expect_read(watch, news, session_id, query)
                 if not await news:
                     yield None
             finally:

@@ -38,11 +38,10 @@ from attachments.uploads_asgi import resolve_http
 from . import shutdown
 from .admission import admission
 from .authorization import authorize
-from .cancellation import cancel_and_wait
 from .conf import conf
-from .headers import answered_by_middleware, describe, through_middleware
+from .headers import describe, prepare_headers, through_middleware
 from .sse import CONTENT_TYPE, HEADERS
-from .views import PAGE_HEADERS, respond_page, respond_stream
+from .views import JSON, PAGE_HEADERS, page_response, respond_page, respond_stream
 from .wakeups import hub
 
 logger = logging.getLogger(__name__)
@@ -107,15 +106,18 @@ class EventFeedMiddleware:
         arrived = asyncio.get_running_loop().time()
         # Counted until the response is sent, so a shutdown waits for it.
         with hub().live_request():
-            responder = asyncio.create_task(self._respond(route, scope, send, arrived))
-            listener = asyncio.create_task(_until_disconnect(receive))
+            # The response is made in this task, and a client that leaves
+            # cancels it (`_Departure`): one task more per request, not two
+            # and the waits between them, since ten thousand long-polls
+            # answered together each pass through here.
+            departure = _Departure(receive)
             try:
-                await asyncio.wait({responder, listener}, return_when=asyncio.FIRST_COMPLETED)
+                await self._respond(route, scope, send, arrived)
+            except asyncio.CancelledError:
+                if not departure.forgive():
+                    raise
             finally:
-                await cancel_and_wait(listener)
-                await cancel_and_wait(responder)
-            if not responder.cancelled():
-                responder.result()
+                departure.close()
 
     async def _respond(
         self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
@@ -138,7 +140,11 @@ class EventFeedMiddleware:
                 response = through_middleware(request, response)
             await _send_response(send, request, response, through=False)
             return
-        early = answered_by_middleware(request)
+        # The middleware runs once, here: over an empty response with the
+        # headers of the page to come, whose headers then serve for it. A
+        # long-poll answered at its deadline, with ten thousand others, then
+        # only sends.
+        early, page_headers = prepare_headers(request, JSON, PAGE_HEADERS)
         if early is not None:
             await _send_response(send, request, early, through=False)
             return
@@ -149,7 +155,10 @@ class EventFeedMiddleware:
                 status, body = await respond_page(
                     session_id, params, lambda: authorize(scope, session_id), arrived
                 )
-                await _send_json(send, request, status, body)
+                if status == 200:
+                    await _send_prepared(send, page_headers, body)
+                else:
+                    await _send_response(send, request, page_response(status, body))
                 return
             headers = dict(scope.get("headers", []))
             last_event_id = headers.get(b"last-event-id")
@@ -183,6 +192,47 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
+class _Departure:
+    """
+    Cancels the current task when the client disconnects, until `close`.
+    The cancellation is repeated every second while the task runs on: on
+    Python 3.11, `asyncio.wait_for` drops a cancellation that arrives as its
+    awaitable completes (see `artifacts.cancellation`).
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._cancels = 0
+        self._open = True
+        self._listener = asyncio.create_task(_until_disconnect(receive))
+        self._listener.add_done_callback(self._left)
+
+    def _left(self, listener: asyncio.Task[None]) -> None:
+        if not self._open or listener.cancelled() or listener.exception() is not None:
+            return
+        self._cancel()
+
+    def _cancel(self) -> None:
+        if self._open and self._task is not None:
+            self._cancels += 1
+            self._task.cancel()
+            asyncio.get_running_loop().call_later(1, self._cancel)
+
+    def forgive(self) -> bool:
+        """Whether a CancelledError came from the departure alone (it is then withdrawn)."""
+        if not self._cancels or self._task is None:
+            return False
+        remaining = 0
+        for _ in range(self._cancels):
+            remaining = self._task.uncancel()
+        self._cancels = 0
+        return remaining == 0
+
+    def close(self) -> None:
+        self._open = False
+        self._listener.cancel()
+
+
 async def _send_response(
     send: Send, request: HttpRequest, response: HttpResponseBase, through: bool = True
 ) -> None:
@@ -194,6 +244,18 @@ async def _send_response(
         response["Content-Length"] = str(len(content))
     await send(describe(response))
     await send({"type": "http.response.body", "body": content})
+
+
+async def _send_prepared(send: Send, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Send a 200 with headers the middleware has already set (`prepare_headers`)."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*headers, (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_json(send: Send, request: HttpRequest, status: int, body: dict[str, Any]) -> None:

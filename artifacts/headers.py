@@ -19,7 +19,7 @@ answers (it authorises by token, JWT or the session cookie itself, see
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
@@ -82,15 +82,24 @@ def through_middleware(request: HttpRequest, response: HttpResponseBase) -> Http
         delattr(request, _RESPONSE)
 
 
-def answered_by_middleware(request: HttpRequest) -> HttpResponseBase | None:
+def prepare_headers(
+    request: HttpRequest, content_type: str, headers: Mapping[str, str]
+) -> tuple[HttpResponseBase | None, list[tuple[bytes, bytes]]]:
     """
-    The response the middleware gives before any view runs (a redirect to
-    HTTPS under `SECURE_SSL_REDIRECT`, say), already through the rest of
-    the middleware; None when the request goes on to the view.
+    Run the middleware once for a request whose answer is not ready yet:
+    over an empty 200 response with `content_type` and `headers`. Returns
+    the middleware's own answer, if it gives one before any view runs (a
+    redirect to HTTPS under `SECURE_SSL_REDIRECT`, say), already through the
+    rest of the middleware; else None and the headers (ASGI's form, no
+    Content-Length) it left on the stand-in, for the 200 with a body sent
+    later. The feed's middleware sets its headers from the request alone
+    (see `ARTIFACTS_FEED_MIDDLEWARE`), so they are the same then as now.
     """
-    stand_in = HttpResponse()
+    stand_in = HttpResponse(content_type=content_type, headers=headers)
     answer = through_middleware(request, stand_in)
-    return None if answer is stand_in else answer
+    if answer is not stand_in:
+        return answer, []
+    return None, [header for header in asgi_headers(stand_in) if header[0] != b"content-length"]
 
 
 def asgi_headers(response: HttpResponseBase) -> list[tuple[bytes, bytes]]:

@@ -11,9 +11,12 @@ middleware.)
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -36,6 +39,7 @@ from .feed import parse_query, poll
 from .serializers import EventPageSerializer, FeedParameters, LongPollParameters
 
 PAGE_HEADERS = {"Cache-Control": "no-store"}
+JSON = "application/json"
 
 
 Authorize = Callable[[], Awaitable[object]]
@@ -43,19 +47,34 @@ Authorize = Callable[[], Awaitable[object]]
 
 async def respond_page(
     session_id: str, params: Mapping[str, str], authorize: Authorize, since: float | None = None
-) -> tuple[int, dict[str, Any]]:
+) -> tuple[int, bytes]:
     """
-    Status and JSON body of `GET .../artifact-events`. `authorize` applies
-    the access policy (`attachments.access`) first; it raises the 404 of an
-    unknown session for a caller who may not read this one. `wait_seconds`
-    counts from `since` (event-loop time the request arrived), else from now.
+    Status and JSON body (encoded) of `GET .../artifact-events`. `authorize`
+    applies the access policy (`attachments.access`) first; it raises the 404
+    of an unknown session for a caller who may not read this one.
+    `wait_seconds` counts from `since` (event-loop time the request arrived),
+    else from now. Long-polls answered with the same page share one encoding
+    of it (`Page.encoded`): ten thousand timing out together at the head of a
+    session send the same bytes.
     """
     try:
         await authorize()
         page = await poll(session_id, parse_query(params), since)
     except ApiError as exc:
-        return exc.status_code, error_payload(exc)
-    return 200, page.to_json()
+        return exc.status_code, encode_json(error_payload(exc))
+    return 200, page.encoded("json", partial(encode_json, page.to_json))
+
+
+def encode_json(payload: dict[str, Any] | Callable[[], dict[str, Any]]) -> bytes:
+    """The bytes `JsonResponse` would send for `payload` (or for what it returns)."""
+    if callable(payload):
+        payload = payload()
+    return json.dumps(payload, cls=DjangoJSONEncoder).encode()
+
+
+def page_response(status: int, body: bytes) -> HttpResponse:
+    """A Django response for what `respond_page` returns."""
+    return HttpResponse(body, status=status, content_type=JSON, headers=PAGE_HEADERS)
 
 
 async def respond_stream(
@@ -155,7 +174,7 @@ async def artifact_events(request: HttpRequest, session_id: str) -> HttpResponse
     status, body = await respond_page(
         session_id, request.GET.dict(), lambda: aauthorize_request(request, session_id)
     )
-    return JsonResponse(body, status=status, headers=PAGE_HEADERS)
+    return page_response(status, body)
 
 
 @_described_by(_EventStreamOperation)

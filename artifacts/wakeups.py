@@ -31,7 +31,8 @@ import contextlib
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Iterable, Iterator
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from channels.db import database_sync_to_async
@@ -110,7 +111,14 @@ class SessionWatch:
         self.lock = asyncio.Lock()
         self._deadlines = deadlines
         self._waiters: set[asyncio.Future[bool]] = set()
+        # Waiters that said which read they make once woken (`expect`).
+        self._expected: dict[Hashable, tuple[Callable[[], Any], set[asyncio.Future[bool]]]] = {}
         self._reads: dict[Hashable, asyncio.Task[Any]] = {}
+
+    @property
+    def waiting(self) -> int:
+        """How many local readers wait for the next wake-up."""
+        return len(self._waiters) + sum(len(futures) for _, futures in self._expected.values())
 
     def knows_nothing_after(self, cursor: int | None) -> bool:
         """
@@ -134,6 +142,30 @@ class SessionWatch:
             self._deadlines.add(future, deadline)
         return future
 
+    def expect(
+        self,
+        future: asyncio.Future[bool],
+        key: Hashable,
+        read: Callable[[], Coroutine[Any, Any, Any]],
+    ) -> None:
+        """
+        Say that the waiter of `future` (from `news`) reads `read()`, shared
+        under `key`, when woken. A wake-up that moves the head then starts
+        that read first (one per key, `shared`) and resolves the futures
+        that expect it once it is done: ten thousand subscribers woken by
+        one commit find their page ready and go straight on to send it,
+        instead of each resuming once to join the read and again for its
+        result.
+        """
+        if future.done() or future not in self._waiters:
+            return
+        self._waiters.discard(future)
+        entry = self._expected.get(key)
+        if entry is None:
+            entry = self._expected[key] = (read, set())
+        entry[1].add(future)
+        future.add_done_callback(entry[1].discard)
+
     def shared(
         self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
     ) -> asyncio.Future[T]:
@@ -147,32 +179,58 @@ class SessionWatch:
         task = self._reads.get(key)
         if task is None:
             task = self._reads[key] = asyncio.ensure_future(read())
-            task.add_done_callback(_forget(self._reads, key))
+            # A page read is kept until the next wake-up (the readers woken
+            # after a read begun for them, `expect`, come for it once it is
+            # done); a failed one is forgotten, so the next caller tries again.
+            task.add_done_callback(_forget(self._reads, key, unless_read=True))
         return task
+
+    @property
+    def reading(self) -> bool:
+        """Whether a shared read is in flight."""
+        return any(not task.done() for task in self._reads.values())
 
     def advance(self, head: int) -> None:
         """Record that events up to `head` have committed, waking waiters if that is news."""
         if head > self.head:
             self.head = head
-            self.wake()
+            self.wake(read_first=True)
 
-    def wake(self) -> None:
+    def wake(self, read_first: bool = False) -> None:
+        """
+        Resolve every waiter's future to True. With `read_first` (the head
+        moved, so they will read), the reads they said they make (`expect`)
+        are started now and their futures resolved once those are done;
+        otherwise (a shutdown, where a waiter at the head needs no read)
+        every future at once.
+        """
         waiters, self._waiters = self._waiters, set()
+        expected, self._expected = self._expected, {}
+        # Reads begun before this wake-up may have missed its news.
         self._reads = {}
-        for future in waiters:
-            if not future.done():
-                future.set_result(True)
+        for key, (read, futures) in expected.items():
+            if read_first:
+                pending = [future for future in futures if not future.done()]
+                if pending:
+                    self.shared(key, read).add_done_callback(partial(_resolve, pending))
+            else:
+                waiters.update(futures)
+        _resolve(waiters)
+
+
+def _resolve(futures: Iterable[asyncio.Future[bool]], _read: object = None) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(True)
 
 
 def _forget(
-    reads: dict[Hashable, asyncio.Task[Any]], key: Hashable
+    reads: dict[Hashable, asyncio.Task[Any]], key: Hashable, unless_read: bool = False
 ) -> Callable[[asyncio.Task[Any]], None]:
     def done(task: asyncio.Task[Any]) -> None:
-        if reads.get(key) is task:
+        failed = task.cancelled() or task.exception() is not None
+        if reads.get(key) is task and (failed or not unless_read):
             del reads[key]
-        if not task.cancelled():
-            # Seen here, so a read whose callers all left logs no warning.
-            task.exception()
 
     return done
 

@@ -120,8 +120,5 @@ def waiting(session_id: str, count: int = 1) -> bool:
 
     watch = hub().watches.get(session_id)
     return (
-        watch is not None
-        and watch.users >= count
-        and len(watch._waiters) >= count
-        and not watch._reads
+        watch is not None and watch.users >= count and watch.waiting >= count and not watch.reading
     )

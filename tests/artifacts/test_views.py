@@ -18,6 +18,7 @@ from artifacts.wakeups import hub
 from attachments.sessions import purge_session
 
 from .builders import add_attachment, asgi_client, new_session, sequences, until, waiting
+from .sse_client import SSEClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -162,6 +163,17 @@ async def test_purging_the_session_ends_a_wait_with_404(get, settings):
     await database_sync_to_async(purge_session)(session)
     status, body, _ = await request
     assert (status, body["code"]) == (404, "session_not_found")
+
+
+async def test_a_waiting_poll_whose_client_leaves_lets_go_of_the_session(settings):
+    """On the ASGI fast path, a disconnect ends the wait at once, not at its deadline."""
+    settings.ARTIFACTS_RECHECK_SECONDS = 30
+    await create("gone")
+    client = SSEClient(EVENTS.format("gone") + "?after=0&wait_seconds=60")
+    await client.communicator.send_input({"type": "http.request", "body": b""})
+    await until(lambda: waiting("gone"))
+    await client.close()
+    await until(lambda: "gone" not in hub().watches)
 
 
 async def test_waiting_polls_hold_no_thread(settings):

@@ -265,3 +265,31 @@ async def test_waiters_arriving_during_the_subscription_share_it(settings, monke
     assert all(p.timed_out and p.next_cursor == 0 for p in pages)
     assert head_reads == [["joining"]]
     assert hub().watches == {}
+
+
+async def test_a_read_that_failed_at_a_wake_up_is_made_again_by_its_reader(settings, monkeypatch):
+    """Pages read at a wake-up are kept for the readers woken by it; failures are not."""
+    from django.db import OperationalError
+
+    from artifacts import feed
+
+    settings.ARTIFACTS_RECHECK_SECONDS = 60
+    session = await database_sync_to_async(new_session)("flaky")
+    real = feed.aread_page
+    armed, failed = [False], []
+
+    async def failing_once(session_id, query):
+        if armed[0] and not failed:
+            failed.append(query.after)
+            raise OperationalError("the database went away")
+        return await real(session_id, query)
+
+    monkeypatch.setattr(feed, "aread_page", failing_once)
+    waiter = asyncio.create_task(poll("flaky", FeedQuery(after=0, wait_seconds=30)))
+    await until(lambda: waiting("flaky"))
+    armed[0] = True
+    await add(session, "a.txt")
+    page = await asyncio.wait_for(waiter, 10)
+    # The read begun at the wake-up failed; the waiter read again.
+    assert failed == [0]
+    assert sequences(page.events) == [1]
