@@ -43,7 +43,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -529,7 +529,16 @@ class PatchWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data` (blocking; it must not change until this returns). No database use."""
-        if self.offset + len(data) > self.upload.length:
+        self.write_chunks((data,))
+
+    def write_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
+        """
+        Append `chunks`, in order, as `write()` does: a body's pieces as the
+        server received them, without joining them into one buffer first
+        (each is copied once, into the aligned buffer of the file).
+        """
+        size = sum(len(chunk) for chunk in chunks)
+        if self.offset + size > self.upload.length:
             raise InvalidTusHeader(
                 "Upload-Length", "The body goes past the upload's declared Upload-Length."
             )
@@ -537,28 +546,30 @@ class PatchWriter:
         assert self._file is not None
         # sha256 and write() both release the GIL: large chunks are hashed on
         # another thread while this one writes (as multipart uploads are).
-        hashed = (
-            hash_workers.submit(self._hash, data) if len(data) >= PARALLEL_HASH_MIN_BYTES else None
-        )
+        hashed = None
+        if size >= PARALLEL_HASH_MIN_BYTES:
+            hashed = hash_workers.submit(self._hash, chunks)
         try:
-            self._file.write(data)
+            for chunk in chunks:
+                self._file.write(chunk)
         except OSError as exc:
             if is_disk_full(exc):
                 raise InsufficientStorage() from exc
             raise
         finally:
             if hashed is not None:
-                hashed.exception()  # wait: the caller may reuse the buffer
+                hashed.exception()  # wait: the caller may reuse the buffers
         if hashed is None:
-            self._hash(data)
+            self._hash(chunks)
         else:
             hashed.result()
-        self.written += len(data)
+        self.written += size
 
-    def _hash(self, data: bytes | memoryview) -> None:
-        self.digest.update(data)
-        if self.chunk_digest is not None:
-            self.chunk_digest.update(data)
+    def _hash(self, chunks: Sequence[bytes | memoryview]) -> None:
+        for chunk in chunks:
+            self.digest.update(chunk)
+            if self.chunk_digest is not None:
+                self.chunk_digest.update(chunk)
 
     def close(self, whole_body: bool) -> int:
         """

@@ -127,12 +127,17 @@ class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        set_script_prefix(get_script_prefix(scope))
-        respond = SyncToAsync(self._respond, thread_sensitive=False, executor=_upload_threads)
+        respond = SyncToAsync(self.respond, thread_sensitive=False, executor=_upload_threads)
         response: HttpResponseBase = await respond(scope)
         await self.send_response(response, send)
 
-    def _respond(self, scope: Scope) -> HttpResponseBase:
+    def respond(self, scope: Scope) -> HttpResponseBase:
+        """
+        The response to a request whose body was read, closed and ready for
+        `send_response`: all of the request's cycle on the calling thread
+        (a tus PATCH calls it in the hop that ends the PATCH).
+        """
+        set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         response: HttpResponseBase | None = None
         try:
@@ -166,32 +171,36 @@ class StreamingUploadMiddleware:
         if session_id is None and patch_route is None:
             await self.app(scope, receive, send)
             return
+        if patch_route is not None:
+            await self._patch(scope, receive, send, *patch_route)
+            return
         try:
-            if patch_route is not None:
-                outcome = await self._receive_patch(scope, receive, *patch_route)
-            else:
-                assert session_id is not None
-                outcome = await self._receive(scope, receive, session_id)
+            outcome = await self._receive(scope, receive, session_id)
         except ClientDisconnected:
             return
-        forwarded = dict(scope)
-        forwarded[STREAMED_UPLOAD_SCOPE_KEY] = outcome
-        forwarded["headers"] = [
-            (name, b"0" if name.lower() == b"content-length" else value)
-            for name, value in scope["headers"]
-        ]
-        app = self.app if patch_route is not None else self.upload_app
+        await self._forward(scope, receive, send, outcome)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, outcome: StreamedUpload
+    ) -> None:
+        """Let Django answer, with the outcome of the body in the scope and no body left."""
         try:
-            await app(forwarded, _empty_body_receive(receive), send)
+            await self.upload_app(_forwarded(scope, outcome), _empty_body_receive(receive), send)
         finally:
             received = outcome.received
             if received is not None and not received.claimed:
                 await asyncio.to_thread(received.discard)
 
-    async def _receive_patch(
-        self, scope: Scope, receive: Receive, session_id: str, upload_id: str
-    ) -> StreamedUpload:
-        """A tus PATCH: the body goes to the upload's file as it arrives (attachments.resumable)."""
+    async def _patch(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, upload_id: str
+    ) -> None:
+        """
+        A tus PATCH: the body goes to the upload's file as it arrives
+        (attachments.resumable). Once all of it is in, one hop makes it
+        durable, moves the offset and runs Django's middleware and view for
+        the answer (`UploadRequestHandler.respond`): a client sends its PATCHes
+        one after the other, so each hop here delays the next chunk.
+        """
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -200,20 +209,34 @@ class StreamingUploadMiddleware:
             _authorize_and_open_patch, scope, session_id, upload_id, headers
         )
         if writer is None:
-            return StreamedUpload(session=session, error=error)
-        whole = False
+            await self._forward(scope, receive, send, StreamedUpload(session=session, error=error))
+            return
         try:
             whole = await _receive_patch_body(writer, receive)
         except Exception as exc:
             await _in_worker_thread(resumable.finish_patch, writer, False)
-            return StreamedUpload(session=session, error=_as_api_error(exc))
-        try:
-            upload = await _in_worker_thread(resumable.finish_patch, writer, whole)
-        except Exception as exc:
-            return StreamedUpload(session=session, error=_as_api_error(exc))
-        if not whole:
-            raise ClientDisconnected()
-        return StreamedUpload(session=session, resumable=upload)
+            outcome = StreamedUpload(session=session, error=_as_api_error(exc))
+            await self._forward(scope, receive, send, outcome)
+            return
+        if not whole:  # the client left: keep what arrived, answer nobody
+            await _in_worker_thread(resumable.finish_patch, writer, False)
+            return
+
+        def finish() -> StreamedUpload:
+            try:
+                upload = resumable.finish_patch(writer, True)
+            except Exception as exc:
+                return StreamedUpload(session=session, error=_as_api_error(exc))
+            return StreamedUpload(session=session, resumable=upload)
+
+        handler = self.upload_app
+        if not isinstance(handler, UploadRequestHandler):
+            await self._forward(scope, receive, send, await _in_worker_thread(finish))
+            return
+        response = await _in_worker_thread(
+            lambda: handler.respond(_forwarded(scope, finish()))  # one hop for both
+        )
+        await handler.send_response(response, send)
 
     async def _receive(self, scope: Scope, receive: Receive, session_id: str) -> StreamedUpload:
         headers = {name.lower(): value for name, value in scope["headers"]}
@@ -265,10 +288,10 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
     pending_bytes = 0
     writing: asyncio.Future[None] | None = None
 
-    async def write(chunk: bytes) -> asyncio.Future[None]:
+    async def write(chunks: list[bytes]) -> asyncio.Future[None]:
         if writing is not None:
             await writing
-        return asyncio.get_running_loop().run_in_executor(None, writer.write, chunk)
+        return asyncio.get_running_loop().run_in_executor(None, writer.write_chunks, chunks)
 
     try:
         while True:
@@ -283,13 +306,13 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
                 pending_bytes += len(body)
             more = message.get("more_body", False)
             if pending and (pending_bytes >= conf.UPLOAD_BUFFER_BYTES or not more):
-                chunk = b"".join(pending) if len(pending) > 1 else pending[0]
-                pending, pending_bytes = [], 0
-                writing = await write(chunk)
+                # The pieces as received: joining them would copy each once more.
+                chunks, pending, pending_bytes = pending, [], 0
+                writing = await write(chunks)
             if not more:
                 return True
         if pending:
-            writing = await write(b"".join(pending))
+            writing = await write(pending)
         return False
     finally:
         if writing is not None:
@@ -335,6 +358,17 @@ def _as_api_error(exc: Exception) -> ApiError:
     if classified is None:
         raise exc
     return classified
+
+
+def _forwarded(scope: Scope, outcome: StreamedUpload) -> Scope:
+    """The scope Django gets: the body's outcome in it, and an empty body announced."""
+    forwarded = dict(scope)
+    forwarded[STREAMED_UPLOAD_SCOPE_KEY] = outcome
+    forwarded["headers"] = [
+        (name, b"0" if name.lower() == b"content-length" else value)
+        for name, value in scope["headers"]
+    ]
+    return forwarded
 
 
 def _empty_body_receive(receive: Receive) -> Receive:
