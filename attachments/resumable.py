@@ -369,6 +369,54 @@ def _lease_span() -> timedelta:
     return timedelta(seconds=conf.TUS_LEASE)
 
 
+# A PATCH's two statements (take the lease, then move the offset and free
+# it) are written once per database vendor, not built by the ORM per
+# request: building them cost more than running them.
+_statements: dict[tuple[str, str], tuple[str, list[Any]]] = {}
+
+
+def _statement(kind: str) -> tuple[str, list[Any]]:
+    """The SQL of `kind` for this connection's database, and the fields it returns."""
+    key = (connection.vendor, kind)
+    built = _statements.get(key)
+    if built is None:
+        built = _statements[key] = _build_statement(kind)
+    return built
+
+
+def _build_statement(kind: str) -> tuple[str, list[Any]]:
+    meta = ResumableUpload._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    if kind == "move":
+        sql = (
+            f"UPDATE {table} SET {column('offset')} = %s, {column('expires_at')} = %s, "
+            f"{column('lease_token')} = %s, {column('lease_expires_at')} = %s "
+            f"WHERE {quote(meta.pk.column)} = %s AND {column('lease_token')} = %s"
+        )
+        return sql, []
+    conditions = [
+        f"{column('session')} = %s",
+        f"{column('upload_id')} = %s",
+        f"{column('expires_at')} > %s",
+        f"({column('lease_expires_at')} IS NULL OR {column('lease_expires_at')} <= %s)",
+    ]
+    if kind == "take_at_offset":
+        conditions.append(f"{column('offset')} = %s")
+        conditions.append(f"({column('offset')} < {column('length')} OR {column('length')} = 0)")
+    fields = list(meta.concrete_fields)
+    sql = (
+        f"UPDATE {table} SET {column('lease_token')} = %s, "
+        f"{column('lease_expires_at')} = %s WHERE {' AND '.join(conditions)} "
+        f"RETURNING {', '.join(quote(field.column) for field in fields)}"
+    )
+    return sql, fields
+
+
 def _take_lease(
     session: Session, upload_id: str, offset: int | None, token: str
 ) -> ResumableUpload | None:
@@ -380,34 +428,28 @@ def _take_lease(
     so a PATCH starts with one round trip to the database.
     """
     now = timezone.now()
-    meta = ResumableUpload._meta
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        return quote(meta.get_field(name).column)
-
     adapt = connection.ops.adapt_datetimefield_value
-    conditions = [
-        f"{column('session')} = %s",
-        f"{column('upload_id')} = %s",
-        f"{column('expires_at')} > %s",
-        f"({column('lease_expires_at')} IS NULL OR {column('lease_expires_at')} <= %s)",
-    ]
-    params: list[Any] = [session.pk, upload_id, adapt(now), adapt(now)]
+    sql, fields = _statement("take" if offset is None else "take_at_offset")
+    params: list[Any] = [token, adapt(now + _lease_span()), session.pk, upload_id]
+    params += [adapt(now), adapt(now)]
     if offset is not None:
-        conditions.append(f"{column('offset')} = %s")
-        conditions.append(f"({column('offset')} < {column('length')} OR {column('length')} = 0)")
         params.append(offset)
-    returned = ", ".join(quote(field.column) for field in meta.concrete_fields)
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {column('lease_token')} = %s, "
-        f"{column('lease_expires_at')} = %s WHERE {' AND '.join(conditions)} "
-        f"RETURNING {returned}"
-    )
-    rows = list(ResumableUpload.objects.raw(sql, [token, adapt(now + _lease_span()), *params]))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
     if not rows:
         return None
-    upload = rows[0]
+    values = {}
+    for field, value in zip(fields, rows[0], strict=True):
+        # As the ORM reads a column: the backend's converters (SQLite's datetimes), the field's.
+        col = field.get_col(ResumableUpload._meta.db_table)
+        for converter in connection.ops.get_db_converters(col) + field.get_db_converters(
+            connection
+        ):
+            value = converter(value, col, connection)
+        values[field.attname] = value
+    upload = ResumableUpload(**values)
+    upload._state.adding, upload._state.db = False, connection.alias
     upload.session = session
     return upload
 
@@ -599,20 +641,28 @@ class PatchWriter:
             os.fsync(self._file.fd)
             new_offset = self.start + keep
             complete = new_offset == self.upload.length
-            moved = ResumableUpload.objects.filter(
-                pk=self.upload.pk, lease_token=self.token
-            ).update(
-                offset=new_offset,
-                expires_at=timezone.now() + timedelta(seconds=conf.TUS_EXPIRY),
-                lease_token=self.token if complete else "",
-                lease_expires_at=timezone.now() + _lease_span() if complete else None,
-            )
+            now = timezone.now()
+            expires_at = now + timedelta(seconds=conf.TUS_EXPIRY)
+            adapt = connection.ops.adapt_datetimefield_value
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _statement("move")[0],
+                    [
+                        new_offset,
+                        adapt(expires_at),
+                        self.token if complete else "",
+                        adapt(now + _lease_span()) if complete else None,
+                        self.upload.pk,
+                        self.token,
+                    ],
+                )
+                moved = cursor.rowcount
             if not moved:
                 self.token = None
                 raise UploadLocked("Another request took this upload over; resume from its offset.")
             if not complete:
                 self.token = None  # released by the same UPDATE
-            self.upload.offset = new_offset
+            self.upload.offset, self.upload.expires_at = new_offset, expires_at
             if self.digest is not None:
                 _digests.keep(self.upload.upload_id, new_offset, self.digest)
             if mismatch:
