@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -43,7 +44,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -417,6 +418,31 @@ def _build_statement(kind: str) -> tuple[str, list[Any]]:
     return sql, fields
 
 
+@contextlib.contextmanager
+def _without_sync(cursor: Any) -> Iterator[None]:
+    """
+    On SQLite (WAL, synchronous=FULL), the statements inside commit without
+    the WAL's fsync (synchronous=NORMAL): for taking a lease, which only
+    matters while this host's processes run. A crash of the host that
+    loses it also ends the PATCH that held it, and the PATCH's offset move,
+    a FULL commit, syncs the WAL up to it, lease included. Elsewhere, and
+    inside a transaction, a no-op.
+    """
+    if connection.vendor != "sqlite" or not connection.get_autocommit():
+        yield
+        return
+    cursor.execute("PRAGMA synchronous")
+    (level,) = cursor.fetchone()
+    if int(level) <= 1:  # NORMAL or OFF already
+        yield
+        return
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        cursor.execute(f"PRAGMA synchronous={int(level)}")
+
+
 def _take_lease(
     session: Session, upload_id: str, offset: int | None, token: str
 ) -> ResumableUpload | None:
@@ -434,7 +460,7 @@ def _take_lease(
     params += [adapt(now), adapt(now)]
     if offset is not None:
         params.append(offset)
-    with connection.cursor() as cursor:
+    with connection.cursor() as cursor, _without_sync(cursor):
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     if not rows:
