@@ -20,6 +20,7 @@ nothing is written.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import logging
@@ -205,8 +206,12 @@ class StreamingUploadMiddleware:
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        session, writer, error = await _in_worker_thread(
-            _authorize_and_open_patch, scope, session_id, upload_id, headers
+        # The body's first bytes come in while the request is authorised and
+        # the upload leased, instead of waiting in the socket for that hop.
+        prefetch = _Prefetch(receive, 2 * conf.UPLOAD_BUFFER_BYTES)
+        receive = prefetch.receive
+        session, writer, error = await prefetch.during(
+            _in_worker_thread(_authorize_and_open_patch, scope, session_id, upload_id, headers)
         )
         if writer is None:
             await self._forward(scope, receive, send, StreamedUpload(session=session, error=error))
@@ -275,6 +280,47 @@ class StreamingUploadMiddleware:
             await receiver.abort()
             raise
         return StreamedUpload(session=session, received=received)
+
+
+class _Prefetch:
+    """
+    A request's body messages received while other work runs (`during`),
+    up to `limit` bytes held in memory, then handed out in order by
+    `receive()` before it reads on. A receive still pending when the work
+    ends is kept for `receive()`, so no message is lost or read twice.
+    """
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._held: collections.deque[Message] = collections.deque()
+        self._held_bytes = 0
+        self._ended = False  # the body's last message, or the disconnect, is held
+        self._next: asyncio.Future[Message] | None = None
+
+    async def during(self, work: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(work)
+        while not self._ended and self._held_bytes < self._limit:
+            if self._next is None:
+                self._next = asyncio.ensure_future(self._receive())
+            await asyncio.wait({task, self._next}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._next.done():
+                break
+            message, self._next = self._next.result(), None
+            self._held.append(message)
+            self._held_bytes += len(message.get("body", b""))
+            self._ended = message["type"] != "http.request" or not message.get("more_body")
+            if task.done():
+                break
+        return await task
+
+    async def receive(self) -> Message:
+        if self._held:
+            return self._held.popleft()
+        if self._next is not None:
+            pending, self._next = self._next, None
+            return await pending
+        return await self._receive()
 
 
 async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
