@@ -217,17 +217,23 @@ class StreamingUploadMiddleware:
             await self._forward(scope, receive, send, StreamedUpload(session=session, error=error))
             return
         try:
-            whole = await _receive_patch_body(writer, receive)
+            last = await _receive_patch_body(writer, receive)
         except Exception as exc:
             await _in_worker_thread(resumable.finish_patch, writer, False)
             outcome = StreamedUpload(session=session, error=_as_api_error(exc))
             await self._forward(scope, receive, send, outcome)
             return
-        if not whole:  # the client left: keep what arrived, answer nobody
+        if last is None:  # the client left: keep what arrived, answer nobody
             await _in_worker_thread(resumable.finish_patch, writer, False)
             return
+        tail: list[bytes] = last
 
         def finish() -> StreamedUpload:
+            try:
+                writer.write_chunks(tail)
+            except Exception as exc:
+                resumable.finish_patch(writer, False)
+                return StreamedUpload(session=session, error=_as_api_error(exc))
             try:
                 upload = resumable.finish_patch(writer, True)
             except Exception as exc:
@@ -323,12 +329,14 @@ class _Prefetch:
         return await self._receive()
 
 
-async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
+async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | None:
     """
-    Write a PATCH body as it arrives; whether all of it came (False: the
-    client left). One write is on a worker thread while the next buffer is
-    received. The upload's lease is renewed when due as long as bytes come,
-    however slowly.
+    Write a PATCH body as it arrives. One write is on a worker thread while
+    the next buffer is received. The upload's lease is renewed when due as
+    long as bytes come, however slowly. Returns None if the client left
+    (what came is written), else the body's last pieces, not yet written:
+    the caller writes them in the hop that ends the PATCH, one hop fewer
+    between the last byte and the answer.
     """
     pending: list[bytes] = []
     pending_bytes = 0
@@ -350,16 +358,15 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
             if body:
                 pending.append(body)
                 pending_bytes += len(body)
-            more = message.get("more_body", False)
-            if pending and (pending_bytes >= conf.UPLOAD_BUFFER_BYTES or not more):
+            if not message.get("more_body", False):
+                return pending
+            if pending_bytes >= conf.UPLOAD_BUFFER_BYTES:
                 # The pieces as received: joining them would copy each once more.
                 chunks, pending, pending_bytes = pending, [], 0
                 writing = await write(chunks)
-            if not more:
-                return True
         if pending:
             writing = await write(pending)
-        return False
+        return None
     finally:
         if writing is not None:
             await writing
