@@ -67,6 +67,8 @@ CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # Digests kept between PATCHes, per process.
 _KEPT_DIGESTS = 1024
+# Reads of a resumed upload's bytes, to hash them again.
+_REHASH_BYTES = 4 << 20
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # O_DIRECT needs memory, file offset and length aligned to the device's block
 # size, at most a page on common hardware; mmap buffers start on a page.
@@ -580,15 +582,31 @@ class PatchWriter:
             raise UploadLocked("This request's hold on the upload lapsed; resume from HEAD.")
 
     def _rehash(self, upto: int) -> Any:
+        """
+        The sha256 of the file's first `upto` bytes (a digest this process
+        does not hold). Each buffer is hashed on another thread while the
+        next is read: a resume waits for the slower of the two, not both.
+        """
         digest = hashlib.sha256()
-        with open(self.upload.file_path, "rb") as source:
-            left = upto
+        buffers = (bytearray(_REHASH_BYTES), bytearray(_REHASH_BYTES))
+        hashing = None
+        with open(self.upload.file_path, "rb", buffering=0) as source:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(source.fileno(), 0, upto, os.POSIX_FADV_SEQUENTIAL)
+            left, turn = upto, 0
             while left:
-                chunk = source.read(min(left, 1 << 20))
-                if not chunk:
+                # The other buffer may still be hashed; this one no longer is.
+                view = memoryview(buffers[turn])[: min(left, _REHASH_BYTES)]
+                read = source.readinto(view)
+                if not read:
                     break
-                digest.update(chunk)
-                left -= len(chunk)
+                if hashing is not None:
+                    hashing.result()
+                hashing = hash_workers.submit(digest.update, view[:read])
+                left -= read
+                turn ^= 1
+            if hashing is not None:
+                hashing.result()
         return digest
 
     @property
