@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -43,7 +44,7 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -66,6 +67,8 @@ CHECKSUMS = {"sha256": hashlib.sha256, "sha1": hashlib.sha1, "md5": hashlib.md5}
 OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
 # Digests kept between PATCHes, per process.
 _KEPT_DIGESTS = 1024
+# Reads of a resumed upload's bytes, to hash them again.
+_REHASH_BYTES = 4 << 20
 _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # O_DIRECT needs memory, file offset and length aligned to the device's block
 # size, at most a page on common hardware; mmap buffers start on a page.
@@ -369,6 +372,79 @@ def _lease_span() -> timedelta:
     return timedelta(seconds=conf.TUS_LEASE)
 
 
+# A PATCH's two statements (take the lease, then move the offset and free
+# it) are written once per database vendor, not built by the ORM per
+# request: building them cost more than running them.
+_statements: dict[tuple[str, str], tuple[str, list[Any]]] = {}
+
+
+def _statement(kind: str) -> tuple[str, list[Any]]:
+    """The SQL of `kind` for this connection's database, and the fields it returns."""
+    key = (connection.vendor, kind)
+    built = _statements.get(key)
+    if built is None:
+        built = _statements[key] = _build_statement(kind)
+    return built
+
+
+def _build_statement(kind: str) -> tuple[str, list[Any]]:
+    meta = ResumableUpload._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    if kind == "move":
+        sql = (
+            f"UPDATE {table} SET {column('offset')} = %s, {column('expires_at')} = %s, "
+            f"{column('lease_token')} = %s, {column('lease_expires_at')} = %s "
+            f"WHERE {quote(meta.pk.column)} = %s AND {column('lease_token')} = %s"
+        )
+        return sql, []
+    conditions = [
+        f"{column('session')} = %s",
+        f"{column('upload_id')} = %s",
+        f"{column('expires_at')} > %s",
+        f"({column('lease_expires_at')} IS NULL OR {column('lease_expires_at')} <= %s)",
+    ]
+    if kind == "take_at_offset":
+        conditions.append(f"{column('offset')} = %s")
+        conditions.append(f"({column('offset')} < {column('length')} OR {column('length')} = 0)")
+    fields = list(meta.concrete_fields)
+    sql = (
+        f"UPDATE {table} SET {column('lease_token')} = %s, "
+        f"{column('lease_expires_at')} = %s WHERE {' AND '.join(conditions)} "
+        f"RETURNING {', '.join(quote(field.column) for field in fields)}"
+    )
+    return sql, fields
+
+
+@contextlib.contextmanager
+def _without_sync(cursor: Any) -> Iterator[None]:
+    """
+    On SQLite (WAL, synchronous=FULL), the statements inside commit without
+    the WAL's fsync (synchronous=NORMAL): for taking a lease, which only
+    matters while this host's processes run. A crash of the host that
+    loses it also ends the PATCH that held it, and the PATCH's offset move,
+    a FULL commit, syncs the WAL up to it, lease included. Elsewhere, and
+    inside a transaction, a no-op.
+    """
+    if connection.vendor != "sqlite" or not connection.get_autocommit():
+        yield
+        return
+    cursor.execute("PRAGMA synchronous")
+    (level,) = cursor.fetchone()
+    if int(level) <= 1:  # NORMAL or OFF already
+        yield
+        return
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        cursor.execute(f"PRAGMA synchronous={int(level)}")
+
+
 def _take_lease(
     session: Session, upload_id: str, offset: int | None, token: str
 ) -> ResumableUpload | None:
@@ -380,34 +456,28 @@ def _take_lease(
     so a PATCH starts with one round trip to the database.
     """
     now = timezone.now()
-    meta = ResumableUpload._meta
-    quote = connection.ops.quote_name
-
-    def column(name: str) -> str:
-        return quote(meta.get_field(name).column)
-
     adapt = connection.ops.adapt_datetimefield_value
-    conditions = [
-        f"{column('session')} = %s",
-        f"{column('upload_id')} = %s",
-        f"{column('expires_at')} > %s",
-        f"({column('lease_expires_at')} IS NULL OR {column('lease_expires_at')} <= %s)",
-    ]
-    params: list[Any] = [session.pk, upload_id, adapt(now), adapt(now)]
+    sql, fields = _statement("take" if offset is None else "take_at_offset")
+    params: list[Any] = [token, adapt(now + _lease_span()), session.pk, upload_id]
+    params += [adapt(now), adapt(now)]
     if offset is not None:
-        conditions.append(f"{column('offset')} = %s")
-        conditions.append(f"({column('offset')} < {column('length')} OR {column('length')} = 0)")
         params.append(offset)
-    returned = ", ".join(quote(field.column) for field in meta.concrete_fields)
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {column('lease_token')} = %s, "
-        f"{column('lease_expires_at')} = %s WHERE {' AND '.join(conditions)} "
-        f"RETURNING {returned}"
-    )
-    rows = list(ResumableUpload.objects.raw(sql, [token, adapt(now + _lease_span()), *params]))
+    with connection.cursor() as cursor, _without_sync(cursor):
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
     if not rows:
         return None
-    upload = rows[0]
+    values = {}
+    for field, value in zip(fields, rows[0], strict=True):
+        # As the ORM reads a column: the backend's converters (SQLite's datetimes), the field's.
+        col = field.get_col(ResumableUpload._meta.db_table)
+        for converter in connection.ops.get_db_converters(col) + field.get_db_converters(
+            connection
+        ):
+            value = converter(value, col, connection)
+        values[field.attname] = value
+    upload = ResumableUpload(**values)
+    upload._state.adding, upload._state.db = False, connection.alias
     upload.session = session
     return upload
 
@@ -512,15 +582,31 @@ class PatchWriter:
             raise UploadLocked("This request's hold on the upload lapsed; resume from HEAD.")
 
     def _rehash(self, upto: int) -> Any:
+        """
+        The sha256 of the file's first `upto` bytes (a digest this process
+        does not hold). Each buffer is hashed on another thread while the
+        next is read: a resume waits for the slower of the two, not both.
+        """
         digest = hashlib.sha256()
-        with open(self.upload.file_path, "rb") as source:
-            left = upto
+        buffers = (bytearray(_REHASH_BYTES), bytearray(_REHASH_BYTES))
+        hashing = None
+        with open(self.upload.file_path, "rb", buffering=0) as source:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(source.fileno(), 0, upto, os.POSIX_FADV_SEQUENTIAL)
+            left, turn = upto, 0
             while left:
-                chunk = source.read(min(left, 1 << 20))
-                if not chunk:
+                # The other buffer may still be hashed; this one no longer is.
+                view = memoryview(buffers[turn])[: min(left, _REHASH_BYTES)]
+                read = source.readinto(view)
+                if not read:
                     break
-                digest.update(chunk)
-                left -= len(chunk)
+                if hashing is not None:
+                    hashing.result()
+                hashing = hash_workers.submit(digest.update, view[:read])
+                left -= read
+                turn ^= 1
+            if hashing is not None:
+                hashing.result()
         return digest
 
     @property
@@ -529,7 +615,16 @@ class PatchWriter:
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data` (blocking; it must not change until this returns). No database use."""
-        if self.offset + len(data) > self.upload.length:
+        self.write_chunks((data,))
+
+    def write_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
+        """
+        Append `chunks`, in order, as `write()` does: a body's pieces as the
+        server received them, without joining them into one buffer first
+        (each is copied once, into the aligned buffer of the file).
+        """
+        size = sum(len(chunk) for chunk in chunks)
+        if self.offset + size > self.upload.length:
             raise InvalidTusHeader(
                 "Upload-Length", "The body goes past the upload's declared Upload-Length."
             )
@@ -537,28 +632,30 @@ class PatchWriter:
         assert self._file is not None
         # sha256 and write() both release the GIL: large chunks are hashed on
         # another thread while this one writes (as multipart uploads are).
-        hashed = (
-            hash_workers.submit(self._hash, data) if len(data) >= PARALLEL_HASH_MIN_BYTES else None
-        )
+        hashed = None
+        if size >= PARALLEL_HASH_MIN_BYTES:
+            hashed = hash_workers.submit(self._hash, chunks)
         try:
-            self._file.write(data)
+            for chunk in chunks:
+                self._file.write(chunk)
         except OSError as exc:
             if is_disk_full(exc):
                 raise InsufficientStorage() from exc
             raise
         finally:
             if hashed is not None:
-                hashed.exception()  # wait: the caller may reuse the buffer
+                hashed.exception()  # wait: the caller may reuse the buffers
         if hashed is None:
-            self._hash(data)
+            self._hash(chunks)
         else:
             hashed.result()
-        self.written += len(data)
+        self.written += size
 
-    def _hash(self, data: bytes | memoryview) -> None:
-        self.digest.update(data)
-        if self.chunk_digest is not None:
-            self.chunk_digest.update(data)
+    def _hash(self, chunks: Sequence[bytes | memoryview]) -> None:
+        for chunk in chunks:
+            self.digest.update(chunk)
+            if self.chunk_digest is not None:
+                self.chunk_digest.update(chunk)
 
     def close(self, whole_body: bool) -> int:
         """
@@ -588,20 +685,28 @@ class PatchWriter:
             os.fsync(self._file.fd)
             new_offset = self.start + keep
             complete = new_offset == self.upload.length
-            moved = ResumableUpload.objects.filter(
-                pk=self.upload.pk, lease_token=self.token
-            ).update(
-                offset=new_offset,
-                expires_at=timezone.now() + timedelta(seconds=conf.TUS_EXPIRY),
-                lease_token=self.token if complete else "",
-                lease_expires_at=timezone.now() + _lease_span() if complete else None,
-            )
+            now = timezone.now()
+            expires_at = now + timedelta(seconds=conf.TUS_EXPIRY)
+            adapt = connection.ops.adapt_datetimefield_value
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _statement("move")[0],
+                    [
+                        new_offset,
+                        adapt(expires_at),
+                        self.token if complete else "",
+                        adapt(now + _lease_span()) if complete else None,
+                        self.upload.pk,
+                        self.token,
+                    ],
+                )
+                moved = cursor.rowcount
             if not moved:
                 self.token = None
                 raise UploadLocked("Another request took this upload over; resume from its offset.")
             if not complete:
                 self.token = None  # released by the same UPDATE
-            self.upload.offset = new_offset
+            self.upload.offset, self.upload.expires_at = new_offset, expires_at
             if self.digest is not None:
                 _digests.keep(self.upload.upload_id, new_offset, self.digest)
             if mismatch:

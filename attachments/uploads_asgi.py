@@ -20,6 +20,7 @@ nothing is written.
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import logging
@@ -127,12 +128,17 @@ class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        set_script_prefix(get_script_prefix(scope))
-        respond = SyncToAsync(self._respond, thread_sensitive=False, executor=_upload_threads)
+        respond = SyncToAsync(self.respond, thread_sensitive=False, executor=_upload_threads)
         response: HttpResponseBase = await respond(scope)
         await self.send_response(response, send)
 
-    def _respond(self, scope: Scope) -> HttpResponseBase:
+    def respond(self, scope: Scope) -> HttpResponseBase:
+        """
+        The response to a request whose body was read, closed and ready for
+        `send_response`: all of the request's cycle on the calling thread
+        (a tus PATCH calls it in the hop that ends the PATCH).
+        """
+        set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         response: HttpResponseBase | None = None
         try:
@@ -166,54 +172,82 @@ class StreamingUploadMiddleware:
         if session_id is None and patch_route is None:
             await self.app(scope, receive, send)
             return
+        if patch_route is not None:
+            await self._patch(scope, receive, send, *patch_route)
+            return
         try:
-            if patch_route is not None:
-                outcome = await self._receive_patch(scope, receive, *patch_route)
-            else:
-                assert session_id is not None
-                outcome = await self._receive(scope, receive, session_id)
+            outcome = await self._receive(scope, receive, session_id)
         except ClientDisconnected:
             return
-        forwarded = dict(scope)
-        forwarded[STREAMED_UPLOAD_SCOPE_KEY] = outcome
-        forwarded["headers"] = [
-            (name, b"0" if name.lower() == b"content-length" else value)
-            for name, value in scope["headers"]
-        ]
-        app = self.app if patch_route is not None else self.upload_app
+        await self._forward(scope, receive, send, outcome)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, outcome: StreamedUpload
+    ) -> None:
+        """Let Django answer, with the outcome of the body in the scope and no body left."""
         try:
-            await app(forwarded, _empty_body_receive(receive), send)
+            await self.upload_app(_forwarded(scope, outcome), _empty_body_receive(receive), send)
         finally:
             received = outcome.received
             if received is not None and not received.claimed:
                 await asyncio.to_thread(received.discard)
 
-    async def _receive_patch(
-        self, scope: Scope, receive: Receive, session_id: str, upload_id: str
-    ) -> StreamedUpload:
-        """A tus PATCH: the body goes to the upload's file as it arrives (attachments.resumable)."""
+    async def _patch(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, upload_id: str
+    ) -> None:
+        """
+        A tus PATCH: the body goes to the upload's file as it arrives
+        (attachments.resumable). Once all of it is in, one hop makes it
+        durable, moves the offset and runs Django's middleware and view for
+        the answer (`UploadRequestHandler.respond`): a client sends its PATCHes
+        one after the other, so each hop here delays the next chunk.
+        """
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        session, writer, error = await _in_worker_thread(
-            _authorize_and_open_patch, scope, session_id, upload_id, headers
+        # The body's first bytes come in while the request is authorised and
+        # the upload leased, instead of waiting in the socket for that hop.
+        prefetch = _Prefetch(receive, 2 * conf.UPLOAD_BUFFER_BYTES)
+        receive = prefetch.receive
+        session, writer, error = await prefetch.during(
+            _in_worker_thread(_authorize_and_open_patch, scope, session_id, upload_id, headers)
         )
         if writer is None:
-            return StreamedUpload(session=session, error=error)
-        whole = False
+            await self._forward(scope, receive, send, StreamedUpload(session=session, error=error))
+            return
         try:
-            whole = await _receive_patch_body(writer, receive)
+            last = await _receive_patch_body(writer, receive)
         except Exception as exc:
             await _in_worker_thread(resumable.finish_patch, writer, False)
-            return StreamedUpload(session=session, error=_as_api_error(exc))
-        try:
-            upload = await _in_worker_thread(resumable.finish_patch, writer, whole)
-        except Exception as exc:
-            return StreamedUpload(session=session, error=_as_api_error(exc))
-        if not whole:
-            raise ClientDisconnected()
-        return StreamedUpload(session=session, resumable=upload)
+            outcome = StreamedUpload(session=session, error=_as_api_error(exc))
+            await self._forward(scope, receive, send, outcome)
+            return
+        if last is None:  # the client left: keep what arrived, answer nobody
+            await _in_worker_thread(resumable.finish_patch, writer, False)
+            return
+        tail: list[bytes] = last
+
+        def finish() -> StreamedUpload:
+            try:
+                writer.write_chunks(tail)
+            except Exception as exc:
+                resumable.finish_patch(writer, False)
+                return StreamedUpload(session=session, error=_as_api_error(exc))
+            try:
+                upload = resumable.finish_patch(writer, True)
+            except Exception as exc:
+                return StreamedUpload(session=session, error=_as_api_error(exc))
+            return StreamedUpload(session=session, resumable=upload)
+
+        handler = self.upload_app
+        if not isinstance(handler, UploadRequestHandler):
+            await self._forward(scope, receive, send, await _in_worker_thread(finish))
+            return
+        response = await _in_worker_thread(
+            lambda: handler.respond(_forwarded(scope, finish()))  # one hop for both
+        )
+        await handler.send_response(response, send)
 
     async def _receive(self, scope: Scope, receive: Receive, session_id: str) -> StreamedUpload:
         headers = {name.lower(): value for name, value in scope["headers"]}
@@ -254,21 +288,64 @@ class StreamingUploadMiddleware:
         return StreamedUpload(session=session, received=received)
 
 
-async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
+class _Prefetch:
     """
-    Write a PATCH body as it arrives; whether all of it came (False: the
-    client left). One write is on a worker thread while the next buffer is
-    received. The upload's lease is renewed when due as long as bytes come,
-    however slowly.
+    A request's body messages received while other work runs (`during`),
+    up to `limit` bytes held in memory, then handed out in order by
+    `receive()` before it reads on. A receive still pending when the work
+    ends is kept for `receive()`, so no message is lost or read twice.
+    """
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self._limit = limit
+        self._held: collections.deque[Message] = collections.deque()
+        self._held_bytes = 0
+        self._ended = False  # the body's last message, or the disconnect, is held
+        self._next: asyncio.Future[Message] | None = None
+
+    async def during(self, work: Awaitable[Any]) -> Any:
+        task = asyncio.ensure_future(work)
+        while not self._ended and self._held_bytes < self._limit:
+            if self._next is None:
+                self._next = asyncio.ensure_future(self._receive())
+            await asyncio.wait({task, self._next}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._next.done():
+                break
+            message, self._next = self._next.result(), None
+            self._held.append(message)
+            self._held_bytes += len(message.get("body", b""))
+            self._ended = message["type"] != "http.request" or not message.get("more_body")
+            if task.done():
+                break
+        return await task
+
+    async def receive(self) -> Message:
+        if self._held:
+            return self._held.popleft()
+        if self._next is not None:
+            pending, self._next = self._next, None
+            return await pending
+        return await self._receive()
+
+
+async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | None:
+    """
+    Write a PATCH body as it arrives. One write is on a worker thread while
+    the next buffer is received. The upload's lease is renewed when due as
+    long as bytes come, however slowly. Returns None if the client left
+    (what came is written), else the body's last pieces, not yet written:
+    the caller writes them in the hop that ends the PATCH, one hop fewer
+    between the last byte and the answer.
     """
     pending: list[bytes] = []
     pending_bytes = 0
     writing: asyncio.Future[None] | None = None
 
-    async def write(chunk: bytes) -> asyncio.Future[None]:
+    async def write(chunks: list[bytes]) -> asyncio.Future[None]:
         if writing is not None:
             await writing
-        return asyncio.get_running_loop().run_in_executor(None, writer.write, chunk)
+        return asyncio.get_running_loop().run_in_executor(None, writer.write_chunks, chunks)
 
     try:
         while True:
@@ -281,16 +358,15 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> bool:
             if body:
                 pending.append(body)
                 pending_bytes += len(body)
-            more = message.get("more_body", False)
-            if pending and (pending_bytes >= conf.UPLOAD_BUFFER_BYTES or not more):
-                chunk = b"".join(pending) if len(pending) > 1 else pending[0]
-                pending, pending_bytes = [], 0
-                writing = await write(chunk)
-            if not more:
-                return True
+            if not message.get("more_body", False):
+                return pending
+            if pending_bytes >= conf.UPLOAD_BUFFER_BYTES:
+                # The pieces as received: joining them would copy each once more.
+                chunks, pending, pending_bytes = pending, [], 0
+                writing = await write(chunks)
         if pending:
-            writing = await write(b"".join(pending))
-        return False
+            writing = await write(pending)
+        return None
     finally:
         if writing is not None:
             await writing
@@ -335,6 +411,17 @@ def _as_api_error(exc: Exception) -> ApiError:
     if classified is None:
         raise exc
     return classified
+
+
+def _forwarded(scope: Scope, outcome: StreamedUpload) -> Scope:
+    """The scope Django gets: the body's outcome in it, and an empty body announced."""
+    forwarded = dict(scope)
+    forwarded[STREAMED_UPLOAD_SCOPE_KEY] = outcome
+    forwarded["headers"] = [
+        (name, b"0" if name.lower() == b"content-length" else value)
+        for name, value in scope["headers"]
+    ]
+    return forwarded
 
 
 def _empty_body_receive(receive: Receive) -> Receive:

@@ -177,3 +177,67 @@ def test_an_upload_answered_on_an_upload_thread_sends_the_request_signals_on_tha
     assert [name for name, _thread in seen] == ["started", "recorded", "finished"]
     assert len({thread for _name, thread in seen}) == 1
     assert seen[0][1] != threading.get_ident()
+
+
+def tus_patch_scope(session, upload_id: str, offset: int, length: int) -> dict:
+    path = reverse("attachments:tus-upload", args=[session.session_id, upload_id])
+    scope = http_scope(path, length, "application/offset+octet-stream", method="PATCH")
+    scope["headers"] += [
+        (b"tus-resumable", b"1.0.0"),
+        (b"upload-offset", str(offset).encode()),
+        (b"authorization", f"Bearer {session.token}".encode()),
+        (b"origin", b"http://elsewhere.example"),
+    ]
+    return scope
+
+
+def test_tus_patches_answered_on_the_upload_threads_get_the_headers_of_djangos_async_chain():
+    """UploadRequestHandler.respond runs the same middlewares and view, in the PATCH's last hop."""
+    from django.core.asgi import get_asgi_application
+
+    from attachments import resumable
+    from attachments.uploads_asgi import UploadRequestHandler
+
+    session = new_session()
+    upload = resumable.create_upload(session, 12, {"filename": "t.bin"})
+
+    def patch_through(app, offset: int, data: bytes) -> tuple[int, dict[bytes, bytes]]:
+        scope = tus_patch_scope(session, upload.upload_id, offset, len(data))
+        messages = [{"type": "http.request", "body": data[:2], "more_body": True}]
+        messages.append({"type": "http.request", "body": data[2:]})
+        sent = asyncio.run(run_app(app, scope, messages))
+        return sent[0]["status"], {name.lower(): value for name, value in sent[0]["headers"]}
+
+    django_app = get_asgi_application()
+    status, async_chain = patch_through(StreamingUploadMiddleware(django_app), 0, b"abcd")
+    fast_status, fast = patch_through(
+        StreamingUploadMiddleware(django_app, upload_app=UploadRequestHandler()), 4, b"efgh"
+    )
+    assert status == fast_status == 204
+    assert (async_chain.pop(b"upload-offset"), fast.pop(b"upload-offset")) == (b"4", b"8")
+    assert async_chain.keys() == fast.keys()
+    async_chain.pop(b"upload-expires"), fast.pop(b"upload-expires")
+    assert fast == async_chain
+    assert b"x-frame-options" in fast and b"x-content-type-options" in fast
+    assert upload.file_path.read_bytes() == b"abcdefgh"
+
+
+def test_a_refused_tus_patch_is_answered_while_its_body_is_in_flight():
+    """The body read during authorisation and leasing is dropped, not written, when refused."""
+    from attachments import resumable
+    from macproject.asgi import application
+
+    session = new_session()
+    upload = resumable.create_upload(session, 300_000, {"filename": "t.bin"})
+    data = b"z" * 200_000
+    messages = [
+        {"type": "http.request", "body": data[i : i + 50_000], "more_body": i + 50_000 < len(data)}
+        for i in range(0, len(data), 50_000)
+    ]
+    scope = tus_patch_scope(session, upload.upload_id, 7, len(data))  # the upload is at 0
+    sent = asyncio.run(run_app(application, scope, messages))
+    assert sent[0]["status"] == 409
+    assert json.loads(b"".join(m.get("body", b"") for m in sent[1:]))["code"] == "offset_mismatch"
+    assert upload.file_path.read_bytes() == b""
+    upload.refresh_from_db()
+    assert upload.offset == 0 and upload.lease_token == ""
