@@ -48,7 +48,6 @@ MIB = 1 << 20
 BOUNDARY = "resumablebench0b1f"
 
 
-
 @contextlib.contextmanager
 def server(env: dict[str, str], work: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = free_port()
@@ -194,6 +193,26 @@ def tus(port: int, data: mmap.mmap, chunk: int) -> float:
     return time.perf_counter() - started
 
 
+def migrated_installation(work: Path, database_url: str | None) -> dict[str, str]:
+    """
+    The environment of a throwaway installation in `work` (its warehouse, and
+    a new SQLite database unless `database_url` names an empty one), migrated.
+    """
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "macproject.settings",
+        "DATABASE_URL": database_url or f"sqlite:///{work / 'db.sqlite3'}",
+        "MAC_WAREHOUSE_DIR": str(work / "wh"),
+    }
+    env.pop("REDIS_URL", None)
+    # A throwaway installation needs a key of its own (the placeholder fails the checks).
+    env.setdefault("MAC_SECRET_KEY", secrets.token_urlsafe(50))
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True
+    )
+    return env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -211,19 +230,8 @@ def main() -> int:
     args = parser.parse_args()
     size, chunk = args.size_mib * MIB, args.chunk_mib * MIB
     work = Path(tempfile.mkdtemp(prefix="bench-tus-", dir=PROJECT_DIR))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "macproject.settings",
-        "DATABASE_URL": args.database_url or f"sqlite:///{work / 'db.sqlite3'}",
-        "MAC_WAREHOUSE_DIR": str(work / "wh"),
-    }
-    env.pop("REDIS_URL", None)
-    # A throwaway installation needs a key of its own (the placeholder fails the checks).
-    env.setdefault("MAC_SECRET_KEY", secrets.token_urlsafe(50))
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True
-        )
+        env = migrated_installation(work, args.database_url)
         source = work / "big.bin"
         with open(source, "wb") as out:
             for _ in range(args.size_mib):

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from resumable_upload import PROJECT_DIR, request, server, tus_create
+from resumable_upload import PROJECT_DIR, migrated_installation, request, server, tus_create
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
@@ -46,19 +44,9 @@ def main() -> int:
     args = parser.parse_args()
     n, piece = args.requests, args.piece_kib * 1024
     work = Path(tempfile.mkdtemp(prefix="bench-tus-cost-", dir=PROJECT_DIR))
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "macproject.settings",
-        "DATABASE_URL": args.database_url or f"sqlite:///{work / 'db.sqlite3'}",
-        "MAC_WAREHOUSE_DIR": str(work / "wh"),
-    }
-    env.pop("REDIS_URL", None)
-    env.setdefault("MAC_SECRET_KEY", secrets.token_urlsafe(50))
     body = os.urandom(piece)
     try:
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=env, check=True
-        )
+        env = migrated_installation(work, args.database_url)
         with server(env, work) as (port, process):
             path, auth = tus_create(port, (n + n // 3) * piece)
             offset = 0
