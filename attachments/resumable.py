@@ -527,6 +527,8 @@ class PatchWriter:
     ) -> None:
         """`leased`: the lease's token and when it was asked for (`time.monotonic()`)."""
         self.token, self._lease_taken = leased or (None, time.monotonic())
+        # Read once: the lease is checked before every write of the body.
+        self._lease_seconds: float = conf.TUS_LEASE
         self._file: _Appender | None = None
         if leased is None:
             token = secrets.token_hex(16)
@@ -564,7 +566,7 @@ class PatchWriter:
 
     @property
     def renewal_due(self) -> bool:
-        return time.monotonic() - self._lease_taken >= conf.TUS_LEASE / 3
+        return time.monotonic() - self._lease_taken >= self._lease_seconds / 3
 
     def renew(self) -> None:
         """Extend the lease; UploadLocked if another request took it over meanwhile."""
@@ -578,7 +580,7 @@ class PatchWriter:
         self._lease_taken = asked
 
     def _check_lease(self) -> None:
-        if time.monotonic() - self._lease_taken >= conf.TUS_LEASE * 2 / 3:
+        if time.monotonic() - self._lease_taken >= self._lease_seconds * 2 / 3:
             raise UploadLocked("This request's hold on the upload lapsed; resume from HEAD.")
 
     def _rehash(self, upto: int) -> Any:

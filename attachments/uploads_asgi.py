@@ -340,6 +340,7 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | No
     """
     pending: list[bytes] = []
     pending_bytes = 0
+    buffer_bytes = conf.UPLOAD_BUFFER_BYTES  # read once, not for each of the body's messages
     writing: asyncio.Future[None] | None = None
 
     async def write(chunks: list[bytes]) -> asyncio.Future[None]:
@@ -360,7 +361,7 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | No
                 pending_bytes += len(body)
             if not message.get("more_body", False):
                 return pending
-            if pending_bytes >= conf.UPLOAD_BUFFER_BYTES:
+            if pending_bytes >= buffer_bytes:
                 # The pieces as received: joining them would copy each once more.
                 chunks, pending, pending_bytes = pending, [], 0
                 writing = await write(chunks)
