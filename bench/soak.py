@@ -31,7 +31,9 @@ Then the reconciliation, which is what a user would check:
 - no row, manifest entry or file without the others (a file under
   `attachments/` that the manifest does not name is a leftover), no record
   of an upload that was answered with an error (a phantom), and no upload
-  recorded twice;
+  recorded twice. An upload whose worker was killed with -9 after its
+  commit point stays recorded while nginx answers its client 502: the
+  answer was lost, not an error, and the report notes it;
 - every follower saw every event of its session exactly once, in order;
 - no 5xx other than a JSON one that the fault in progress explains;
 - a worker sent SIGTERM ends an open SSE stream with a `retry:` hint and
@@ -582,6 +584,8 @@ class Phase:
     notes: list[str] = field(default_factory=list)
     # What the fault itself showed wrong: (column, detail).
     failures: list[tuple[str, str]] = field(default_factory=list)
+    # A worker was killed with -9 during this phase.
+    killed_worker: bool = False
 
 
 class Soak:
@@ -779,6 +783,7 @@ class Soak:
             return
         index, pid, path = target
         size = os.path.getsize(path)
+        phase.killed_worker = True
         os.kill(pid, signal.SIGKILL)
         phase.notes.append(f"worker {index} killed with {size >> 20} MiB of 100 received")
         thread.join(130)
@@ -1162,7 +1167,19 @@ class Soak:
                         "duplicated",
                         f"{attachment} has {created[attachment]} created events",
                     )
-                if upload and isinstance(upload["status"], int) and upload["status"] != 201:
+                killed = any(p.name == phase and p.killed_worker for p in self.phases)
+                if upload and upload["status"] == 502 and killed:
+                    # nginx's answer for a request inside the worker killed with
+                    # -9, which had committed the upload before it died: the
+                    # outcome was lost, not refused, and the record is whole
+                    # (the checks below). A retry would record it again.
+                    for p in self.phases:
+                        if p.name == phase:
+                            p.notes.append(
+                                f"{attachment} committed before its worker was killed; "
+                                "its client got nginx's 502"
+                            )
+                elif upload and isinstance(upload["status"], int) and upload["status"] != 201:
                     count(
                         phase,
                         "phantom",
