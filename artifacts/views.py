@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from functools import partial
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -62,13 +61,11 @@ async def respond_page(
         page = await poll(session_id, parse_query(params), since)
     except ApiError as exc:
         return exc.status_code, encode_json(error_payload(exc))
-    return 200, page.encoded("json", partial(encode_json, page.to_json))
+    return 200, page.encoded("json", lambda: encode_json(page.to_json()))
 
 
-def encode_json(payload: dict[str, Any] | Callable[[], dict[str, Any]]) -> bytes:
-    """The bytes `JsonResponse` would send for `payload` (or for what it returns)."""
-    if callable(payload):
-        payload = payload()
+def encode_json(payload: dict[str, Any]) -> bytes:
+    """The bytes `JsonResponse` would send for `payload`."""
     return json.dumps(payload, cls=DjangoJSONEncoder).encode()
 
 
