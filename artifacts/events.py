@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cache
 from pathlib import PurePosixPath
 
 from asgiref.sync import async_to_sync
@@ -97,23 +98,26 @@ def _allocate_sequences(session_pk: int, count: int) -> EventStream:
         stream.last_sequence += count
         stream.save(update_fields=["last_sequence"])
         return stream
-    quote = connection.ops.quote_name
-    table = quote(EventStream._meta.db_table)
-    last, trimmed, key = (
-        quote(EventStream._meta.get_field(name).column)
-        for name in ("last_sequence", "trimmed_through", "session")
-    )
-    statement = (
-        f"UPDATE {table} SET {last} = {last} + %s WHERE {key} = %s RETURNING {last}, {trimmed}"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(statement, [count, session_pk])
+        cursor.execute(_allocation_statement(connection.vendor), [count, session_pk])
         row = cursor.fetchone()
     if row is None:
         # The session's first event: nobody else can be creating its
         # counter, since they would need the session's row lock too.
         return EventStream.objects.create(session_id=session_pk, last_sequence=count)
     return EventStream(session_id=session_pk, last_sequence=row[0], trimmed_through=row[1])
+
+
+@cache
+def _allocation_statement(vendor: str) -> str:
+    """`_allocate_sequences`' UPDATE, written once per database vendor rather than per upload."""
+    quote = connection.ops.quote_name
+    table = quote(EventStream._meta.db_table)
+    last, trimmed, key = (
+        quote(EventStream._meta.get_field(name).column)
+        for name in ("last_sequence", "trimmed_through", "session")
+    )
+    return f"UPDATE {table} SET {last} = {last} + %s WHERE {key} = %s RETURNING {last}, {trimmed}"
 
 
 def _event_for(attachment: Attachment, sequence: int, change_type: str) -> ArtifactEvent:

@@ -37,6 +37,7 @@ import binascii
 import collections
 import contextlib
 import errno
+import functools
 import hashlib
 import mmap
 import os
@@ -372,22 +373,16 @@ def _lease_span() -> timedelta:
     return timedelta(seconds=conf.TUS_LEASE)
 
 
+def _statement(kind: str) -> tuple[str, list[Any]]:
+    """The SQL of `kind` for this connection's database, and the fields it returns."""
+    return _statement_for(connection.vendor, kind)
+
+
 # A PATCH's two statements (take the lease, then move the offset and free
 # it) are written once per database vendor, not built by the ORM per
 # request: building them cost more than running them.
-_statements: dict[tuple[str, str], tuple[str, list[Any]]] = {}
-
-
-def _statement(kind: str) -> tuple[str, list[Any]]:
-    """The SQL of `kind` for this connection's database, and the fields it returns."""
-    key = (connection.vendor, kind)
-    built = _statements.get(key)
-    if built is None:
-        built = _statements[key] = _build_statement(kind)
-    return built
-
-
-def _build_statement(kind: str) -> tuple[str, list[Any]]:
+@functools.cache
+def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
     meta = ResumableUpload._meta
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
