@@ -1041,11 +1041,14 @@ class Soak:
 
     # Reconciliation -----------------------------------------------------------------
 
-    def phase_of(self, t: float) -> str:
+    def phase_at(self, t: float) -> Phase:
         for phase in reversed(self.phases):
             if t >= phase.start:
-                return phase.name
-        return self.phases[0].name
+                return phase
+        return self.phases[0]
+
+    def phase_of(self, t: float) -> str:
+        return self.phase_at(t).name
 
     def list_events(self, session: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -1158,7 +1161,8 @@ class Soak:
             for attachment, row in rows.items():
                 upload = by_name.get((session, row["name"]))
                 when = upload["t1"] if upload else parse_iso(row["created_at"])
-                phase = self.phase_of(when)
+                at = self.phase_at(when)
+                phase = at.name
                 if names[row["name"]] > 1:
                     count(phase, "duplicated", f"{row['name']} recorded {names[row['name']]} times")
                 if created[attachment] > 1:
@@ -1167,18 +1171,15 @@ class Soak:
                         "duplicated",
                         f"{attachment} has {created[attachment]} created events",
                     )
-                killed = any(p.name == phase and p.killed_worker for p in self.phases)
-                if upload and upload["status"] == 502 and killed:
+                if upload and upload["status"] == 502 and at.killed_worker:
                     # nginx's answer for a request inside the worker killed with
                     # -9, which had committed the upload before it died: the
                     # outcome was lost, not refused, and the record is whole
                     # (the checks below). A retry would record it again.
-                    for p in self.phases:
-                        if p.name == phase:
-                            p.notes.append(
-                                f"{attachment} committed before its worker was killed; "
-                                "its client got nginx's 502"
-                            )
+                    at.notes.append(
+                        f"{attachment} committed before its worker was killed; "
+                        "its client got nginx's 502"
+                    )
                 elif upload and isinstance(upload["status"], int) and upload["status"] != 201:
                     count(
                         phase,
