@@ -4,7 +4,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
-from django.utils.module_loading import import_string
 
 from .conf import PREFIX, conf
 
@@ -56,15 +55,13 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
                 id="artifacts.E004",
             )
         )
-    try:
-        for path in conf.raw("FEED_MIDDLEWARE"):
-            import_string(path)
-    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+    if hasattr(settings, "ARTIFACTS_FEED_MIDDLEWARE"):
         errors.append(
-            Error(
-                "ARTIFACTS_FEED_MIDDLEWARE must list importable middleware (dotted paths).",
-                hint=str(exc),
-                id="artifacts.E005",
+            Warning(
+                "ARTIFACTS_FEED_MIDDLEWARE is no longer read: the feed, uploads and tus PATCHes "
+                "share one header policy, ATTACHMENTS_FAST_PATH_MIDDLEWARE.",
+                hint="Rename the setting to ATTACHMENTS_FAST_PATH_MIDDLEWARE.",
+                id="artifacts.W002",
             )
         )
     if not getattr(settings, "CHANNEL_LAYERS", None):

@@ -15,11 +15,10 @@ The artifacts app's settings, each read live from Django settings so that
                                     keep-alive comment (15)
     ARTIFACTS_SHUTDOWN_GRACE        seconds from SIGTERM to the process's exit: live clients
                                     are let go at once, other requests get the rest (10)
-    ARTIFACTS_FEED_MIDDLEWARE       the middleware (dotted paths) that the feed's ASGI fast
-                                    path runs for its response headers, where MIDDLEWARE
-                                    lists it and in MIDDLEWARE's order: only middleware
-                                    that sets headers without I/O (Django's Security and
-                                    XFrameOptions middleware, django-cors-headers')
+
+The feed's fast path takes its response headers from the attachments app's
+header policy (`ATTACHMENTS_FAST_PATH_MIDDLEWARE`, which replaced
+ARTIFACTS_FEED_MIDDLEWARE: a check warns where the old name is still set).
 """
 
 from __future__ import annotations
@@ -27,13 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-
-DEFAULT_FEED_MIDDLEWARE = (
-    "django.middleware.security.SecurityMiddleware",
-    "corsheaders.middleware.CorsMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
-)
-
 
 PREFIX = "ARTIFACTS_"
 # Each setting's default, which `conf` and the system checks (`artifacts.checks`) share.
@@ -45,7 +37,6 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SCAN_EVENTS": 10_000,
     "SSE_KEEPALIVE_SECONDS": 15,
     "SHUTDOWN_GRACE": 10,
-    "FEED_MIDDLEWARE": DEFAULT_FEED_MIDDLEWARE,
 }
 
 
@@ -81,10 +72,6 @@ class Settings:
     @property
     def SHUTDOWN_GRACE(self) -> float:
         return float(self.raw("SHUTDOWN_GRACE"))
-
-    @property
-    def FEED_MIDDLEWARE(self) -> tuple[str, ...]:
-        return tuple(self.raw("FEED_MIDDLEWARE"))
 
 
 conf = Settings()

@@ -9,7 +9,7 @@ threads. `EventFeedMiddleware` answers GET requests for the URLs of the
 `respond_stream`), before Django sees them: a waiting request is then only
 a coroutine. Everything else goes on to Django. Of Django's middleware,
 the part that sets security and CORS headers runs here too, from the same
-settings (`artifacts.headers`), so these responses carry the same headers
+settings (`attachments.header_policy`), so these responses carry the same headers
 as every other.
 
 `ShutdownMiddleware`, outermost, answers the ASGI lifespan and lets go of
@@ -33,13 +33,13 @@ from django.http.response import HttpResponseBase
 from django.urls import get_resolver
 
 from attachments.exceptions import server_error_response
+from attachments.header_policy import describe, prepare_headers, through_middleware
 from attachments.uploads_asgi import resolve_http
 
 from . import shutdown
 from .admission import admission
 from .authorization import authorize
 from .conf import conf
-from .headers import describe, prepare_headers, through_middleware
 from .sse import CONTENT_TYPE, HEADERS
 from .views import JSON, PAGE_HEADERS, page_response, respond_page, respond_stream
 from .wakeups import hub

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.db.models import QuerySet
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
@@ -17,7 +16,7 @@ from django.dispatch import receiver
 from attachments.models import Attachment, Session
 from attachments.signals import attachments_recorded
 
-from . import events, headers
+from . import events
 from .models import ArtifactEvent
 
 # Attribute under which pre_save leaves the row's stored state for post_save.
@@ -100,9 +99,3 @@ def session_saved(
         return
     if update_fields is None or "purged_at" in update_fields:
         events.forget_session(instance)
-
-
-@receiver(setting_changed, dispatch_uid="artifacts.settings_changed")
-def settings_changed(**kwargs: Any) -> None:
-    """The feed's header middleware reads settings when built: build it again."""
-    headers.forget_middleware()

@@ -13,10 +13,14 @@ class AttachmentsConfig(AppConfig):
 
     def ready(self) -> None:
         from django.core import checks
+        from django.core.signals import setting_changed
 
         from .checks import check_settings
+        from .header_policy import forget_middleware
 
         checks.register(check_settings, checks.Tags.compatibility)
+        # The fast paths' middleware reads settings when built: build it again.
+        setting_changed.connect(forget_middleware, dispatch_uid="attachments.header_policy")
         warn_if_open()
 
 

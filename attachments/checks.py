@@ -105,6 +105,7 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     errors.extend(_check_sendfile())
+    errors.extend(_check_fast_path_middleware())
     errors.extend(_check_access())
     return errors
 
@@ -196,6 +197,21 @@ def _is_rate(value: object) -> bool:
         return False
     count, period = value.split("/")
     return count.isdigit() and int(count) > 0 and period[:1] in {"s", "m", "h", "d"}
+
+
+def _check_fast_path_middleware() -> list[CheckMessage]:
+    try:
+        for path in conf.raw("FAST_PATH_MIDDLEWARE"):
+            import_string(path)
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        return [
+            Error(
+                "ATTACHMENTS_FAST_PATH_MIDDLEWARE must list importable middleware (dotted paths).",
+                hint=str(exc),
+                id="attachments.E011",
+            )
+        ]
+    return []
 
 
 def _check_sendfile() -> list[CheckMessage]:

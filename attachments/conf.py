@@ -51,6 +51,13 @@ The attachments app's settings, each read live from Django settings so that
                                   request may ask for less with `expires_in` (3600)
     ATTACHMENTS_SESSION_CREATE_RATE  DRF throttle rate of POST /api/sessions per client
                                   address (or user), e.g. "30/minute"; None: no limit (None)
+    ATTACHMENTS_FAST_PATH_MIDDLEWARE  the middleware (dotted paths) that the ASGI fast paths
+                                  (the event feed, an upload's 201, a tus PATCH's 204) run
+                                  for their response headers, where MIDDLEWARE lists it and
+                                  in MIDDLEWARE's order: only middleware that sets headers
+                                  without I/O (Django's Security and XFrameOptions
+                                  middleware, django-cors-headers'); see
+                                  attachments.header_policy
 """
 
 from __future__ import annotations
@@ -59,6 +66,12 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+
+DEFAULT_FAST_PATH_MIDDLEWARE = (
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+)
 
 PREFIX = "ATTACHMENTS_"
 # Each setting's default, which `conf` and the system checks (`attachments.checks`) share.
@@ -88,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
     "JWT_AUDIENCE": None,
     "SIGNED_LINK_MAX_AGE": 3600,
     "SESSION_CREATE_RATE": None,
+    "FAST_PATH_MIDDLEWARE": DEFAULT_FAST_PATH_MIDDLEWARE,
 }
 
 
@@ -200,6 +214,10 @@ class Settings:
     @property
     def SESSION_CREATE_RATE(self) -> str | None:
         return self.raw("SESSION_CREATE_RATE") or None
+
+    @property
+    def FAST_PATH_MIDDLEWARE(self) -> tuple[str, ...]:
+        return tuple(self.raw("FAST_PATH_MIDDLEWARE"))
 
 
 conf = Settings()

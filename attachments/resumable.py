@@ -51,6 +51,7 @@ from typing import Any
 
 from django.db import connection
 from django.utils import timezone
+from django.utils.http import http_date
 from rest_framework import status
 
 from . import paths
@@ -241,6 +242,21 @@ def find_upload(session: Session, upload_id: str) -> ResumableUpload:
         terminate(upload)
         raise UploadExpired()
     return upload
+
+
+def response_headers(upload: ResumableUpload) -> dict[str, str]:
+    """The headers that tell a client where an upload stands (HEAD, PATCH, creation)."""
+    headers = {
+        "Tus-Resumable": TUS_VERSION,
+        "Upload-Offset": str(upload.offset),
+        "Upload-Length": str(upload.length),
+        "Upload-Expires": http_date(upload.expires_at.timestamp()),
+        "Cache-Control": "no-store",
+    }
+    if upload.offset == upload.length:
+        # Not part of tus: where the finished upload can be found.
+        headers["Attachment-Id"] = upload.attachment_id
+    return headers
 
 
 def terminate(upload: ResumableUpload) -> None:

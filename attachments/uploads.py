@@ -30,7 +30,6 @@ from . import paths
 from .committing import commit_upload
 from .conf import conf
 from .exceptions import (
-    ApiError,
     InvalidMultipart,
     MissingFile,
     MultipleFiles,
@@ -77,7 +76,9 @@ class StreamedUpload:
 
     session: Session | None = None
     received: ReceivedFile | None = None
-    error: ApiError | None = None
+    # An `ApiError` from receiving the body, or whatever recording it raised
+    # (the view raises it, so that Django's chain answers every error).
+    error: Exception | None = None
     resumable: Any = None  # a tus PATCH: the ResumableUpload its body went to
 
 

@@ -6,7 +6,7 @@ from typing import Any
 from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import http_date, urlencode
+from django.utils.http import urlencode
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -435,13 +435,8 @@ class ResumableUploadMixin(SessionScopedMixin):
         return upload
 
     def upload_headers(self, upload: Any, response: HttpResponseBase) -> HttpResponseBase:
-        response["Upload-Offset"] = str(upload.offset)
-        response["Upload-Length"] = str(upload.length)
-        response["Upload-Expires"] = http_date(upload.expires_at.timestamp())
-        response["Cache-Control"] = "no-store"
-        if upload.offset == upload.length:
-            # Not part of tus: where the finished upload can be found.
-            response["Attachment-Id"] = upload.attachment_id
+        for name, value in resumable.response_headers(upload).items():
+            response[name] = value
         return response
 
 

@@ -3,7 +3,7 @@ What the event feed's response headers cost on its ASGI fast path.
 
     python bench/feed_headers.py [--events 20] [--samples 2000]
 
-The fast path runs the project's header middleware (`artifacts.headers`)
+The fast path runs the project's header middleware (`attachments.header_policy`)
 for each response: it builds a Django request from the scope, checks the
 host, and runs the middleware once over a stand-in response (which is
 where an HTTPS redirect would answer first), whose headers the page then
@@ -91,7 +91,7 @@ def scope_for(path: str, query: str) -> dict:
 def header_work(scope: dict, body: dict) -> None:
     from django.core.handlers.asgi import ASGIRequest
 
-    from artifacts.headers import prepare_headers
+    from attachments.header_policy import prepare_headers
 
     request = ASGIRequest(scope, io.BytesIO())
     request.get_host()

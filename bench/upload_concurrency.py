@@ -201,10 +201,12 @@ def app_server(
         command += ["--workers", str(workers)]
     if PROFILE_DIR is not None and profile:
         # Sampled for the server's whole life; --subprocesses follows the workers.
+        # --gil keeps the threads that hold the GIL (where the CPU goes), and
+        # --nonblocking does not stop the server at each sample, which slowed it 2-4x.
         output = PROFILE_DIR / f"{profile}.txt"
         command = [
             "py-spy", "record", "--format", "raw", "--subprocesses", "--rate", "200",
-            "--output", str(output), "--", *command,
+            "--gil", "--nonblocking", "--output", str(output), "--", *command,
         ]  # fmt: skip
     process = subprocess.Popen(
         command,

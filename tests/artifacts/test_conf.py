@@ -15,7 +15,6 @@ NAMES = [
     "ARTIFACTS_MAX_SCAN_EVENTS",
     "ARTIFACTS_SSE_KEEPALIVE_SECONDS",
     "ARTIFACTS_SHUTDOWN_GRACE",
-    "ARTIFACTS_FEED_MIDDLEWARE",
 ]
 
 
@@ -31,11 +30,6 @@ def test_defaults_when_unset():
         assert conf.MAX_SCAN_EVENTS == 10_000
         assert conf.SSE_KEEPALIVE_SECONDS == 15
         assert conf.SHUTDOWN_GRACE == 10
-        assert conf.FEED_MIDDLEWARE == (
-            "django.middleware.security.SecurityMiddleware",
-            "corsheaders.middleware.CorsMiddleware",
-            "django.middleware.clickjacking.XFrameOptionsMiddleware",
-        )
 
 
 def test_follows_override_settings():

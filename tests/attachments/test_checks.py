@@ -169,3 +169,15 @@ def test_session_create_rate_is_a_drf_rate(value):
 def test_session_create_rate_may_be_unset_or_a_rate(value):
     with override_settings(ATTACHMENTS_SESSION_CREATE_RATE=value):
         assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", [["no.such.Middleware"], ["nodots"], [5], 5])
+def test_fast_path_middleware_must_be_importable(value):
+    with override_settings(ATTACHMENTS_FAST_PATH_MIDDLEWARE=value):
+        assert ids(check_settings()) == ["attachments.E011"]
+
+
+def test_listed_fast_path_middleware_is_fine():
+    security = "django.middleware.security.SecurityMiddleware"
+    with override_settings(ATTACHMENTS_FAST_PATH_MIDDLEWARE=[security]):
+        assert ids(check_settings()) == []

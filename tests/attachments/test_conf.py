@@ -9,6 +9,7 @@ from attachments.conf import conf
 
 SETTINGS = (
     "ATTACHMENTS_WAREHOUSE_DIR",
+    "ATTACHMENTS_FAST_PATH_MIDDLEWARE",
     "ATTACHMENTS_MAX_UPLOAD_BYTES",
     "ATTACHMENTS_AUTO_CLEAN",
     "ATTACHMENTS_INLINE_DATA_URI_MAX_BYTES",
@@ -48,6 +49,11 @@ def test_defaults_when_unset():
         assert conf.JWT_ISSUER is None and conf.JWT_AUDIENCE is None
         assert conf.SIGNED_LINK_MAX_AGE == 3600
         assert conf.SESSION_CREATE_RATE is None
+        assert conf.FAST_PATH_MIDDLEWARE == (
+            "django.middleware.security.SecurityMiddleware",
+            "corsheaders.middleware.CorsMiddleware",
+            "django.middleware.clickjacking.XFrameOptionsMiddleware",
+        )
 
 
 def test_access_settings_follow_override_settings():

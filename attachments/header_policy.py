@@ -1,20 +1,21 @@
 """
-The headers of the responses that the event feed's ASGI fast path sends.
+The response headers of the ASGI fast paths: the event feed's pages and
+streams (`artifacts.feed_asgi`), an upload's 201 and a tus PATCH's 204
+(`attachments.uploads_asgi`).
 
 Every other response gets its security and CORS headers from Django's
 middleware, configured by the project's settings (`MIDDLEWARE`,
-`SECURE_*`, `X_FRAME_OPTIONS`, `CORS_*`). `artifacts.feed_asgi` answers the feed
-before that middleware runs, so rather than restate the policy it runs the
-same middleware classes, in `MIDDLEWARE`'s order, over a Django request
-and response of its own: whatever changes in the settings changes on both
-paths at once.
+`SECURE_*`, `X_FRAME_OPTIONS`, `CORS_*`). The fast paths answer without
+that chain, so rather than restate the policy they run the same middleware
+classes, in `MIDDLEWARE`'s order, over a Django request and response of
+their own: whatever changes in the settings changes on every path at once.
 
-Only the middleware named by `ARTIFACTS_FEED_MIDDLEWARE` (and present in
-`MIDDLEWARE`) runs: middleware that only reads the request and sets
+Only the middleware named by `ATTACHMENTS_FAST_PATH_MIDDLEWARE` (and present
+in `MIDDLEWARE`) runs: middleware that only reads the request and sets
 headers, with no I/O, so it may run on the event loop without a thread.
-Sessions, CSRF, authentication and messages concern nothing the feed
-answers (it authorises by token, JWT or the session cookie itself, see
-`attachments.access`).
+Sessions, CSRF, authentication and messages concern nothing these paths
+answer: they authorise by token, JWT or the session cookie themselves, CSRF
+included (`attachments.access`).
 """
 
 from __future__ import annotations
@@ -33,18 +34,18 @@ Handler = Callable[[HttpRequest], HttpResponseBase]
 
 # The attribute under which `through_middleware` hands the response to the
 # innermost handler of the shared chain.
-_RESPONSE = "_artifacts_feed_response"
+_RESPONSE = "_fast_path_response"
 # The middleware chain, built once as Django's handler builds its own: ten
 # thousand long-polls answered together must not each import and construct
 # every middleware (their `__init__` reads settings). Dropped on any
-# settings change (`artifacts.signals`), since middleware such as
+# settings change (connected in `attachments.apps`), since middleware such as
 # SecurityMiddleware reads its settings when it is constructed.
 _chain: Handler | None = None
 
 
-def feed_middleware() -> list[str]:
+def fast_path_middleware() -> list[str]:
     """The dotted paths that run, in the order Django runs them."""
-    wanted = set(conf.FEED_MIDDLEWARE)
+    wanted = set(conf.FAST_PATH_MIDDLEWARE)
     return [path for path in settings.MIDDLEWARE if path in wanted]
 
 
@@ -57,7 +58,7 @@ def _middleware_chain() -> Handler:
     global _chain
     if _chain is None:
         handler: Handler = _carried_response
-        for path in reversed(feed_middleware()):
+        for path in reversed(fast_path_middleware()):
             handler = import_string(path)(handler)
         _chain = handler
     return _chain
@@ -92,8 +93,8 @@ def prepare_headers(
     redirect to HTTPS under `SECURE_SSL_REDIRECT`, say), already through the
     rest of the middleware; else None and the headers (ASGI's form, no
     Content-Length) it left on the stand-in, for the 200 with a body sent
-    later. The feed's middleware sets its headers from the request alone
-    (see `ARTIFACTS_FEED_MIDDLEWARE`), so they are the same then as now.
+    later. This middleware sets its headers from the request alone
+    (see `ATTACHMENTS_FAST_PATH_MIDDLEWARE`), so they are the same then as now.
     """
     stand_in = HttpResponse(content_type=content_type, headers=headers)
     answer = through_middleware(request, stand_in)
