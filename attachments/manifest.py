@@ -18,10 +18,19 @@ same inode, size and modification time, and the same `updated_at` (to the
 microsecond, written by every save) in its first line, read with one small
 read. The manifest is only ever replaced by a rename, never changed in place.
 Each entry is serialised once and its text reused.
+
+A large manifest's bytes are also written ahead (`_Prewriter`): once a save
+is in place, a background thread copies it, less its closing bracket, into
+the next temporary file and fsyncs it. A save that only appends entries
+then writes the new first line (the same length: only `updated_at` changes)
+and the new entries, and fsyncs a few pages instead of the whole file,
+while the file it renames into place is as whole and as durable as one
+written from scratch.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import dataclasses
@@ -33,6 +42,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +57,14 @@ TEMP_PREFIX = ".manifest-"
 TEMP_SUFFIX = ".tmp"
 # How many sessions' manifests one process keeps parsed.
 CACHE_SESSIONS = 256
+# Manifests from this size on get their next save written ahead (`_Prewriter`);
+# a smaller one costs less to rewrite than to copy.
+PREWRITE_MIN_BYTES = 128 * 1024
+# How many sessions' next manifests one process keeps written ahead.
+PREWRITE_SESSIONS = 16
+# What a manifest with entries ends its first line with, and ends with.
+_HEAD_END = b'"attachments": [\n'
+_TAIL = b"\n]}\n"
 
 
 def is_manifest_internal(name: str) -> bool:
@@ -330,12 +348,141 @@ _cache = _DocumentCache(CACHE_SESSIONS)
 
 
 @dataclasses.dataclass
+class _Base:
+    """A manifest's bytes but its tail, fsync'd under a temporary name, for the next save."""
+
+    path: Path
+    fd: int
+    source: int  # the manifest it copies, open: see `Manifest.install()`
+    updated_at: str  # of the manifest it copies
+    count: int  # its entries
+    length: int  # its bytes: the manifest's, less `_TAIL`
+
+    def discard(self) -> None:
+        os.close(self.fd)
+        os.close(self.source)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+class _Prewriter:
+    """
+    The next manifest of recently saved large manifests, written ahead on a
+    background thread so that the save that needs it does not wait for the
+    whole file to reach the disk. Best effort: a copy that fails, or is not
+    ready, or no longer matches, is dropped and the save writes everything.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._bases: collections.OrderedDict[str, _Base] = collections.OrderedDict()
+        self._mutex = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def schedule(self, key: str, directory: Path, source: int, document: ManifestDocument) -> None:
+        """Copy the manifest open at `source` (closed when done) for `key`'s next save."""
+        try:
+            self._executor_started().submit(
+                self._write, key, directory, source, document.updated_at, len(document.attachments)
+            )
+        except RuntimeError:  # the interpreter is shutting down
+            os.close(source)
+
+    def _write(self, key: str, directory: Path, source: int, updated_at: str, count: int) -> None:
+        fd = -1
+        temp_name = ""
+        try:
+            length = os.fstat(source).st_size - len(_TAIL)
+            if os.pread(source, len(_TAIL), length) != _TAIL:
+                raise OSError("not a manifest with entries")
+            fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
+            copied = 0
+            while copied < length:
+                done = os.copy_file_range(source, fd, length - copied, copied, copied)
+                if done == 0:
+                    raise OSError("the manifest ended while it was copied")
+                copied += done
+            os.fsync(fd)
+        except OSError:
+            os.close(source)
+            if fd >= 0:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp_name)
+            return
+        self._keep(key, _Base(Path(temp_name), fd, source, updated_at, count, length))
+
+    def close_later(self, fd: int) -> None:
+        """Close `fd` on the background thread (closing a replaced manifest frees its blocks)."""
+        try:
+            self._executor_started().submit(os.close, fd)
+        except RuntimeError:  # the interpreter is shutting down
+            os.close(fd)
+
+    def _executor_started(self) -> ThreadPoolExecutor:
+        with self._mutex:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifest-prewrite")
+            return self._executor
+
+    def _keep(self, key: str, base: _Base) -> None:
+        dropped = []
+        with self._mutex:
+            previous = self._bases.pop(key, None)
+            if previous is not None:
+                dropped.append(previous)
+            self._bases[key] = base
+            while len(self._bases) > self.capacity:
+                dropped.append(self._bases.popitem(last=False)[1])
+        for old in dropped:
+            old.discard()
+
+    def take(self, key: str, updated_at: str, count: int) -> _Base | None:
+        """
+        The copy of `key`'s manifest as of `updated_at` with `count` entries,
+        still in place, or None. Call it under the manifest's lock: it is
+        what keeps reconciliation from removing the copy meanwhile.
+        """
+        with self._mutex:
+            base = self._bases.pop(key, None)
+        if base is None:
+            return None
+        try:
+            current = os.stat(base.path).st_ino == os.fstat(base.fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if not current or base.updated_at != updated_at or base.count != count:
+            base.discard()
+            return None
+        return base
+
+    def forget(self, key: str) -> None:
+        with self._mutex:
+            base = self._bases.pop(key, None)
+        if base is not None:
+            base.discard()
+
+    def close(self) -> None:
+        """Remove every copy (at exit: reconciliation would remove what is left, later)."""
+        with self._mutex:
+            bases, self._bases = list(self._bases.values()), collections.OrderedDict()
+        for base in bases:
+            base.discard()
+
+
+_prewriter = _Prewriter(PREWRITE_SESSIONS)
+atexit.register(_prewriter.close)
+
+
+@dataclasses.dataclass
 class PreparedManifest:
     """A new manifest written and fsync'd under a temporary name, not yet in place."""
 
     temp_path: Path
     fd: int
     document: ManifestDocument
+    # The manifest it replaces, held open by a written-ahead copy (`_Base.source`).
+    replaced: int | None = None
 
 
 class Manifest:
@@ -420,8 +567,13 @@ class Manifest:
         it. This is the step that needs disk space; `install()` only renames.
         Call it under the lock.
         """
+        base = self._base_for(document)
         document.updated_at = utc_now_iso()
         pieces = document.to_json_pieces()
+        if base is not None:
+            prepared = self._prepare_on(base, document, pieces[0])
+            if prepared is not None:
+                return prepared
         fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
         try:
             _write_pieces(fd, pieces)
@@ -433,20 +585,74 @@ class Manifest:
             raise
         return PreparedManifest(Path(temp_name), fd, document)
 
+    def _base_for(self, document: ManifestDocument) -> _Base | None:
+        """The written-ahead copy of the manifest that `document` extends by appending, if any."""
+        encoded = document._current_encoding()
+        if encoded is None or encoded.count == 0:
+            return None
+        return _prewriter.take(self._key, document.updated_at, encoded.count)
+
+    def _prepare_on(
+        self, base: _Base, document: ManifestDocument, head: bytes
+    ) -> PreparedManifest | None:
+        """
+        `prepare()` on a written-ahead copy: the new first line over the old
+        one, and the entries appended since after the copied ones. None if
+        the first lines differ in length (a manifest another version wrote).
+        """
+        new = ",\n".join(_text_of(entry) for entry in document.attachments[base.count :])
+        appended = (",\n" + new).encode("utf-8") if new else b""
+        try:
+            old_head = os.pread(base.fd, len(head), 0)
+            if old_head.count(b"\n") != 1 or not old_head.endswith(_HEAD_END):
+                base.discard()
+                return None
+            os.pwrite(base.fd, head, 0)
+            os.pwrite(base.fd, appended + _TAIL, base.length)
+            os.fsync(base.fd)
+        except BaseException:
+            base.discard()
+            raise
+        return PreparedManifest(base.path, base.fd, document, replaced=base.source)
+
     def install(self, prepared: PreparedManifest) -> None:
         """Rename a prepared manifest into place and make the rename durable."""
+        st = os.fstat(prepared.fd)
+        large = st.st_size >= PREWRITE_MIN_BYTES
+        # Replacing a file frees its blocks unless it is still open, and for
+        # megabytes (with online discard) that took longer than the rest of
+        # the save: the old manifest is held open and closed on the
+        # background thread, which frees it there.
+        replaced = prepared.replaced
+        if replaced is None and large:
+            with contextlib.suppress(FileNotFoundError):
+                replaced = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
             os.replace(prepared.temp_path, self.path)
         except BaseException:
+            if replaced is not None and replaced != prepared.replaced:
+                os.close(replaced)
             self.discard(prepared)
             raise
-        identity = _identity(os.fstat(prepared.fd))
-        os.close(prepared.fd)
-        _cache.put(self._key, identity, prepared.document)
+        document = prepared.document
+        _cache.put(self._key, _identity(st), document)
         sync_directory(self.directory)
+        # After the directory's fsync, so that the journal commit that frees
+        # the old file is the background thread's, not this save's.
+        if replaced is not None:
+            _prewriter.close_later(replaced)
+        if large and document.attachments:
+            # The file in place never changes: the copy reads it by this
+            # descriptor, and keeps it open until the save after it.
+            _prewriter.schedule(self._key, self.directory, prepared.fd, document)
+        else:
+            _prewriter.forget(self._key)
+            os.close(prepared.fd)
 
     def discard(self, prepared: PreparedManifest) -> None:
         """Throw away a prepared manifest that will not be installed."""
+        if prepared.replaced is not None:
+            os.close(prepared.replaced)
         os.close(prepared.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(prepared.temp_path)

@@ -1124,7 +1124,11 @@ class Soak:
                 {
                     str(p.relative_to(directory)): p
                     for p in attachments_dir.rglob("*")
-                    if p.is_file() and p.name not in (MANIFEST, MANIFEST_LOCK)
+                    # A temporary manifest is internal (never listed, zipped or served):
+                    # a worker writes the next one of a large manifest ahead.
+                    if p.is_file()
+                    and p.name not in (MANIFEST, MANIFEST_LOCK)
+                    and not (p.name.startswith(".manifest-") and p.name.endswith(".tmp"))
                 }
                 if attachments_dir.exists()
                 else {}

@@ -140,3 +140,81 @@ def test_saves_that_encode_only_appended_entries_write_what_a_full_encoding_woul
         assert [e["attachment_id"] for e in json.loads(written)["attachments"]] == ids
         expected = ids
     assert [e.attachment_id for e in manifest.read().attachments] == expected == ["f"]
+
+
+def _settle() -> None:
+    """Wait for the copies being written ahead."""
+    from attachments import manifest as manifest_module
+
+    executor = manifest_module._prewriter._executor
+    if executor is not None:
+        executor.submit(lambda: None).result(10)
+
+
+def _temp_files(manifest: Manifest) -> dict[int, Path]:
+    return {p.stat().st_ino: p for p in manifest.directory.iterdir() if p.name.endswith(".tmp")}
+
+
+def _large_manifest(tmp_path: Path) -> Manifest:
+    """A manifest past PREWRITE_MIN_BYTES, whose next save is written ahead."""
+    from attachments.manifest import PREWRITE_MIN_BYTES
+
+    manifest = Manifest(tmp_path, "s1")
+    with manifest.edit() as document:
+        for n in range(PREWRITE_MIN_BYTES // 200):
+            document.append(entry(f"att_{n:012d}", name=f"base-{n}-" + "x" * 40))
+    assert manifest.path.stat().st_size >= PREWRITE_MIN_BYTES
+    _settle()
+    return manifest
+
+
+def test_a_large_manifest_is_appended_to_on_a_copy_written_ahead_with_the_same_bytes(
+    tmp_path: Path,
+):
+    manifest = _large_manifest(tmp_path)
+    steps = [
+        lambda doc: doc.append(entry("att_one", name="é.txt")),
+        lambda doc: [doc.append(entry(f"att_many{n}")) for n in range(40)],
+        lambda doc: None,  # a save that appends nothing
+        lambda doc: doc.upsert(entry("att_one", size=7)),  # not an append: written whole
+        lambda doc: doc.append(entry("att_after_upsert")),
+        lambda doc: doc.remove("att_many3"),
+        lambda doc: doc.append(entry("att_last")),
+    ]
+    on_copy = []
+    for step in steps:
+        ahead = _temp_files(manifest)
+        with manifest.edit() as document:
+            step(document)
+            ids = [e.attachment_id for e in document.attachments]
+        on_copy.append(manifest.path.stat().st_ino in ahead)
+        written = manifest.path.read_bytes()
+        # A full encoding of the document, and what a reader parses.
+        assert written == manifest.read().to_json().encode("utf-8")
+        assert json.loads(written) == manifest.read().to_dict()
+        assert [e["attachment_id"] for e in json.loads(written)["attachments"]] == ids
+        _settle()
+    assert on_copy == [True, True, True, False, True, False, True]
+
+
+def test_a_copy_written_ahead_that_reconciliation_removed_is_not_used(tmp_path: Path):
+    manifest = _large_manifest(tmp_path)
+    for path in _temp_files(manifest).values():
+        path.unlink()  # as reconciliation does, under the lock
+    with manifest.edit() as document:
+        document.append(entry("att_new"))
+    written = manifest.path.read_bytes()
+    assert json.loads(written)["attachments"][-1]["attachment_id"] == "att_new"
+    assert written == manifest.read().to_json().encode("utf-8")
+
+
+def test_copies_written_ahead_are_removed_at_exit(tmp_path: Path):
+    from attachments import manifest as manifest_module
+
+    manifest = _large_manifest(tmp_path)
+    assert len(_temp_files(manifest)) == 1
+    manifest_module._prewriter.close()
+    assert _temp_files(manifest) == {}
+    with manifest.edit() as document:  # and saves go on, written whole
+        document.append(entry("att_new"))
+    assert manifest.read().attachments[-1].attachment_id == "att_new"
