@@ -34,6 +34,7 @@ import atexit
 import collections
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -396,12 +397,7 @@ class _Prewriter:
             if os.pread(source, len(_TAIL), length) != _TAIL:
                 raise OSError("not a manifest with entries")
             fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-            copied = 0
-            while copied < length:
-                done = os.copy_file_range(source, fd, length - copied, copied, copied)
-                if done == 0:
-                    raise OSError("the manifest ended while it was copied")
-                copied += done
+            _copy(source, fd, length)
             os.fsync(fd)
         except OSError:
             os.close(source)
@@ -660,6 +656,25 @@ class Manifest:
 
 # How many buffers one writev() may take (POSIX guarantees 16; Linux takes 1024).
 _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
+
+
+def _copy(source: int, target: int, length: int) -> None:
+    """Copy `source`'s first `length` bytes to `target`, in the kernel where it can."""
+    copied = 0
+    while copied < length:
+        try:
+            done = os.copy_file_range(source, target, length - copied, copied, copied)
+        except (AttributeError, OSError) as exc:  # not Linux, or not this filesystem
+            if isinstance(exc, OSError) and exc.errno not in _NO_COPY_RANGE:
+                raise
+            block = os.pread(source, min(length - copied, 1 << 20), copied)
+            done = os.pwrite(target, block, copied)
+        if done == 0:
+            raise OSError("the manifest ended while it was copied")
+        copied += done
+
+
+_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 
 
 def _write_pieces(fd: int, pieces: list[bytes]) -> None:
