@@ -50,6 +50,7 @@ from .uploads import (
     StreamedUpload,
     accept_upload,
     admit_upload,
+    receive_body,
 )
 
 Scope = dict[str, Any]
@@ -62,6 +63,12 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_VIEW_NAME = "attachments:uploads"
 RESUMABLE_VIEW_NAME = "attachments:tus-upload"
+# An upload body declared this small is read whole before it is authorised,
+# then authorised, received and recorded in one call on an upload thread.
+# Uvicorn reads this much of a body into memory before the application asks
+# for it (its flow-control high-water mark), so an unauthorised client holds
+# no more memory than it did.
+WHOLE_BODY_BYTES = 64 * 1024
 
 
 class ClientDisconnected(Exception):
@@ -145,21 +152,39 @@ class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
         response: HttpResponseBase = await respond(scope)
         await self.send_response(response, send)
 
-    def respond(self, scope: Scope) -> HttpResponseBase:
+    async def answer(self, scope: Scope, send: Send, outcome: Callable[[], StreamedUpload]) -> None:
+        """
+        Answer a request whose body `outcome` (called first, on the upload
+        thread, inside the request's cycle) receives or finishes.
+        """
+        respond = SyncToAsync(self.respond, thread_sensitive=False, executor=_upload_threads)
+        response: HttpResponseBase = await respond(scope, outcome)
+        await self.send_response(response, send)
+
+    def respond(
+        self, scope: Scope, outcome: Callable[[], StreamedUpload] | None = None
+    ) -> HttpResponseBase:
         """
         The response to a request whose body was read, closed and ready for
         `send_response`: all of the request's cycle on the calling thread
-        (a tus PATCH calls it in the hop that ends the PATCH).
+        (a tus PATCH calls it in the hop that ends the PATCH). `outcome`,
+        if given, makes what the request's body became (`StreamedUpload`).
         """
         set_script_prefix(get_script_prefix(scope))
         signals.request_started.send(sender=self.__class__, scope=scope)
         response: HttpResponseBase | None = None
+        made: StreamedUpload | None = None
         try:
+            if outcome is not None:
+                made = outcome()
+                scope = _forwarded(scope, made)
             request, response = self.create_request(scope, io.BytesIO())
             if request is not None:
                 response = answer_streamed(request) or self.get_response(request)
                 response._handler_class = self.__class__
         finally:
+            if made is not None and made.received is not None and not made.received.claimed:
+                made.received.discard()
             if response is None:
                 signals.request_finished.send(sender=self.__class__)
         # Closing sends request_finished, whose close_old_connections gives
@@ -219,6 +244,15 @@ class StreamingUploadMiddleware:
             return
         if patch_route is not None:
             await self._patch(scope, receive, send, *patch_route)
+            return
+        handler = self.upload_app
+        declared = _declared_length(scope)
+        if (
+            isinstance(handler, UploadRequestHandler)
+            and declared is not None
+            and declared <= WHOLE_BODY_BYTES
+        ):
+            await self._whole(scope, receive, send, session_id, handler)
             return
         try:
             outcome = await self._receive(scope, receive, session_id)
@@ -289,17 +323,42 @@ class StreamingUploadMiddleware:
         if not isinstance(handler, UploadRequestHandler):
             await self._forward(scope, receive, send, await _in_worker_thread(finish))
             return
-        response = await _in_worker_thread(
-            lambda: handler.respond(_forwarded(scope, finish()))  # one hop for both
-        )
-        await handler.send_response(response, send)
+        await handler.answer(scope, send, finish)  # one hop for both
+
+    async def _whole(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        handler: UploadRequestHandler,
+    ) -> None:
+        """A small upload: its body read whole, then one hop authorises, receives and records it."""
+        pieces = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # nothing was written
+            pieces.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(pieces)
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+
+        def outcome() -> StreamedUpload:
+            session = None
+            try:
+                session = authorize_scope_sync(scope, session_id)
+                admission = admit_upload(session, content_type, len(body))
+                return StreamedUpload(session=session, received=receive_body(admission, [body]))
+            except Exception as exc:
+                return StreamedUpload(session=session, error=_as_api_error(exc))
+
+        await handler.answer(scope, send, outcome)
 
     async def _receive(self, scope: Scope, receive: Receive, session_id: str) -> StreamedUpload:
         headers = {name.lower(): value for name, value in scope["headers"]}
-        try:
-            declared: int | None = int(headers.get(b"content-length", b""))
-        except ValueError:
-            declared = None
+        declared = _declared_length(scope)
         # Any thread will do (the call closes its connection when done): the
         # one thread that thread-sensitive calls share would queue every
         # upload of the process behind each other's authorisation.
@@ -449,6 +508,16 @@ def _authorize_and_admit(
         return session, admit_upload(session, content_type, declared), None
     except Exception as exc:
         return session, None, _as_api_error(exc)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 def _as_api_error(exc: Exception) -> ApiError:

@@ -292,3 +292,55 @@ def test_a_refused_tus_patch_is_answered_while_its_body_is_in_flight():
     assert upload.file_path.read_bytes() == b""
     upload.refresh_from_db()
     assert upload.offset == 0 and upload.lease_token == ""
+
+
+@pytest.mark.access_policy("token")
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_a_small_upload_without_the_sessions_credentials_is_refused_and_leaves_nothing(token):
+    """A body read whole before it is authorised is still refused before a byte is written."""
+    from macproject.asgi import application
+
+    session = new_session()
+    body, content_type = multipart([("file", "small.txt", b"s" * 1000)])
+    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    if token is not None:
+        scope["headers"].append((b"authorization", f"Bearer {token}".encode()))
+    sent = asyncio.run(run_app(application, scope, [{"type": "http.request", "body": body}]))
+    assert sent[0]["status"] == 404
+    assert json.loads(sent[1]["body"])["code"] == "session_not_found"
+    attachments = session.directory / "code_workspace/attachments"
+    assert not attachments.exists() or [p for p in attachments.rglob("*") if p.is_file()] == []
+    assert row_ids(session) == []
+
+
+@pytest.mark.access_policy("token")
+def test_a_small_upload_with_the_sessions_token_is_recorded_in_one_call():
+    from macproject.asgi import application
+
+    session = new_session()
+    body, content_type = multipart([("file", "small.txt", b"s" * 1000)])
+    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    scope["headers"].append((b"authorization", f"Bearer {session.token}".encode()))
+    messages = [
+        {"type": "http.request", "body": body[:300], "more_body": True},
+        {"type": "http.request", "body": body[300:]},
+    ]
+    sent = asyncio.run(run_app(application, scope, messages))
+    assert sent[0]["status"] == 201
+    reply = json.loads(sent[1]["body"])
+    assert (session.directory / reply["path"]).read_bytes() == b"s" * 1000
+    assert manifest_ids(session) == row_ids(session) == [reply["attachment_id"]]
+
+
+def test_a_small_upload_whose_client_leaves_mid_body_leaves_nothing():
+    from macproject.asgi import application
+
+    session = new_session()
+    body, content_type = multipart([("file", "small.txt", b"s" * 1000)])
+    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    messages = [
+        {"type": "http.request", "body": body[:300], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    assert asyncio.run(run_app(application, scope, messages)) == []
+    assert uploaded_files(session) == [] and row_ids(session) == []
