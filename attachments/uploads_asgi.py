@@ -32,6 +32,7 @@ from asgiref.sync import SyncToAsync
 from channels.db import database_sync_to_async
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix
 from rest_framework.renderers import JSONRenderer
@@ -353,6 +354,11 @@ class StreamingUploadMiddleware:
                 return StreamedUpload(session=session, received=receive_body(admission, [body]))
             except Exception as exc:
                 return StreamedUpload(session=session, error=_as_api_error(exc))
+            finally:
+                # The upload may now wait for its batch's commit, which another
+                # thread runs: a pooled connection goes back to the pool first,
+                # or fifty waiting uploads hold fifty (a persistent one stays).
+                close_old_connections()
 
         await handler.answer(scope, send, outcome)
 
