@@ -118,7 +118,7 @@ class EventFeedMiddleware:
                 # departure is part of that work.
                 await admission().turn()
                 departure.start()
-                await self._respond(route, scope, send, arrived)
+                await self._respond(route, scope, send, arrived, departure)
             except asyncio.CancelledError:
                 if not departure.forgive():
                     raise
@@ -126,7 +126,12 @@ class EventFeedMiddleware:
                 departure.close()
 
     async def _respond(
-        self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
+        self,
+        route: tuple[str, str],
+        scope: Scope,
+        send: Send,
+        arrived: float,
+        departure: _Departure,
     ) -> None:
         view_name, session_id = route
         # The request as Django would see it (no body: these are GETs), for
@@ -159,7 +164,7 @@ class EventFeedMiddleware:
                 # that expires every waiter due at that moment (`feed.poll`):
                 # ten thousand falling due together have their answers sent
                 # one after another, before their tasks resume to finish.
-                answer = _EarlyAnswer(send, page_headers)
+                answer = _EarlyAnswer(send, page_headers, departure)
                 status, body = await respond_page(
                     session_id, params, lambda: authorize(scope, session_id), arrived, answer
                 )
@@ -266,15 +271,21 @@ async def _send_response(
 class _EarlyAnswer:
     """A long-poll's 200, sent at its deadline from outside its task (see `_respond`)."""
 
-    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+    def __init__(
+        self, send: Send, headers: list[tuple[bytes, bytes]], departure: _Departure
+    ) -> None:
         self._send = send
         self._headers = headers
+        self._departure = departure
         self.started = False
         self._rest: asyncio.Task[None] | None = None
         self._failure: Exception | None = None
 
     def __call__(self, body: bytes) -> None:
         self.started = True
+        # Answered: a client leaving from now on (or the server's own
+        # http.disconnect once the response is complete) cancels nothing.
+        self._departure.close()
         try:
             # At once, unless the socket cannot take it (a task then finishes).
             self._rest = eager.start(_send_prepared(self._send, self._headers, body))
