@@ -49,7 +49,7 @@ class _Hold:
             if now < self.refused_until or not gc.isenabled():
                 return
             gc.disable()
-            self.loop, self.started = loop, now
+            self.loop, self.started, self.until = loop, now, now
             self.timer = loop.call_at(now + seconds, self._check)
         elif loop is not self.loop:
             return
@@ -84,3 +84,8 @@ def hold(seconds: float) -> None:
 def holding() -> bool:
     """Whether a hold is in force."""
     return _hold.active
+
+
+def release() -> None:
+    """End a hold now (automatic collection runs again)."""
+    _hold.release()

@@ -14,7 +14,7 @@ from artifacts.admission import Admission
 @pytest.fixture(autouse=True)
 def _collector_restored():
     yield
-    collection._hold.release()
+    collection.release()
     collection._hold.refused_until = 0.0
     gc.enable()
 
