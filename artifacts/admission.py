@@ -23,10 +23,15 @@ import asyncio
 import weakref
 from collections import deque
 
+from . import collection
+
 # Requests that start their work in one pass of the event loop: enough to
 # keep the loop busy, few enough that the next read of the sockets comes
 # within a few milliseconds.
 PER_PASS = 32
+# The garbage collector runs again once no request has queued for this long
+# (`artifacts.collection`).
+BURST_QUIET_SECONDS = 0.2
 
 
 class Admission:
@@ -48,6 +53,8 @@ class Admission:
             self._started += 1
             self._schedule_pass()
             return
+        # A burst: no collector pauses while it is taken in.
+        collection.hold(BURST_QUIET_SECONDS)
         future = asyncio.get_running_loop().create_future()
         self._queue.append(future)
         self._schedule_pass()

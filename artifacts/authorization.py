@@ -7,8 +7,8 @@ One trip to a database thread each would cost, for ten thousand clients
 arriving together, ten thousand thread hops, and with SQLite's default of
 no persistent connections ten thousand connections opened and closed: far
 more than the checks themselves. `authorize` queues the check instead, and
-a few hops in flight each take the whole queue (up to `MAX_BATCH`) and check
-it on one connection with one query for its sessions
+one hop at a time takes the whole queue (up to `MAX_BATCH`) and checks it
+on one connection with one query for its sessions
 (`attachments.access.authorize_scopes_sync`). A lone client still gets
 one hop of its own at once; a burst gets a hop per `MAX_BATCH` clients.
 
@@ -31,8 +31,12 @@ from attachments.models import Session
 # Checks one hop runs at most: long enough to amortise a hop, short enough
 # that the first caller of a burst is not kept waiting behind the last.
 MAX_BATCH = 256
-# Hops in flight at once (each on a thread of the loop's default pool).
-MAX_HOPS = 4
+# Hops in flight at once (each on a thread of the loop's default pool). One:
+# what arrives while it runs waits for the next, which takes it all. With
+# four, a burst was checked in batches of a few, on threads that fought the
+# event loop for the GIL: 10,000 WebSockets took 17-20 s to connect, against
+# 12 s with one (bench/live_clients.py), at half the server's CPU.
+MAX_HOPS = 1
 
 Check = tuple[dict[str, Any], object, "asyncio.Future[Session]"]
 

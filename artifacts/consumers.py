@@ -4,7 +4,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -34,7 +33,7 @@ from attachments.sessions import create_session
 
 from .authorization import authorize
 from .cancellation import cancel_and_wait
-from .feed import FeedQuery, Page, astart_cursor, follow, parse_query
+from .feed import FeedQuery, Page, astart_cursor, parse_query, push
 from .groups import session_group
 from .wakeups import SERVICE_RESTART, hub
 
@@ -52,6 +51,8 @@ def close_code(exc: ApiError) -> int:
     if exc.status_code >= 500:
         return SERVER_CLOSE_CODES.get(exc.status_code, 1011)
     return CLOSE_CODES.get(exc.status_code, 4400)
+
+
 # Query-string keys that are not feed parameters.
 _NOT_FEED_PARAMS = {"session_id", "token"}
 
@@ -299,12 +300,8 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
 
     async def _push(self, query: FeedQuery) -> None:
         assert self.session_id is not None
-        pages = follow(self.session_id, query)
         try:
-            async with aclosing(pages):
-                async for page in pages:
-                    if page is not None and page.events:
-                        await self.send(text_data=page.encoded("ws", partial(self.message, page)))
+            await push(self.session_id, query, self.send_page)
         except SessionNotFound as exc:
             await self.send_api_error(exc)
             await self.close(code=CLOSE_CODES[404])
@@ -314,6 +311,16 @@ class ArtifactSocket(AsyncJsonWebsocketConsumer):
         except Exception:
             logger.exception("Artifact event push failed")
             await self.close(code=1011)
+
+    async def send_page(self, page: Page) -> None:
+        """
+        Send a page's `artifact_created` message. Sockets woken together
+        share the page and so its encoding. Called for many sockets in a row
+        when a page is pushed to a session's subscribers (`feed.push`), so it
+        goes straight to the ASGI server's send.
+        """
+        text = page.encoded("ws", partial(self.message, page))
+        await self.base_send({"type": "websocket.send", "text": text})
 
     def message(self, page: Page) -> str:
         """The `artifact_created` message of a page, as JSON text."""

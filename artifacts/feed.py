@@ -16,7 +16,8 @@ sequence is `CursorAhead`, one below what retention kept is `CursorExpired`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Hashable, Mapping
+import logging
+from collections.abc import AsyncGenerator, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from attachments.models import Session
 from attachments.selection import FileFilters
 from attachments.sessions import validate_session_id
 
+from . import eager
 from .conf import conf
 from .exceptions import CursorAhead, CursorExpired
 from .models import ArtifactEvent, EventStream
@@ -36,6 +38,8 @@ from .serializers import FeedParameters, LongPollParameters
 from .wakeups import SessionWatch, hub
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -296,7 +300,19 @@ def _timed_out(page: Page) -> Page:
     return _timed_out_at(page.next_cursor)
 
 
-async def poll(session_id: str, query: FeedQuery, since: float | None = None) -> Page:
+def _expire(on_timeout: Callable[[Page], None], last: list[Page]) -> None:
+    # A deadline that passes while the read is in flight is left to the
+    # waiter's task, which sees it once the read is done.
+    if last:
+        on_timeout(_timed_out(last[-1]))
+
+
+async def poll(
+    session_id: str,
+    query: FeedQuery,
+    since: float | None = None,
+    on_timeout: Callable[[Page], None] | None = None,
+) -> Page:
     """
     The next page after the cursor. With `wait_seconds`, a page with nothing
     to return waits for a matching event (woken by the process's hub, see
@@ -304,7 +320,11 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
     once when the process shuts down. The deadline counts from `since` (loop
     time; when the request arrived), else from now. A waiter at the session's
     head as this process knows it neither reads before waiting nor at its
-    deadline.
+    deadline. `on_timeout(page)` is called at the deadline with the
+    timed-out page that `poll` then returns, from the callback that expires
+    every waiter due at that moment, before their tasks resume: ten thousand
+    long-polls falling due together can have their answers sent from there,
+    each as soon as its turn comes.
     """
     validate_session_id(session_id)
     loop = asyncio.get_running_loop()
@@ -324,9 +344,14 @@ async def poll(session_id: str, query: FeedQuery, since: float | None = None) ->
     async with current.watch(session_id) as watch:
         while True:
             # Taken before the read: a commit during the read resolves it.
-            news = watch.news(deadline)
+            # The page to time out with, once this round's read has found it.
+            last: list[Page] = []
+            news = watch.news(
+                deadline, None if on_timeout is None else partial(_expire, on_timeout, last)
+            )
             try:
                 page = await _read_unless_known(watch, session_id, query)
+                last.append(page)
                 query = replace(query, after=page.next_cursor)
                 if page.events or page.has_more:
                     return page
@@ -370,3 +395,183 @@ async def follow(
                     yield None
             finally:
                 news.cancel()
+
+
+SendPage = Callable[[Page], Coroutine[Any, Any, None]]
+
+
+class _Subscriber:
+    """A `push` subscriber's state, shared between its task and its group."""
+
+    __slots__ = ("send", "query", "wake", "group", "sending", "failure")
+
+    def __init__(self, send: SendPage, query: FeedQuery) -> None:
+        self.send = send
+        self.query = query
+        self.wake: asyncio.Future[bool] | None = None
+        self.group: _Pushed | None = None
+        # A send the group began that did not finish at once, and an error a
+        # send raised: the subscriber's task takes them over (`resume`).
+        self.sending: asyncio.Task[None] | None = None
+        self.failure: Exception | None = None
+
+    def deliver(self, page: Page) -> bool:
+        """Send `page` now; False if the subscriber's task must take over."""
+        try:
+            self.sending = eager.start(self.send(page))
+        except Exception as exc:
+            self.failure = exc
+            return False
+        return self.sending is None
+
+    def hand_back(self) -> None:
+        """Let the subscriber's task go on from its cursor."""
+        self.group = None
+        if self.wake is not None and not self.wake.done():
+            self.wake.set_result(True)
+
+    async def resume(self) -> FeedQuery:
+        """In the subscriber's task: finish what the group began; the cursor to read from."""
+        sending, self.sending = self.sending, None
+        if sending is not None:
+            await sending
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            raise failure
+        return self.query
+
+    def leave(self) -> None:
+        if self.group is not None:
+            self.group.members.discard(self)
+            self.group = None
+        if self.sending is not None:
+            # Stopped before it wrote anything (the socket was not writable).
+            self.sending.cancel()
+
+
+class _Pushed:
+    """
+    The `push` subscribers of one session at one cursor and filters. The
+    wake-up that moves the session's head reads their page once and sends it
+    to each of them from one callback (`woken`); they then wait together at
+    the next cursor.
+    """
+
+    def __init__(self, watch: SessionWatch, session_id: str, query: FeedQuery) -> None:
+        self.watch = watch
+        self.session_id = session_id
+        self.query = query
+        self.members: set[_Subscriber] = set()
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def woken(self, read: asyncio.Future[Any] | None) -> None:
+        members = [m for m in self.members if m.wake is not None and not m.wake.done()]
+        self.members.clear()
+        try:
+            self._serve(read, members)
+        except Exception:
+            # A bug must not strand the subscribers: their tasks read again.
+            logger.exception("Pushing artifact events failed")
+            for member in members:
+                member.hand_back()
+
+    def _serve(self, read: asyncio.Future[Any] | None, members: list[_Subscriber]) -> None:
+        if read is None or read.cancelled() or read.exception() is not None:
+            # Nothing to send (a shutdown or purge), or the read failed:
+            # each subscriber's task reads again and reports what it finds.
+            for member in members:
+                member.hand_back()
+            return
+        page: Page = read.result()
+        query = self.query
+        if page.events or page.next_cursor != query.after:
+            query = replace(query, after=page.next_cursor)
+            for member in members:
+                member.query = query
+            if page.events:
+                members = self._send(page, members)
+            if page.has_more:
+                for member in members:
+                    member.hand_back()
+                return
+        _wait_together(self.watch, self.session_id, query, members)
+
+    def _send(self, page: Page, members: list[_Subscriber]) -> list[_Subscriber]:
+        """Send the page to every member; those whose send did not finish go back to their task."""
+        kept = []
+        for member in members:
+            if member.deliver(page):
+                kept.append(member)
+            else:
+                member.hand_back()
+        return kept
+
+
+def _wait_together(
+    watch: SessionWatch, session_id: str, query: FeedQuery, members: list[_Subscriber]
+) -> None:
+    """
+    Have `members`, whose cursor is `query.after`, served by the session's
+    next news: read now if the process already knows of events after the
+    cursor (a commit came while their last page was read), else wait in the
+    group of that cursor for the next wake-up.
+    """
+    if not members:
+        return
+    if watch.gone or hub().draining:
+        for member in members:
+            member.hand_back()
+        return
+    key, read = _page_read(session_id, query)
+    if query.after is not None and query.after < watch.head:
+        group = _Pushed(watch, session_id, query)
+        watch.shared(key, read).add_done_callback(group.woken)
+    else:
+        group = watch.join(key, read, partial(_Pushed, watch, session_id, query))
+    group.members.update(members)
+    for member in members:
+        member.group = group
+
+
+async def push(session_id: str, query: FeedQuery, send: SendPage) -> None:
+    """
+    `follow` for a subscriber whose pages go to `send(page)` (pages with
+    events only), for as long as the subscription lasts. Once the subscriber
+    has caught up, it waits in the group of the subscribers at its cursor and
+    filters (`_Pushed`): a commit then costs one read and one callback that
+    sends the page to each of them, not a resumed task per subscriber. Its
+    own task takes over again, from the cursor the group left it at, when a
+    page has more after it, when a send could not finish at once (a slow
+    client) or failed, and on a wake-up without news (a purge: the read
+    that follows raises `SessionNotFound`; a shutdown: `push` returns).
+    """
+    current = hub()
+    subscriber = _Subscriber(send, query)
+    async with current.watch(session_id) as watch:
+        try:
+            while True:
+                # Taken before the read: a commit during the read resolves it.
+                news = watch.news()
+                try:
+                    page = await _read_unless_known(watch, session_id, query)
+                    if page.events:
+                        await send(page)
+                    if page.next_cursor != query.after:
+                        query = replace(query, after=page.next_cursor)
+                    if page.has_more:
+                        continue
+                    if current.draining:
+                        return
+                    if not watch.withdraw(news):
+                        continue
+                    subscriber.wake = news
+                    subscriber.query = query
+                    _wait_together(watch, session_id, query, [subscriber])
+                    await news
+                    query = await subscriber.resume()
+                finally:
+                    news.cancel()
+        finally:
+            subscriber.leave()

@@ -36,7 +36,7 @@ from attachments.exceptions import server_error_response
 from attachments.header_policy import describe, prepare_headers, through_middleware
 from attachments.uploads_asgi import resolve_http
 
-from . import shutdown
+from . import eager, shutdown
 from .admission import admission
 from .authorization import authorize
 from .conf import conf
@@ -112,7 +112,13 @@ class EventFeedMiddleware:
             # answered together each pass through here.
             departure = _Departure(receive)
             try:
-                await self._respond(route, scope, send, arrived)
+                # In a burst, the work below waits its turn so that the loop
+                # keeps reading (and stamping) new arrivals
+                # (`artifacts.admission`); watching for the client's
+                # departure is part of that work.
+                await admission().turn()
+                departure.start()
+                await self._respond(route, scope, send, arrived, departure)
             except asyncio.CancelledError:
                 if not departure.forgive():
                     raise
@@ -120,12 +126,14 @@ class EventFeedMiddleware:
                 departure.close()
 
     async def _respond(
-        self, route: tuple[str, str], scope: Scope, send: Send, arrived: float
+        self,
+        route: tuple[str, str],
+        scope: Scope,
+        send: Send,
+        arrived: float,
+        departure: _Departure,
     ) -> None:
         view_name, session_id = route
-        # In a burst, the work below waits its turn so that the loop keeps
-        # reading (and stamping) new arrivals (`artifacts.admission`).
-        await admission().turn()
         # The request as Django would see it (no body: these are GETs), for
         # its host check and for the header middleware.
         request = ASGIRequest(scope, io.BytesIO())
@@ -152,10 +160,17 @@ class EventFeedMiddleware:
         params = dict(parse_qsl(query_string, keep_blank_values=True))
         try:
             if view_name == PAGE_VIEW:
+                # A long-poll that times out is answered from the callback
+                # that expires every waiter due at that moment (`feed.poll`):
+                # ten thousand falling due together have their answers sent
+                # one after another, before their tasks resume to finish.
+                answer = _EarlyAnswer(send, page_headers, departure)
                 status, body = await respond_page(
-                    session_id, params, lambda: authorize(scope, session_id), arrived
+                    session_id, params, lambda: authorize(scope, session_id), arrived, answer
                 )
-                if status == 200:
+                if answer.started:
+                    await answer.finished()
+                elif status == 200:
                     await _send_prepared(send, page_headers, body)
                 else:
                     await _send_response(send, request, page_response(status, body))
@@ -201,11 +216,17 @@ class _Departure:
     """
 
     def __init__(self, receive: Receive) -> None:
+        self._receive = receive
         self._task = asyncio.current_task()
         self._cancels = 0
         self._open = True
-        self._listener = asyncio.create_task(_until_disconnect(receive))
-        self._listener.add_done_callback(self._left)
+        self._listener: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start listening (until then, a departure goes unnoticed)."""
+        if self._open and self._listener is None:
+            self._listener = asyncio.create_task(_until_disconnect(self._receive))
+            self._listener.add_done_callback(self._left)
 
     def _left(self, listener: asyncio.Task[None]) -> None:
         if not self._open or listener.cancelled() or listener.exception() is not None:
@@ -230,7 +251,8 @@ class _Departure:
 
     def close(self) -> None:
         self._open = False
-        self._listener.cancel()
+        if self._listener is not None:
+            self._listener.cancel()
 
 
 async def _send_response(
@@ -244,6 +266,38 @@ async def _send_response(
         response["Content-Length"] = str(len(content))
     await send(describe(response))
     await send({"type": "http.response.body", "body": content})
+
+
+class _EarlyAnswer:
+    """A long-poll's 200, sent at its deadline from outside its task (see `_respond`)."""
+
+    def __init__(
+        self, send: Send, headers: list[tuple[bytes, bytes]], departure: _Departure
+    ) -> None:
+        self._send = send
+        self._headers = headers
+        self._departure = departure
+        self.started = False
+        self._rest: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
+
+    def __call__(self, body: bytes) -> None:
+        self.started = True
+        # Answered: a client leaving from now on (or the server's own
+        # http.disconnect once the response is complete) cancels nothing.
+        self._departure.close()
+        try:
+            # At once, unless the socket cannot take it (a task then finishes).
+            self._rest = eager.start(_send_prepared(self._send, self._headers, body))
+        except Exception as exc:
+            self._failure = exc
+
+    async def finished(self) -> None:
+        """In the request's task: wait for the rest of the send, or raise what it raised."""
+        if self._rest is not None:
+            await self._rest
+        if self._failure is not None:
+            raise self._failure
 
 
 async def _send_prepared(send: Send, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

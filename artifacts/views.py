@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -34,7 +35,7 @@ from attachments.exceptions import ApiError, error_payload
 from attachments.openapi import ErrorSerializer
 
 from . import sse
-from .feed import parse_query, poll
+from .feed import Page, parse_query, poll
 from .serializers import EventPageSerializer, FeedParameters, LongPollParameters
 
 PAGE_HEADERS = {"Cache-Control": "no-store"}
@@ -45,7 +46,11 @@ Authorize = Callable[[], Awaitable[object]]
 
 
 async def respond_page(
-    session_id: str, params: Mapping[str, str], authorize: Authorize, since: float | None = None
+    session_id: str,
+    params: Mapping[str, str],
+    authorize: Authorize,
+    since: float | None = None,
+    on_timeout: Callable[[bytes], None] | None = None,
 ) -> tuple[int, bytes]:
     """
     Status and JSON body (encoded) of `GET .../artifact-events`. `authorize`
@@ -54,14 +59,28 @@ async def respond_page(
     `wait_seconds` counts from `since` (event-loop time the request arrived),
     else from now. Long-polls answered with the same page share one encoding
     of it (`Page.encoded`): ten thousand timing out together at the head of a
-    session send the same bytes.
+    session send the same bytes. `on_timeout(body)` gets the 200's body at
+    the deadline, before this returns it (see `feed.poll`).
     """
     try:
         await authorize()
-        page = await poll(session_id, parse_query(params), since)
+        page = await poll(
+            session_id,
+            parse_query(params),
+            since,
+            None if on_timeout is None else partial(_answer_timeout, on_timeout),
+        )
     except ApiError as exc:
         return exc.status_code, encode_json(error_payload(exc))
-    return 200, page.encoded("json", lambda: encode_json(page.to_json()))
+    return 200, _page_body(page)
+
+
+def _page_body(page: Page) -> bytes:
+    return page.encoded("json", lambda: encode_json(page.to_json()))
+
+
+def _answer_timeout(on_timeout: Callable[[bytes], None], page: Page) -> None:
+    on_timeout(_page_body(page))
 
 
 def encode_json(payload: dict[str, Any]) -> bytes:

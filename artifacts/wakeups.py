@@ -40,6 +40,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 
 from attachments.models import Session
 
+from . import collection
 from .conf import conf
 from .events import NOTIFICATION_TYPE
 from .groups import events_group
@@ -47,6 +48,7 @@ from .groups import events_group
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+G = TypeVar("G", bound="Group")
 
 # channels-redis forgets group members after a day by default; long-lived
 # subscriptions re-join well before that.
@@ -64,12 +66,28 @@ PROBE_CHANNEL = "artifact-events.probe"
 # Waiters' deadlines are kept to this resolution (seconds), so that those
 # falling due together are answered together.
 DEADLINE_RESOLUTION = 0.05
+# A slot of at least this many waiters holds off the garbage collector until
+# this long after the last such slot (`artifacts.collection`).
+HOLD_COLLECTION_BATCH = 100
+HOLD_COLLECTION_SECONDS = 0.5
 # The WebSocket close code for "the server is restarting; reconnect".
 SERVICE_RESTART = 1012
 
 
 class Closable(Protocol):
     async def close(self, code: int | bool | None = None) -> None: ...
+
+
+class Group(Protocol):
+    """
+    Subscribers that a wake-up serves together, without resuming their tasks
+    (see `SessionWatch.join`): `woken` gets the read they share once it is
+    done, or None for a wake-up without news to read (a shutdown, a purge).
+    """
+
+    def __len__(self) -> int: ...
+
+    def woken(self, read: asyncio.Future[Any] | None) -> None: ...
 
 
 class Deadlines:
@@ -81,20 +99,39 @@ class Deadlines:
     """
 
     def __init__(self) -> None:
-        self._slots: dict[int, list[asyncio.Future[bool]]] = {}
+        self._slots: dict[int, list[tuple[asyncio.Future[bool], Callable[[], None] | None]]] = {}
 
-    def add(self, future: asyncio.Future[bool], deadline: float) -> None:
+    def add(
+        self,
+        future: asyncio.Future[bool],
+        deadline: float,
+        on_expire: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        Resolve `future` to False at `deadline` unless it is done by then,
+        calling `on_expire()` first (see `SessionWatch.news`).
+        """
         slot = math.ceil(deadline / DEADLINE_RESOLUTION)
         batch = self._slots.get(slot)
         if batch is None:
             batch = self._slots[slot] = []
             asyncio.get_running_loop().call_at(slot * DEADLINE_RESOLUTION, self._expire, slot)
-        batch.append(future)
+        batch.append((future, on_expire))
 
     def _expire(self, slot: int) -> None:
-        for future in self._slots.pop(slot, ()):
-            if not future.done():
-                future.set_result(False)
+        batch = self._slots.pop(slot, ())
+        if len(batch) >= HOLD_COLLECTION_BATCH:
+            # Many answers fall due: no collector pauses until they are out.
+            collection.hold(HOLD_COLLECTION_SECONDS)
+        for future, on_expire in batch:
+            if future.done():
+                continue
+            if on_expire is not None:
+                try:
+                    on_expire()
+                except Exception:
+                    logger.exception("Answering a waiter at its deadline failed")
+            future.set_result(False)
 
 
 class SessionWatch:
@@ -113,12 +150,18 @@ class SessionWatch:
         self._waiters: set[asyncio.Future[bool]] = set()
         # Waiters that said which read they make once woken (`expect`).
         self._expected: dict[Hashable, tuple[Callable[[], Any], set[asyncio.Future[bool]]]] = {}
+        # Groups of subscribers served by the next wake-up (`join`).
+        self._groups: dict[Hashable, tuple[Callable[[], Any], Group]] = {}
         self._reads: dict[Hashable, asyncio.Task[Any]] = {}
 
     @property
     def waiting(self) -> int:
         """How many local readers wait for the next wake-up."""
-        return len(self._waiters) + sum(len(futures) for _, futures in self._expected.values())
+        return (
+            len(self._waiters)
+            + sum(len(futures) for _, futures in self._expected.values())
+            + sum(len(group) for _, group in self._groups.values())
+        )
 
     def knows_nothing_after(self, cursor: int | None) -> bool:
         """
@@ -129,17 +172,22 @@ class SessionWatch:
         """
         return self.subscribed and not self.gone and cursor is not None and cursor == self.head
 
-    def news(self, deadline: float | None = None) -> asyncio.Future[bool]:
+    def news(
+        self, deadline: float | None = None, on_expire: Callable[[], None] | None = None
+    ) -> asyncio.Future[bool]:
         """
         A future that resolves to True at the next wake-up, or to False at
         `deadline` (loop time). Take it *before* reading the database, so that
-        a change committed during the read is not missed.
+        a change committed during the read is not missed. `on_expire()` runs
+        at the deadline, just before the future resolves, in the one callback
+        that expires every waiter due then: a waiter can have its answer
+        sent from there rather than when its task resumes.
         """
         future = asyncio.get_running_loop().create_future()
         self._waiters.add(future)
         future.add_done_callback(self._waiters.discard)
         if deadline is not None:
-            self._deadlines.add(future, deadline)
+            self._deadlines.add(future, deadline, on_expire)
         return future
 
     def expect(
@@ -165,6 +213,35 @@ class SessionWatch:
             entry = self._expected[key] = (read, set())
         entry[1].add(future)
         future.add_done_callback(entry[1].discard)
+
+    def withdraw(self, future: asyncio.Future[bool]) -> bool:
+        """
+        Take the waiter of `future` (from `news`) off the next wake-up, for it
+        to wait in a group (`join`) instead. False if the wake-up has already
+        come for it: it must read again.
+        """
+        if future.done() or future not in self._waiters:
+            return False
+        self._waiters.discard(future)
+        return True
+
+    def join(
+        self,
+        key: Hashable,
+        read: Callable[[], Coroutine[Any, Any, Any]],
+        make: Callable[[], G],
+    ) -> G:
+        """
+        The group waiting under `key` for the next wake-up, made by `make()`
+        if there is none. A wake-up that moves the head starts `read()`
+        (shared under `key` with the waiters that `expect` it) and hands it
+        to the group's `woken` once it is done, so that one callback serves
+        every subscriber at that cursor; one without news calls `woken(None)`.
+        """
+        entry = self._groups.get(key)
+        if entry is None:
+            entry = self._groups[key] = (read, make())
+        return entry[1]  # type: ignore[return-value]
 
     def shared(
         self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]
@@ -206,6 +283,7 @@ class SessionWatch:
         """
         waiters, self._waiters = self._waiters, set()
         expected, self._expected = self._expected, {}
+        groups, self._groups = self._groups, {}
         # Reads begun before this wake-up may have missed its news.
         self._reads = {}
         for key, (read, futures) in expected.items():
@@ -215,6 +293,13 @@ class SessionWatch:
                     self.shared(key, read).add_done_callback(partial(_resolve, pending))
             else:
                 waiters.update(futures)
+        for key, (read, group) in groups.items():
+            if not len(group):
+                continue
+            if read_first:
+                self.shared(key, read).add_done_callback(group.woken)
+            else:
+                group.woken(None)
         _resolve(waiters)
 
 

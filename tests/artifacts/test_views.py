@@ -149,6 +149,19 @@ async def test_a_poll_with_nothing_new_times_out_at_its_deadline(get):
     assert 0.4 <= elapsed < 5
 
 
+async def test_a_timed_out_poll_carries_the_same_headers_as_an_immediate_page():
+    # Through the ASGI path the timed-out answer is sent from the deadline's
+    # callback, with the headers the middleware set when the request arrived.
+    await create("w4", "a.txt")
+    async with asgi_client() as client:
+        immediate = await client.get(EVENTS.format("w4") + "?after=0")
+        timed_out = await client.get(EVENTS.format("w4") + "?after=1&wait_seconds=0.2")
+    assert timed_out.json()["timed_out"] is True
+    assert int(timed_out.headers["content-length"]) == len(timed_out.content)
+    for name in ("content-type", "cache-control", "x-content-type-options"):
+        assert timed_out.headers[name] == immediate.headers[name]
+
+
 async def test_without_wait_seconds_an_empty_page_returns_at_once(get):
     await create("w4")
     status, body, _ = await get(EVENTS.format("w4"))
