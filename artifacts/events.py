@@ -25,6 +25,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
+from attachments import statements
 from attachments.models import Attachment, Session
 
 from .conf import conf
@@ -80,7 +81,11 @@ def append_created_events(session: Session, attachments: Sequence[Attachment]) -
             _event_for(attachment, first + offset, ArtifactEvent.ChangeType.CREATED)
             for offset, attachment in enumerate(attachments)
         ]
-        ArtifactEvent.objects.bulk_create(events)
+        if statements.raw_statements():
+            # One INSERT written once per vendor; bulk_create compiled it per upload.
+            statements.insert(events)
+        else:
+            ArtifactEvent.objects.bulk_create(events)
         _apply_retention(stream)
     _announce_on_commit(session.session_id, stream.last_sequence)
 
@@ -93,7 +98,7 @@ def _allocate_sequences(session_pk: int, count: int) -> EventStream:
     the counter and writing it back took two statements of every upload's
     transaction.
     """
-    if connection.vendor not in ("sqlite", "postgresql"):
+    if not statements.raw_statements():
         stream, _created = EventStream.objects.get_or_create(session_id=session_pk)
         stream.last_sequence += count
         stream.save(update_fields=["last_sequence"])

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import shutil
 import threading
@@ -50,6 +51,7 @@ from typing import Any
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 
+from . import statements
 from .conf import conf
 from .exceptions import SessionNotFound, classify_server_error
 from .manifest import AttachmentEntry, Manifest, PreparedManifest
@@ -352,12 +354,32 @@ def _admit_batch(session: Session, batch: list[PendingFile]) -> list[PendingFile
 
 def _count_in(session: Session, items: list[PendingFile], live_only: bool = False) -> bool:
     """Add `items` to the session's usage counters; False if it matched no (live) session."""
-    sessions = Session.objects.live() if live_only else Session.objects.all()
-    moved = sessions.filter(pk=session.pk).update(
-        used_files=F("used_files") + len(items),
-        used_bytes=F("used_bytes") + sum(item.entry.size for item in items),
+    files, size = len(items), sum(item.entry.size for item in items)
+    if not statements.raw_statements():
+        sessions = Session.objects.live() if live_only else Session.objects.all()
+        moved = sessions.filter(pk=session.pk).update(
+            used_files=F("used_files") + files, used_bytes=F("used_bytes") + size
+        )
+        return moved > 0
+    with connection.cursor() as cursor:
+        cursor.execute(_count_statement(connection.vendor, live_only), [files, size, session.pk])
+        return cursor.rowcount > 0
+
+
+# Written once per database vendor, as the rows' and events' INSERTs are
+# (attachments.statements): the ORM built it for every batch.
+@functools.cache
+def _count_statement(vendor: str, live_only: bool) -> str:
+    meta = Session._meta
+    quote = connection.ops.quote_name
+    files, size, purged_at = (
+        quote(meta.get_field(name).column) for name in ("used_files", "used_bytes", "purged_at")
     )
-    return moved > 0
+    sql = (
+        f"UPDATE {quote(meta.db_table)} SET {files} = {files} + %s, {size} = {size} + %s "
+        f"WHERE {quote(meta.pk.column)} = %s"
+    )
+    return f"{sql} AND {purged_at} IS NULL" if live_only else sql
 
 
 def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingFile, Attachment]:
@@ -371,7 +393,10 @@ def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingF
         )
         for item in accepted
     ]
-    Attachment.objects.bulk_create(rows)
+    if statements.raw_statements():
+        statements.insert(rows)
+    else:
+        Attachment.objects.bulk_create(rows)
     attachments_recorded.send(sender=Attachment, session=session, attachments=rows)
     return dict(zip(accepted, rows, strict=True))
 
