@@ -30,6 +30,7 @@ Entry points, one per layer, all ending in `session_for()`:
 from __future__ import annotations
 
 import copy
+import functools
 import hmac
 import io
 from collections.abc import Sequence
@@ -44,13 +45,14 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
+from django.db import connection
 from django.http import HttpRequest, QueryDict
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.datastructures import MultiValueDict
 from django.utils.http import is_same_domain
 from rest_framework.authentication import BaseAuthentication
 
-from . import links
+from . import links, statements
 from .conf import conf
 from .exceptions import CsrfFailed, SessionNotFound
 from .identifiers import hash_token
@@ -151,8 +153,34 @@ def session_for(
     request lacked its CSRF token and presented nothing else.
     """
     valid_id = validate_session_id(session_id)
-    session = Session.objects.live().filter(session_id=valid_id).first()
-    return _reached(credentials, session, target)
+    return _reached(credentials, _live_session(valid_id), target)
+
+
+def _live_session(session_id: str) -> Session | None:
+    """The live session `session_id`, or None: every session-scoped request's one query."""
+    if not statements.raw_statements():
+        return Session.objects.live().filter(session_id=session_id).first()
+    with connection.cursor() as cursor:
+        cursor.execute(_live_session_statement(connection.vendor), [session_id])
+        row = cursor.fetchone()
+    return None if row is None else statements.from_row(Session, row)
+
+
+# Written once per database vendor: the ORM compiled it for every request,
+# which cost more than running it.
+@functools.cache
+def _live_session_statement(vendor: str) -> str:
+    meta = Session._meta
+    quote = connection.ops.quote_name
+    columns, _fields = statements.select_list(vendor, Session)
+    session_id, purged_at = (
+        quote(meta.get_field(name).column) for name in ("session_id", "purged_at")
+    )
+    # session_id is unique: no ordering or limit to add.
+    return (
+        f"SELECT {columns} FROM {quote(meta.db_table)} "
+        f"WHERE {session_id} = %s AND {purged_at} IS NULL"
+    )
 
 
 def _reached(
