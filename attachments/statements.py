@@ -26,7 +26,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import AutoField, Field, Model
 from django.db.models.expressions import Col
 
@@ -66,20 +66,23 @@ def _converted(vendor: str, model: type[Model]) -> tuple[tuple[int, Field, Col],
 
 def from_row(model: type[M], row: Sequence[Any]) -> M:
     """An instance of `model` from a row of `select_list()`'s columns, as a queryset yields it."""
-    converted = _converted(connection.vendor, model)
+    db = connections[DEFAULT_DB_ALIAS]
+    converted = _converted(db.vendor, model)
     if converted:
         values = list(row)
         for index, field, col in converted:
             value = values[index]
             # The converters are the current connection's, as the ORM's are.
-            for convert in connection.ops.get_db_converters(col) + field.get_db_converters(
-                connection
-            ):
-                value = convert(value, col, connection)
+            for convert in db.ops.get_db_converters(col) + field.get_db_converters(db):
+                value = convert(value, col, db)
             values[index] = value
         row = values
-    names = [field.attname for field in model._meta.concrete_fields]
-    return model.from_db(connection.alias, names, row)
+    return model.from_db(db.alias, _attnames(model), row)
+
+
+@functools.cache
+def _attnames(model: type[Model]) -> tuple[str, ...]:
+    return tuple(field.attname for field in model._meta.concrete_fields)
 
 
 @functools.cache
@@ -107,25 +110,29 @@ def insert(objs: Sequence[Model]) -> None:
     """
     if not objs:
         return
+    # The connection itself, not the proxy that looks it up at every use.
+    db = connections[DEFAULT_DB_ALIAS]
     model = type(objs[0])
-    head, row, tail, fields = _insert_statement(connection.vendor, model)
+    head, row, tail, fields = _insert_statement(db.vendor, model)
     for obj in objs:
         obj._prepare_related_fields_for_save(operation_name="bulk_create")
-    per_statement = max(connection.ops.bulk_batch_size(list(fields), objs), 1)
+    per_statement = 1
+    if len(objs) > 1:
+        per_statement = max(db.ops.bulk_batch_size(list(fields), objs), 1)
     chunks = [objs[start : start + per_statement] for start in range(0, len(objs), per_statement)]
     # More than one statement needs a transaction around them, as bulk_create's.
     several = len(chunks) > 1
     with transaction.atomic(savepoint=False) if several else contextlib.nullcontext():
         for chunk in chunks:
             params = [
-                field.get_db_prep_save(field.pre_save(obj, True), connection)
+                field.get_db_prep_save(field.pre_save(obj, True), db)
                 for obj in chunk
                 for field in fields
             ]
-            with connection.cursor() as cursor:
+            with db.cursor() as cursor:
                 cursor.execute(head + ", ".join([row] * len(chunk)) + tail, params)
                 keys = cursor.fetchall()
             for obj, (key,) in zip(chunk, keys, strict=True):
                 obj.pk = key
                 obj._state.adding = False
-                obj._state.db = connection.alias
+                obj._state.db = db.alias
