@@ -328,16 +328,9 @@ def _admit_batch(session: Session, batch: list[PendingFile]) -> list[PendingFile
         if not _count_in(session, batch, live_only=True):
             raise SessionNotFound()
         return list(batch)
-    row = (
-        Session.objects.live()
-        .select_for_update()
-        .filter(pk=session.pk)
-        .values("used_files", "used_bytes")
-        .first()
-    )
-    if row is None:
+    used = _locked_usage(session)
+    if used is None:
         raise SessionNotFound()
-    used = Usage(files=row["used_files"], bytes=row["used_bytes"])
     accepted: list[PendingFile] = []
     added_bytes = 0
     for item in batch:
@@ -350,6 +343,41 @@ def _admit_batch(session: Session, batch: list[PendingFile]) -> list[PendingFile
     if accepted:
         _count_in(session, accepted)
     return accepted
+
+
+def _locked_usage(session: Session) -> Usage | None:
+    """Lock the session's row and read its counters; None if it is purged or gone."""
+    if not statements.raw_statements():
+        row = (
+            Session.objects.live()
+            .select_for_update()
+            .filter(pk=session.pk)
+            .values("used_files", "used_bytes")
+            .first()
+        )
+        return None if row is None else Usage(files=row["used_files"], bytes=row["used_bytes"])
+    with connection.cursor() as cursor:
+        cursor.execute(_usage_statement(connection.vendor), [session.pk])
+        found = cursor.fetchone()
+    return None if found is None else Usage(files=found[0], bytes=found[1])
+
+
+@functools.cache
+def _usage_statement(vendor: str) -> str:
+    meta = Session._meta
+    quote = connection.ops.quote_name
+    files, size, purged_at = (
+        quote(meta.get_field(name).column) for name in ("used_files", "used_bytes", "purged_at")
+    )
+    sql = (
+        f"SELECT {files}, {size} FROM {quote(meta.db_table)} "
+        f"WHERE {quote(meta.pk.column)} = %s AND {purged_at} IS NULL"
+    )
+    # As select_for_update() does: SQLite has no row locks (its writer lock,
+    # taken by the transaction, serialises the batches).
+    if connection.features.has_select_for_update:
+        sql = f"{sql} {connection.ops.for_update_sql()}"
+    return sql
 
 
 def _count_in(session: Session, items: list[PendingFile], live_only: bool = False) -> bool:

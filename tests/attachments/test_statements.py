@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from artifacts.events import append_created_events
@@ -268,3 +269,15 @@ def test_values_are_prepared_by_the_fields_not_by_the_driver():
     with transaction.atomic():
         statements.insert([row])
     assert stored(Attachment, row.pk, ("id",))["size"][0] == "5"
+
+
+def test_the_quota_check_locks_the_row_as_select_for_update_does(path, settings):
+    settings.ATTACHMENTS_SESSION_MAX_BYTES = 10**6
+    session = new_session()
+    with CaptureQueriesContext(connection) as queries:
+        accept_upload(session, receive(session, "a.txt", b"a"))
+    reads = [
+        q["sql"] for q in queries if q["sql"].startswith("SELECT") and "used_files" in q["sql"]
+    ]
+    assert len(reads) == 1
+    assert reads[0].endswith("FOR UPDATE") is connection.features.has_select_for_update
