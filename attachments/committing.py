@@ -362,17 +362,20 @@ def _locked_usage(session: Session) -> Usage | None:
     return None if found is None else Usage(files=found[0], bytes=found[1])
 
 
-@functools.cache
-def _usage_statement(vendor: str) -> str:
+def _counter_columns() -> tuple[str, str, str, str, str]:
+    """The session table and its pk, usage counters and purge columns, quoted."""
     meta = Session._meta
     quote = connection.ops.quote_name
     files, size, purged_at = (
         quote(meta.get_field(name).column) for name in ("used_files", "used_bytes", "purged_at")
     )
-    sql = (
-        f"SELECT {files}, {size} FROM {quote(meta.db_table)} "
-        f"WHERE {quote(meta.pk.column)} = %s AND {purged_at} IS NULL"
-    )
+    return quote(meta.db_table), quote(meta.pk.column), files, size, purged_at
+
+
+@functools.cache
+def _usage_statement(vendor: str) -> str:
+    table, pk, files, size, purged_at = _counter_columns()
+    sql = f"SELECT {files}, {size} FROM {table} WHERE {pk} = %s AND {purged_at} IS NULL"
     # As select_for_update() does: SQLite has no row locks (its writer lock,
     # taken by the transaction, serialises the batches).
     if connection.features.has_select_for_update:
@@ -398,15 +401,8 @@ def _count_in(session: Session, items: list[PendingFile], live_only: bool = Fals
 # (attachments.statements): the ORM built it for every batch.
 @functools.cache
 def _count_statement(vendor: str, live_only: bool) -> str:
-    meta = Session._meta
-    quote = connection.ops.quote_name
-    files, size, purged_at = (
-        quote(meta.get_field(name).column) for name in ("used_files", "used_bytes", "purged_at")
-    )
-    sql = (
-        f"UPDATE {quote(meta.db_table)} SET {files} = {files} + %s, {size} = {size} + %s "
-        f"WHERE {quote(meta.pk.column)} = %s"
-    )
+    table, pk, files, size, purged_at = _counter_columns()
+    sql = f"UPDATE {table} SET {files} = {files} + %s, {size} = {size} + %s WHERE {pk} = %s"
     return f"{sql} AND {purged_at} IS NULL" if live_only else sql
 
 
