@@ -357,6 +357,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.profile:
+        if shutil.which("py-spy") is None:
+            parser.error("--profile needs py-spy on the PATH (.venv/bin/pip install py-spy)")
         global PROFILE_DIR
         PROFILE_DIR = Path(args.profile).resolve()
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
