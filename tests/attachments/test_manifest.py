@@ -218,3 +218,40 @@ def test_copies_written_ahead_are_removed_at_exit(tmp_path: Path):
     with manifest.edit() as document:  # and saves go on, written whole
         document.append(entry("att_new"))
     assert manifest.read().attachments[-1].attachment_id == "att_new"
+
+
+def _append_entries(session_path: str, worker: int, count: int) -> None:
+    manifest = Manifest(Path(session_path), "s1")
+    for i in range(count):
+        with manifest.edit() as document:
+            document.append(entry(f"att_w{worker:02d}i{i:08d}"))
+
+
+def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_files(
+    tmp_path: Path,
+):
+    """Each process writes ahead for its own next save; another's save makes that copy stale."""
+    manifest = _large_manifest(tmp_path)
+    before = [e.attachment_id for e in manifest.read().attachments]
+    workers, per_worker = 4, 30
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_append_entries, args=(str(tmp_path), w, per_worker))
+        for w in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+        assert process.exitcode == 0
+    data = json.loads(manifest.path.read_bytes())
+    ids = [e["attachment_id"] for e in data["attachments"]]
+    assert ids[: len(before)] == before
+    assert sorted(ids[len(before) :]) == sorted(
+        f"att_w{w:02d}i{i:08d}" for w in range(workers) for i in range(per_worker)
+    )
+    assert len(ids) == len(set(ids))
+    # Whole, as a full encoding of what it holds writes it.
+    assert manifest.path.read_bytes() == manifest.read().to_json().encode("utf-8")
+    # The processes removed their copies when they exited; this one's is left.
+    assert len(_temp_files(manifest)) <= 1
