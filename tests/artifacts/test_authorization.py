@@ -70,6 +70,22 @@ def test_each_request_gets_its_own_verdict_from_one_query(sessions, django_asser
         check(outcome, expected)
 
 
+def test_callers_of_one_session_get_their_own_verdicts_from_one_query(
+    sessions, django_assert_num_queries
+):
+    first, second, _third = sessions
+    requests = [
+        (scope_for(first.session_id, first.token), first.session_id, first.session_id),
+        (scope_for(first.session_id, second.token), first.session_id, SessionNotFound),
+        (scope_for(first.session_id), first.session_id, SessionNotFound),
+        (scope_for("bad id!", first.token), "bad id!", InvalidSessionId),
+    ] * 10
+    with django_assert_num_queries(1):
+        outcomes = authorize_scopes_sync([(scope, sid) for scope, sid, _ in requests])
+    for outcome, (_scope, _sid, expected) in zip(outcomes, requests, strict=True):
+        check(outcome, expected)
+
+
 def test_a_purged_session_is_not_reached_with_its_token(sessions):
     first = sessions[0]
     Session.objects.filter(pk=first.pk).update(purged_at=timezone.now())
