@@ -345,9 +345,26 @@ class _Appender:
             self.position += written
             view = view[written:]
 
-    def _write_buffer(self) -> None:
+    def push(self) -> None:
+        """
+        Write the whole blocks the buffer holds now, around the page cache,
+        and keep the rest for the next write: near the end of a PATCH, so
+        that the last piece does not find a buffer's worth still to write.
+        """
+        if self._buffer is None or not self._direct:
+            return
+        whole = self._filled - self._filled % _DIRECT_ALIGN
+        if not whole:
+            return
+        rest = self._filled - whole
+        self._write_buffer(whole)
+        if rest:
+            self._buffer[:rest] = self._buffer[whole : whole + rest]
+        self._filled = rest
+
+    def _write_buffer(self, length: int | None = None) -> None:
         assert self._buffer is not None
-        pending = memoryview(self._buffer)[: self._filled]
+        pending = memoryview(self._buffer)[: self._filled if length is None else length]
         try:
             while pending:
                 try:
@@ -630,11 +647,12 @@ class PatchWriter:
         """Append `data` (blocking; it must not change until this returns). No database use."""
         self.write_chunks((data,))
 
-    def write_chunks(self, chunks: Sequence[bytes | memoryview]) -> None:
+    def write_chunks(self, chunks: Sequence[bytes | memoryview], push: bool = False) -> None:
         """
         Append `chunks`, in order, as `write()` does: a body's pieces as the
         server received them, without joining them into one buffer first
-        (each is copied once, into the aligned buffer of the file).
+        (each is copied once, into the aligned buffer of the file). With
+        `push`, the whole blocks buffered are written now (`_Appender.push`).
         """
         size = sum(len(chunk) for chunk in chunks)
         if self.offset + size > self.upload.length:
@@ -663,6 +681,8 @@ class PatchWriter:
         else:
             hashed.result()
         self.written += size
+        if push:
+            self._file.push()
 
     def _hash(self, chunks: Sequence[bytes | memoryview]) -> None:
         for chunk in chunks:

@@ -297,7 +297,7 @@ class StreamingUploadMiddleware:
             await self._forward(scope, receive, send, StreamedUpload(session=session, error=error))
             return
         try:
-            last = await _receive_patch_body(writer, receive)
+            last = await _receive_patch_body(writer, receive, _declared_length(scope))
         except Exception as exc:
             await _in_worker_thread(resumable.finish_patch, writer, False)
             outcome = StreamedUpload(session=session, error=_as_api_error(exc))
@@ -439,7 +439,9 @@ class _Prefetch:
         return await self._receive()
 
 
-async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | None:
+async def _receive_patch_body(
+    writer: Any, receive: Receive, declared: int | None = None
+) -> list[bytes] | None:
     """
     Write a PATCH body as it arrives. One write is on a worker thread while
     the next buffer is received. The upload's lease is renewed when due as
@@ -449,14 +451,15 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | No
     between the last byte and the answer.
     """
     pending: list[bytes] = []
-    pending_bytes = 0
+    pending_bytes = received = 0
     buffer_bytes = conf.UPLOAD_BUFFER_BYTES  # read once, not for each of the body's messages
     writing: asyncio.Future[None] | None = None
 
-    async def write(chunks: list[bytes]) -> asyncio.Future[None]:
+    async def write(chunks: list[bytes], push: bool = False) -> asyncio.Future[None]:
         if writing is not None:
             await writing
-        return asyncio.get_running_loop().run_in_executor(None, writer.write_chunks, chunks)
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(None, writer.write_chunks, chunks, push)
 
     try:
         while True:
@@ -471,10 +474,15 @@ async def _receive_patch_body(writer: Any, receive: Receive) -> list[bytes] | No
                 pending_bytes += len(body)
             if not message.get("more_body", False):
                 return pending
-            if pending_bytes >= buffer_bytes:
+            received += len(body)
+            # Within the body's last buffer each piece goes to the disk as it
+            # comes, so that the last one finds no buffer's worth still to
+            # write on the way to the answer.
+            last_buffer = declared is not None and declared - received < buffer_bytes
+            if pending_bytes >= buffer_bytes or (last_buffer and pending):
                 # The pieces as received: joining them would copy each once more.
                 chunks, pending, pending_bytes = pending, [], 0
-                writing = await write(chunks)
+                writing = await write(chunks, last_buffer)
         if pending:
             writing = await write(pending)
         return None

@@ -344,3 +344,40 @@ def test_a_small_upload_whose_client_leaves_mid_body_leaves_nothing():
     ]
     assert asyncio.run(run_app(application, scope, messages)) == []
     assert uploaded_files(session) == [] and row_ids(session) == []
+
+
+@pytest.mark.parametrize("piece", [1000, 4096, 3333])
+def test_tus_patches_streamed_in_small_pieces_land_byte_for_byte(settings, piece):
+    """
+    Small buffers, so that whole ones go around the page cache (O_DIRECT) and
+    the body's last buffer is written piece by piece as it comes, from
+    offsets that are not block-aligned.
+    """
+    import hashlib
+    import os
+
+    from attachments import resumable
+    from attachments.models import Attachment
+    from macproject.asgi import application
+
+    settings.ATTACHMENTS_UPLOAD_BUFFER_BYTES = 8192
+    session = new_session()
+    data = os.urandom(60_000)
+    upload = resumable.create_upload(session, len(data), {"filename": "pieces.bin"})
+    for start, end in [(0, 5_001), (5_001, 41_000), (41_000, 60_000)]:
+        body = data[start:end]
+        messages = [
+            {
+                "type": "http.request",
+                "body": body[i : i + piece],
+                "more_body": i + piece < len(body),
+            }
+            for i in range(0, len(body), piece)
+        ]
+        scope = tus_patch_scope(session, upload.upload_id, start, len(body))
+        sent = asyncio.run(run_app(application, scope, messages))
+        headers = {name.lower(): value for name, value in sent[0]["headers"]}
+        assert (sent[0]["status"], headers.get(b"upload-offset")) == (204, str(end).encode()), sent
+    attachment = Attachment.objects.get(session=session)
+    assert (session.directory / attachment.path).read_bytes() == data
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
