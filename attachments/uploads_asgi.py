@@ -149,14 +149,14 @@ class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
         await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        respond = SyncToAsync(self.respond, thread_sensitive=False, executor=_upload_threads)
-        response: HttpResponseBase = await respond(scope)
-        await self.send_response(response, send)
+        await self.answer(scope, send)
 
-    async def answer(self, scope: Scope, send: Send, outcome: Callable[[], StreamedUpload]) -> None:
+    async def answer(
+        self, scope: Scope, send: Send, outcome: Callable[[], StreamedUpload] | None = None
+    ) -> None:
         """
-        Answer a request whose body `outcome` (called first, on the upload
-        thread, inside the request's cycle) receives or finishes.
+        Answer a request on an upload thread; `outcome`, if given, is called
+        first there, inside the request's cycle, to receive or finish its body.
         """
         respond = SyncToAsync(self.respond, thread_sensitive=False, executor=_upload_threads)
         response: HttpResponseBase = await respond(scope, outcome)
@@ -347,18 +347,21 @@ class StreamingUploadMiddleware:
         content_type = dict(scope["headers"]).get(b"content-type", b"")
 
         def outcome() -> StreamedUpload:
-            session = None
             try:
-                session = authorize_scope_sync(scope, session_id)
-                admission = admit_upload(session, content_type, len(body))
-                return StreamedUpload(session=session, received=receive_body(admission, [body]))
-            except Exception as exc:
-                return StreamedUpload(session=session, error=_as_api_error(exc))
+                session, admission, error = _authorize_and_admit(
+                    scope, session_id, content_type, len(body)
+                )
             finally:
                 # The upload may now wait for its batch's commit, which another
                 # thread runs: a pooled connection goes back to the pool first,
                 # or fifty waiting uploads hold fifty (a persistent one stays).
                 close_old_connections()
+            if admission is None:
+                return StreamedUpload(session=session, error=error)
+            try:
+                return StreamedUpload(session=session, received=receive_body(admission, [body]))
+            except Exception as exc:
+                return StreamedUpload(session=session, error=_as_api_error(exc))
 
         await handler.answer(scope, send, outcome)
 
