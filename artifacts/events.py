@@ -116,11 +116,8 @@ def _allocate_sequences(session_pk: int, count: int) -> EventStream:
 @cache
 def _allocation_statement(vendor: str) -> str:
     """`_allocate_sequences`' UPDATE, written once per database vendor rather than per upload."""
-    quote = connection.ops.quote_name
-    table = quote(EventStream._meta.db_table)
-    last, trimmed, key = (
-        quote(EventStream._meta.get_field(name).column)
-        for name in ("last_sequence", "trimmed_through", "session")
+    table, last, trimmed, key = statements.quoted_names(
+        EventStream, "last_sequence", "trimmed_through", "session"
     )
     return f"UPDATE {table} SET {last} = {last} + %s WHERE {key} = %s RETURNING {last}, {trimmed}"
 

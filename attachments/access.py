@@ -170,17 +170,10 @@ def _live_session(session_id: str) -> Session | None:
 # which cost more than running it.
 @functools.cache
 def _live_session_statement(vendor: str) -> str:
-    meta = Session._meta
-    quote = connection.ops.quote_name
     columns, _fields = statements.select_list(vendor, Session)
-    session_id, purged_at = (
-        quote(meta.get_field(name).column) for name in ("session_id", "purged_at")
-    )
+    table, session_id, purged_at = statements.quoted_names(Session, "session_id", "purged_at")
     # session_id is unique: no ordering or limit to add.
-    return (
-        f"SELECT {columns} FROM {quote(meta.db_table)} "
-        f"WHERE {session_id} = %s AND {purged_at} IS NULL"
-    )
+    return f"SELECT {columns} FROM {table} WHERE {session_id} = %s AND {purged_at} IS NULL"
 
 
 def _reached(

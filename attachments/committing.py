@@ -362,14 +362,9 @@ def _locked_usage(session: Session) -> Usage | None:
     return None if found is None else Usage(files=found[0], bytes=found[1])
 
 
-def _counter_columns() -> tuple[str, str, str, str, str]:
+def _counter_columns() -> tuple[str, ...]:
     """The session table and its pk, usage counters and purge columns, quoted."""
-    meta = Session._meta
-    quote = connection.ops.quote_name
-    files, size, purged_at = (
-        quote(meta.get_field(name).column) for name in ("used_files", "used_bytes", "purged_at")
-    )
-    return quote(meta.db_table), quote(meta.pk.column), files, size, purged_at
+    return statements.quoted_names(Session, "pk", "used_files", "used_bytes", "purged_at")
 
 
 @functools.cache

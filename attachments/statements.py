@@ -40,6 +40,14 @@ def raw_statements() -> bool:
     return connection.vendor in RAW_VENDORS
 
 
+def quoted_names(model: type[Model], *fields: str) -> tuple[str, ...]:
+    """`model`'s table, then the columns of the fields named (`"pk"` for its key), quoted."""
+    meta = model._meta
+    quote = connection.ops.quote_name
+    columns = (meta.pk if name == "pk" else meta.get_field(name) for name in fields)
+    return (quote(meta.db_table), *(quote(field.column) for field in columns))
+
+
 def quoted_columns(fields: Sequence[Field]) -> str:
     quote = connection.ops.quote_name
     return ", ".join(quote(field.column) for field in fields)
