@@ -88,25 +88,34 @@ def test_a_corrupt_manifest_is_reported(tmp_path: Path):
         manifest.read()
 
 
-def _write_entries(session_path: str, worker: int, count: int) -> None:
+def _write_entries(session_path: str, worker: int, count: int, append: bool) -> None:
     manifest = Manifest(Path(session_path), "s1")
     for i in range(count):
         with manifest.edit() as document:
-            document.upsert(entry(f"att_w{worker:02d}i{i:08d}"))
+            added = entry(f"att_w{worker:02d}i{i:08d}")
+            if append:
+                document.append(added)
+            else:
+                document.upsert(added)
 
 
-def test_concurrent_writers_in_separate_processes_lose_no_entry(tmp_path: Path):
-    workers, per_worker = 6, 25
+def _run_writers(session_path: Path, workers: int, per_worker: int, append: bool = False) -> None:
+    """`workers` processes writing `per_worker` entries each into one manifest, all at once."""
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_write_entries, args=(str(tmp_path), w, per_worker))
+        context.Process(target=_write_entries, args=(str(session_path), w, per_worker, append))
         for w in range(workers)
     ]
     for process in processes:
         process.start()
     for process in processes:
-        process.join(60)
+        process.join(120)
         assert process.exitcode == 0
+
+
+def test_concurrent_writers_in_separate_processes_lose_no_entry(tmp_path: Path):
+    workers, per_worker = 6, 25
+    _run_writers(tmp_path, workers, per_worker)
     ids = {e.attachment_id for e in Manifest(tmp_path, "s1").read().attachments}
     assert ids == {f"att_w{w:02d}i{i:08d}" for w in range(workers) for i in range(per_worker)}
 
@@ -220,13 +229,6 @@ def test_copies_written_ahead_are_removed_at_exit(tmp_path: Path):
     assert manifest.read().attachments[-1].attachment_id == "att_new"
 
 
-def _append_entries(session_path: str, worker: int, count: int) -> None:
-    manifest = Manifest(Path(session_path), "s1")
-    for i in range(count):
-        with manifest.edit() as document:
-            document.append(entry(f"att_w{worker:02d}i{i:08d}"))
-
-
 def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_files(
     tmp_path: Path,
 ):
@@ -234,16 +236,7 @@ def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_f
     manifest = _large_manifest(tmp_path)
     before = [e.attachment_id for e in manifest.read().attachments]
     workers, per_worker = 4, 30
-    context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_append_entries, args=(str(tmp_path), w, per_worker))
-        for w in range(workers)
-    ]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(120)
-        assert process.exitcode == 0
+    _run_writers(tmp_path, workers, per_worker, append=True)
     data = json.loads(manifest.path.read_bytes())
     ids = [e["attachment_id"] for e in data["attachments"]]
     assert ids[: len(before)] == before
