@@ -28,6 +28,13 @@ async def add(session, *names: str) -> None:
         await database_sync_to_async(add_attachment)(session, name)
 
 
+async def cancelled(tasks: list[asyncio.Task]) -> None:
+    """Cancel a test's subscriptions and wait until they have ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class Recorder:
     """A subscriber's send: records the sequences it was given, in order."""
 
@@ -56,9 +63,7 @@ async def test_every_subscriber_gets_every_event_once_in_order(settings):
         await asyncio.sleep(0.01)
         await add(session, *(f"{burst}-{i}.txt" for i in range(4)))
     await until(lambda: all(len(r.sequences) >= 13 for r in recorders))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancelled(tasks)
     assert [r.sequences for r in recorders] == [list(range(1, 14))] * len(recorders)
     assert hub().watches == {}
 
@@ -77,9 +82,7 @@ async def test_filters_apply_and_the_cursor_moves_past_what_they_drop(settings):
     await until(lambda: waiting("push-filters", 2) and len(everything.sequences) == 2)
     await add(session, "c.txt", "d.png")
     await until(lambda: len(images.sequences) == 2 and len(everything.sequences) == 4)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancelled(tasks)
     assert images.sequences == [2, 4]
     assert everything.sequences == [1, 2, 3, 4]
 
@@ -112,9 +115,7 @@ async def test_a_slow_subscriber_holds_up_nobody_and_still_gets_everything_in_or
     await until(lambda: slow_sequences == [1, 2])
     await add(session, "c.txt")
     await until(lambda: slow_sequences == [1, 2, 3] and fast.sequences == [1, 2, 3])
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancelled(tasks)
 
 
 async def test_a_failing_send_ends_that_subscription_alone(settings):
@@ -138,33 +139,21 @@ async def test_a_failing_send_ends_that_subscription_alone(settings):
     await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_one_commit_is_one_read_for_a_group_of_subscribers(settings, monkeypatch):
-    from artifacts import feed
-
+async def test_one_commit_is_one_read_for_a_group_of_subscribers(settings, page_reads):
     settings.ARTIFACTS_RECHECK_SECONDS = 60
     session = await database_sync_to_async(new_session)("push-reads")
-    reads: list[int | None] = []
-    real = feed.aread_page
-
-    async def counting(session_id, query):
-        reads.append(query.after)
-        return await real(session_id, query)
-
-    monkeypatch.setattr(feed, "aread_page", counting)
     recorders = [Recorder() for _ in range(50)]
     tasks = [
         asyncio.create_task(push("push-reads", FeedQuery(after=0), recorder))
         for recorder in recorders
     ]
     await until(lambda: waiting("push-reads", len(recorders)))
-    reads.clear()
+    page_reads.clear()
     await add(session, "a.txt")
     await until(lambda: all(r.sequences == [1] for r in recorders))
     await until(lambda: waiting("push-reads", len(recorders)))
-    assert reads == [0]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    assert page_reads == [("push-reads", 0)]
+    await cancelled(tasks)
 
 
 async def test_a_purge_ends_the_subscription_with_not_found(settings):

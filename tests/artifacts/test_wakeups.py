@@ -127,28 +127,18 @@ async def test_notifications_for_other_sessions_or_types_are_ignored():
     assert current.watches == {}
 
 
-async def test_waiters_woken_together_at_one_cursor_share_one_read(settings, monkeypatch):
-    from artifacts import feed
-
+async def test_waiters_woken_together_at_one_cursor_share_one_read(settings, page_reads):
     settings.ARTIFACTS_RECHECK_SECONDS = 60
     session = await database_sync_to_async(new_session)("fan-out")
-    reads: list[tuple[str, int | None]] = []
-    real = feed.aread_page
-
-    async def counting(session_id, query):
-        reads.append((session_id, query.after))
-        return await real(session_id, query)
-
-    monkeypatch.setattr(feed, "aread_page", counting)
     waiters = [
         asyncio.create_task(poll("fan-out", FeedQuery(after=0, wait_seconds=30))) for _ in range(30)
     ]
     await until(lambda: waiting("fan-out", 30))
-    reads.clear()
+    page_reads.clear()
     await add(session, "a.txt")
     pages = await asyncio.wait_for(asyncio.gather(*waiters), 10)
     assert [sequences(p.events) for p in pages] == [[1]] * 30
-    assert reads == [("fan-out", 0)]
+    assert page_reads == [("fan-out", 0)]
 
 
 async def test_a_drain_answers_waiting_long_polls_ends_streams_and_turns_new_waiters_away():
@@ -176,27 +166,18 @@ async def test_a_drain_answers_waiting_long_polls_ends_streams_and_turns_new_wai
 
 
 async def test_waiters_at_the_known_head_make_no_query_before_waiting_or_at_their_deadline(
-    settings, monkeypatch
+    settings, page_reads
 ):
-    from artifacts import feed
-
     settings.ARTIFACTS_RECHECK_SECONDS = 60
     await database_sync_to_async(new_session)("known-head")
     keeper = asyncio.create_task(poll("known-head", FeedQuery(after=0, wait_seconds=30)))
     await until(lambda: waiting("known-head"))
-    reads: list[int | None] = []
-    real = feed.aread_page
-
-    async def counting(session_id, query):
-        reads.append(query.after)
-        return await real(session_id, query)
-
-    monkeypatch.setattr(feed, "aread_page", counting)
+    page_reads.clear()  # the keeper's, before it waited
     pages = await asyncio.gather(
         *(poll("known-head", FeedQuery(after=0, wait_seconds=0.3)) for _ in range(50))
     )
     assert all(p.timed_out and p.events == [] and p.next_cursor == 0 for p in pages)
-    assert reads == []
+    assert page_reads == []
     keeper.cancel()
 
 
