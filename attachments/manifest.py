@@ -16,16 +16,22 @@ seen the manifest: the parsed document is cached, and a cached copy is known
 to be current while the file is the one this process last read or wrote:
 same inode, size and modification time, and the same `updated_at` (to the
 microsecond, written by every save) in its first line, read with one small
-read. The manifest is only ever replaced by a rename, never changed in place.
-Each entry is serialised once and its text reused.
+read. The manifest in place is never changed: a save writes a new file and
+renames it over the manifest. Each entry is serialised once and its text
+reused.
 
-A large manifest's bytes are also written ahead (`_Prewriter`): once a save
-is in place, a background thread copies it, less its closing bracket, into
-the next temporary file and fsyncs it. A save that only appends entries
-then writes the new first line (the same length: only `updated_at` changes)
-and the new entries, and fsyncs a few pages instead of the whole file,
-while the file it renames into place is as whole and as durable as one
-written from scratch.
+Writing a large manifest whole for every save would cost O(entries) of
+disk writes per upload, so a save also keeps the manifest it replaces,
+under a temporary name, as a spare for the next save of the session: that
+file already holds all but the newest entries, so the next save writes the
+new first line (the same length: only `updated_at` changes) and the entries
+it lacks over it, fsyncs a few pages, and renames it into place, as whole
+and as durable as a file written from scratch. A spare is only written
+over while no other open file refers to it, in any process (a reader that
+opened it while it was the manifest, a zip that holds it): the kernel
+answers that question (`_open_nowhere_else()`); otherwise, or where it
+cannot be asked, the save writes a whole file. So no reader sees a file
+change under it.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ import atexit
 import collections
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import json
 import os
 import re
+import secrets
+import signal
 import tempfile
 import threading
 import weakref
@@ -58,11 +65,11 @@ TEMP_PREFIX = ".manifest-"
 TEMP_SUFFIX = ".tmp"
 # How many sessions' manifests one process keeps parsed.
 CACHE_SESSIONS = 256
-# Manifests from this size on get their next save written ahead (`_Prewriter`);
-# a smaller one costs less to rewrite than to copy.
-PREWRITE_MIN_BYTES = 128 * 1024
-# How many sessions' next manifests one process keeps written ahead.
-PREWRITE_SESSIONS = 16
+# Manifests from this size on are appended to in a spare (`_Spare`); a
+# smaller one costs less to write whole.
+SPARE_MIN_BYTES = 128 * 1024
+# How many sessions' spares one process keeps.
+SPARE_SESSIONS = 16
 # What a manifest with entries ends its first line with, and ends with.
 _HEAD_END = b'"attachments": [\n'
 _TAIL = b"\n]}\n"
@@ -349,125 +356,162 @@ _cache = _DocumentCache(CACHE_SESSIONS)
 
 
 @dataclasses.dataclass
-class _Base:
-    """A manifest's bytes but its tail, fsync'd under a temporary name, for the next save."""
+class _Spare:
+    """
+    A manifest this process replaced, kept under a temporary name for its
+    next save to write over: it already holds all but the newest entries.
+    """
 
     path: Path
-    fd: int
-    source: int  # the manifest it copies, open: see `Manifest.install()`
-    updated_at: str  # of the manifest it copies
+    fd: int  # open for reading and writing
     count: int  # its entries
-    length: int  # its bytes: the manifest's, less `_TAIL`
+    length: int  # its bytes, less `_TAIL`
+    # The manifest that replaced it (its `updated_at` and entries): a save
+    # may write over this one only while that manifest is still the current one.
+    successor: str
+    successor_count: int
 
     def discard(self) -> None:
-        os.close(self.fd)
-        os.close(self.source)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        _release_later(self.fd)
 
 
-class _Prewriter:
+class _Spares:
     """
-    The next manifest of recently saved large manifests, written ahead on a
-    background thread so that the save that needs it does not wait for the
-    whole file to reach the disk. Best effort: a copy that fails, or is not
-    ready, or no longer matches, is dropped and the save writes everything.
+    Replaced manifests kept for the next save of their session (see the
+    module's docstring), at most `capacity` of them: the least recently
+    saved sessions' are removed first.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._bases: collections.OrderedDict[str, _Base] = collections.OrderedDict()
+        self._spares: collections.OrderedDict[str, _Spare] = collections.OrderedDict()
         self._mutex = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
 
-    def schedule(self, key: str, directory: Path, source: int, document: ManifestDocument) -> None:
-        """Copy the manifest open at `source` (closed when done) for `key`'s next save."""
-        try:
-            self._executor_started().submit(
-                self._write, key, directory, source, document.updated_at, len(document.attachments)
-            )
-        except RuntimeError:  # the interpreter is shutting down
-            os.close(source)
-
-    def _write(self, key: str, directory: Path, source: int, updated_at: str, count: int) -> None:
-        fd = -1
-        temp_name = ""
-        try:
-            length = os.fstat(source).st_size - len(_TAIL)
-            if os.pread(source, len(_TAIL), length) != _TAIL:
-                raise OSError("not a manifest with entries")
-            fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
-            _copy(source, fd, length)
-            os.fsync(fd)
-        except OSError:
-            os.close(source)
-            if fd >= 0:
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(temp_name)
-            return
-        self._keep(key, _Base(Path(temp_name), fd, source, updated_at, count, length))
-
-    def close_later(self, fd: int) -> None:
-        """Close `fd` on the background thread (closing a replaced manifest frees its blocks)."""
-        try:
-            self._executor_started().submit(os.close, fd)
-        except RuntimeError:  # the interpreter is shutting down
-            os.close(fd)
-
-    def _executor_started(self) -> ThreadPoolExecutor:
-        with self._mutex:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="manifest-prewrite")
-            return self._executor
-
-    def _keep(self, key: str, base: _Base) -> None:
+    def keep(self, key: str, spare: _Spare) -> None:
         dropped = []
         with self._mutex:
-            previous = self._bases.pop(key, None)
+            previous = self._spares.pop(key, None)
             if previous is not None:
                 dropped.append(previous)
-            self._bases[key] = base
-            while len(self._bases) > self.capacity:
-                dropped.append(self._bases.popitem(last=False)[1])
+            self._spares[key] = spare
+            while len(self._spares) > self.capacity:
+                dropped.append(self._spares.popitem(last=False)[1])
         for old in dropped:
             old.discard()
 
-    def take(self, key: str, updated_at: str, count: int) -> _Base | None:
+    def take(self, key: str, current: str, count: int) -> _Spare | None:
         """
-        The copy of `key`'s manifest as of `updated_at` with `count` entries,
-        still in place, or None. Call it under the manifest's lock: it is
-        what keeps reconciliation from removing the copy meanwhile.
+        `key`'s spare, if the manifest in place is still the one that
+        replaced it (`current` and `count` are its `updated_at` and
+        entries), it is still under its name and nobody has it open; else
+        None. Call it under the manifest's lock: that is what keeps
+        reconciliation from removing the spare, and other writers from
+        replacing the manifest, meanwhile.
         """
         with self._mutex:
-            base = self._bases.pop(key, None)
-        if base is None:
+            spare = self._spares.pop(key, None)
+        if spare is None:
             return None
         try:
-            current = os.stat(base.path).st_ino == os.fstat(base.fd).st_ino
+            in_place = os.stat(spare.path).st_ino == os.fstat(spare.fd).st_ino
         except FileNotFoundError:
-            current = False
-        if not current or base.updated_at != updated_at or base.count != count:
-            base.discard()
+            in_place = False
+        if (
+            not in_place
+            or spare.successor != current
+            or spare.successor_count != count
+            or not _open_nowhere_else(spare.fd)
+        ):
+            spare.discard()
             return None
-        return base
+        return spare
 
     def forget(self, key: str) -> None:
         with self._mutex:
-            base = self._bases.pop(key, None)
-        if base is not None:
-            base.discard()
+            spare = self._spares.pop(key, None)
+        if spare is not None:
+            spare.discard()
 
     def close(self) -> None:
-        """Remove every copy (at exit: reconciliation would remove what is left, later)."""
+        """Remove every spare (at exit: reconciliation would remove what is left, later)."""
         with self._mutex:
-            bases, self._bases = list(self._bases.values()), collections.OrderedDict()
-        for base in bases:
-            base.discard()
+            spares, self._spares = list(self._spares.values()), collections.OrderedDict()
+        for spare in spares:
+            spare.discard()
 
 
-_prewriter = _Prewriter(PREWRITE_SESSIONS)
-atexit.register(_prewriter.close)
+_spares = _Spares(SPARE_SESSIONS)
+atexit.register(_spares.close)
+
+# Closing the last descriptor of a removed manifest frees its blocks, which
+# for megabytes (with online discard) took longer than the rest of a save.
+# That happens on this thread instead.
+_releaser: ThreadPoolExecutor | None = None
+_releaser_mutex = threading.Lock()
+
+
+def _release_later(fd: int) -> None:
+    """Close `fd` on a background thread."""
+    global _releaser
+    try:
+        with _releaser_mutex:
+            if _releaser is None:
+                _releaser = ThreadPoolExecutor(1, thread_name_prefix="manifest-release")
+            _releaser.submit(os.close, fd)
+    except RuntimeError:  # the interpreter is shutting down
+        os.close(fd)
+
+
+# Linux's lease commands, where this platform has them. A lease broken
+# while it is held (someone opening the spare by its temporary name in the
+# microseconds between the two calls above) signals its holder: SIGIO by
+# default, whose default action ends the process, so the lease's
+# descriptor is set to signal SIGURG instead, which is ignored by default.
+_LEASES = getattr(fcntl, "F_SETLEASE", None)
+_F_SETSIG = getattr(fcntl, "F_SETSIG", None)
+
+
+def _open_nowhere_else(fd: int) -> bool:
+    """
+    True if no other open file, in any process, refers to the file open at
+    `fd` (which must be open for writing, and owned by this user).
+
+    The kernel grants a write lease only on that condition, so taking one
+    and letting it go at once asks the question without a race: a reader
+    that opened a manifest before it was replaced still has it open, and
+    nobody opens a spare by the manifest's name any more. Where leases are
+    not available (not Linux, some filesystems) the answer is False and
+    every save writes a whole file.
+    """
+    if _LEASES is None:
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
+
+
+def _open_spare(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    if _F_SETSIG is not None:
+        try:
+            fcntl.fcntl(fd, _F_SETSIG, signal.SIGURG)
+        except OSError:
+            os.close(fd)
+            raise
+    return fd
+
+
+@dataclasses.dataclass(frozen=True)
+class _Replaced:
+    """The manifest a save replaces, as this process knows it: its `updated_at` and entries."""
+
+    updated_at: str
+    count: int
 
 
 @dataclasses.dataclass
@@ -477,8 +521,9 @@ class PreparedManifest:
     temp_path: Path
     fd: int
     document: ManifestDocument
-    # The manifest it replaces, held open by a written-ahead copy (`_Base.source`).
-    replaced: int | None = None
+    # The manifest in place, when the new one only appends to it: it can
+    # then be kept as the next save's spare.
+    replaces: _Replaced | None = None
 
 
 class Manifest:
@@ -561,13 +606,19 @@ class Manifest:
         """
         Write `document` to a temporary file beside the manifest and fsync
         it. This is the step that needs disk space; `install()` only renames.
-        Call it under the lock.
+        Call it under the lock, with `document` as read under it.
         """
-        base = self._base_for(document)
+        encoded = document._current_encoding()
+        replaces = None
+        if encoded is not None and encoded.count > 0:
+            # Only appended to since it was read or saved: the file in place
+            # holds its first `count` entries.
+            replaces = _Replaced(document.updated_at, encoded.count)
+        spare = _spares.take(self._key, replaces.updated_at, replaces.count) if replaces else None
         document.updated_at = utc_now_iso()
         pieces = document.to_json_pieces()
-        if base is not None:
-            prepared = self._prepare_on(base, document, pieces[0])
+        if spare is not None:
+            prepared = self._prepare_on(spare, document, pieces[0], replaces)
             if prepared is not None:
                 return prepared
         fd, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=self.directory)
@@ -579,102 +630,95 @@ class Manifest:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
             raise
-        return PreparedManifest(Path(temp_name), fd, document)
-
-    def _base_for(self, document: ManifestDocument) -> _Base | None:
-        """The written-ahead copy of the manifest that `document` extends by appending, if any."""
-        encoded = document._current_encoding()
-        if encoded is None or encoded.count == 0:
-            return None
-        return _prewriter.take(self._key, document.updated_at, encoded.count)
+        return PreparedManifest(Path(temp_name), fd, document, replaces)
 
     def _prepare_on(
-        self, base: _Base, document: ManifestDocument, head: bytes
+        self, spare: _Spare, document: ManifestDocument, head: bytes, replaces: _Replaced | None
     ) -> PreparedManifest | None:
         """
-        `prepare()` on a written-ahead copy: the new first line over the old
-        one, and the entries appended since after the copied ones. None if
-        the first lines differ in length (a manifest another version wrote).
+        `prepare()` over a spare: the new first line over its first line,
+        and the entries it lacks after its own. None if the first lines
+        differ in length (a manifest another version wrote).
         """
-        new = ",\n".join(_text_of(entry) for entry in document.attachments[base.count :])
+        new = ",\n".join(_text_of(entry) for entry in document.attachments[spare.count :])
         appended = (",\n" + new).encode("utf-8") if new else b""
         try:
-            old_head = os.pread(base.fd, len(head), 0)
+            old_head = os.pread(spare.fd, len(head), 0)
             if old_head.count(b"\n") != 1 or not old_head.endswith(_HEAD_END):
-                base.discard()
+                spare.discard()
                 return None
-            os.pwrite(base.fd, head, 0)
-            os.pwrite(base.fd, appended + _TAIL, base.length)
-            os.fsync(base.fd)
+            os.pwrite(spare.fd, head, 0)
+            os.pwrite(spare.fd, appended + _TAIL, spare.length)
+            os.fsync(spare.fd)
         except BaseException:
-            base.discard()
+            spare.discard()
             raise
-        return PreparedManifest(base.path, base.fd, document, replaced=base.source)
+        return PreparedManifest(spare.path, spare.fd, document, replaces)
 
     def install(self, prepared: PreparedManifest) -> None:
         """Rename a prepared manifest into place and make the rename durable."""
         st = os.fstat(prepared.fd)
-        large = st.st_size >= PREWRITE_MIN_BYTES
-        # Replacing a file frees its blocks unless it is still open, and for
-        # megabytes (with online discard) that took longer than the rest of
-        # the save: the old manifest is held open and closed on the
-        # background thread, which frees it there.
-        replaced = prepared.replaced
-        if replaced is None and large:
-            with contextlib.suppress(FileNotFoundError):
-                replaced = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        document = prepared.document
+        spare = None
+        if st.st_size >= SPARE_MIN_BYTES and prepared.replaces is not None:
+            spare = self._keep_replaced(prepared.replaces, document)
         try:
             os.replace(prepared.temp_path, self.path)
         except BaseException:
-            if replaced is not None and replaced != prepared.replaced:
-                os.close(replaced)
+            if spare is not None:
+                spare.discard()
             self.discard(prepared)
             raise
-        document = prepared.document
         _cache.put(self._key, _identity(st), document)
         sync_directory(self.directory)
-        # After the directory's fsync, so that the journal commit that frees
-        # the old file is the background thread's, not this save's.
-        if replaced is not None:
-            _prewriter.close_later(replaced)
-        if large and document.attachments:
-            # The file in place never changes: the copy reads it by this
-            # descriptor, and keeps it open until the save after it.
-            _prewriter.schedule(self._key, self.directory, prepared.fd, document)
+        if spare is not None:
+            _spares.keep(self._key, spare)
         else:
-            _prewriter.forget(self._key)
-            os.close(prepared.fd)
+            _spares.forget(self._key)
+        os.close(prepared.fd)  # the file stays: it is the manifest now
+
+    def _keep_replaced(self, replaced: _Replaced, successor: ManifestDocument) -> _Spare | None:
+        """
+        Give the manifest in place a second, temporary name, so that the
+        rename that replaces it leaves it there as a spare. None if it is
+        not the manifest `replaced` describes, or cannot be linked.
+        """
+        temp_path = self.directory / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        try:
+            fd = _open_spare(self.path)
+        except OSError:
+            return None
+        try:
+            length = os.fstat(fd).st_size - len(_TAIL)
+            if (
+                length <= 0
+                or os.pread(fd, len(_TAIL), length) != _TAIL
+                or _updated_at_in_head(os.pread(fd, _HEAD_BYTES, 0)) != replaced.updated_at
+            ):
+                os.close(fd)
+                return None
+            os.link(self.path, temp_path)
+        except OSError:
+            os.close(fd)
+            return None
+        return _Spare(
+            temp_path,
+            fd,
+            replaced.count,
+            length,
+            successor.updated_at,
+            len(successor.attachments),
+        )
 
     def discard(self, prepared: PreparedManifest) -> None:
         """Throw away a prepared manifest that will not be installed."""
-        if prepared.replaced is not None:
-            os.close(prepared.replaced)
-        os.close(prepared.fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(prepared.temp_path)
+        _release_later(prepared.fd)
 
 
 # How many buffers one writev() may take (POSIX guarantees 16; Linux takes 1024).
 _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
-
-
-def _copy(source: int, target: int, length: int) -> None:
-    """Copy `source`'s first `length` bytes to `target`, in the kernel where it can."""
-    copied = 0
-    while copied < length:
-        try:
-            done = os.copy_file_range(source, target, length - copied, copied, copied)
-        except (AttributeError, OSError) as exc:  # not Linux, or not this filesystem
-            if isinstance(exc, OSError) and exc.errno not in _NO_COPY_RANGE:
-                raise
-            block = os.pread(source, min(length - copied, 1 << 20), copied)
-            done = os.pwrite(target, block, copied)
-        if done == 0:
-            raise OSError("the manifest ended while it was copied")
-        copied += done
-
-
-_NO_COPY_RANGE = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
 
 
 def _write_pieces(fd: int, pieces: list[bytes]) -> None:

@@ -245,6 +245,27 @@ class TestStored:
             assert zipped.read(f"code_workspace/attachments/{paths.MANIFEST_NAME}") == listed
             assert not any(name.endswith("later.txt") for name in zipped.namelist())
 
+    def test_a_stored_zip_keeps_a_large_manifest_it_listed_while_saves_reuse_replaced_ones(
+        self, session
+    ):
+        # Past SPARE_MIN_BYTES, a save writes over the manifest replaced by
+        # the save before, unless someone (this zip) still has it open.
+        from attachments.manifest import SPARE_MIN_BYTES, Manifest
+
+        manifest = Manifest(session.directory, session.session_id)
+        with manifest.edit() as document:
+            first = document.attachments[0]
+            for n in range(SPARE_MIN_BYTES // 250):
+                document.append(first.replace(attachment_id=f"att_pad{n:08d}"))
+        listed = manifest.path.read_bytes()
+        built = SessionArchive.for_session(session, FileFilters(), compress=False)
+        for n in range(3):
+            attach(session, f"later{n}.txt", b"recorded after the zip was listed")
+        body = b"".join(built.chunks())
+        assert len(body) == built.size
+        with zipfile.ZipFile(io.BytesIO(body)) as zipped:
+            assert zipped.read(f"code_workspace/attachments/{paths.MANIFEST_NAME}") == listed
+
 
 def test_zip64_for_a_file_over_4_gib(tmp_path):
     # A sparse file: 4 GiB + 1 of zeros that take no disk.

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,33 +156,37 @@ def test_saves_that_encode_only_appended_entries_write_what_a_full_encoding_woul
     assert [e.attachment_id for e in manifest.read().attachments] == expected == ["f"]
 
 
-def _settle() -> None:
-    """Wait for the copies being written ahead."""
-    from attachments import manifest as manifest_module
-
-    executor = manifest_module._prewriter._executor
-    if executor is not None:
-        executor.submit(lambda: None).result(10)
-
-
 def _temp_files(manifest: Manifest) -> dict[int, Path]:
     return {p.stat().st_ino: p for p in manifest.directory.iterdir() if p.name.endswith(".tmp")}
 
 
 def _large_manifest(tmp_path: Path) -> Manifest:
-    """A manifest past PREWRITE_MIN_BYTES, whose next save is written ahead."""
-    from attachments.manifest import PREWRITE_MIN_BYTES
+    """
+    A manifest past SPARE_MIN_BYTES, saved twice by appending: the file the
+    second save replaced is kept as the spare of the next.
+    """
+    from attachments.manifest import SPARE_MIN_BYTES
 
     manifest = Manifest(tmp_path, "s1")
     with manifest.edit() as document:
-        for n in range(PREWRITE_MIN_BYTES // 200):
+        for n in range(SPARE_MIN_BYTES // 200):
             document.append(entry(f"att_{n:012d}", name=f"base-{n}-" + "x" * 40))
-    assert manifest.path.stat().st_size >= PREWRITE_MIN_BYTES
-    _settle()
+    assert manifest.path.stat().st_size >= SPARE_MIN_BYTES
+    with manifest.edit() as document:
+        document.append(entry("att_second"))
+    assert len(_temp_files(manifest)) == 1
     return manifest
 
 
-def test_a_large_manifest_is_appended_to_on_a_copy_written_ahead_with_the_same_bytes(
+def _assert_whole(manifest: Manifest) -> bytes:
+    """The file in place is a full encoding of what it holds, and what a reader parses."""
+    written = manifest.path.read_bytes()
+    assert written == manifest.read().to_json().encode("utf-8")
+    assert json.loads(written) == manifest.read().to_dict()
+    return written
+
+
+def test_a_large_manifest_is_saved_over_the_one_it_replaced_with_the_same_bytes(
     tmp_path: Path,
 ):
     manifest = _large_manifest(tmp_path)
@@ -186,43 +195,117 @@ def test_a_large_manifest_is_appended_to_on_a_copy_written_ahead_with_the_same_b
         lambda doc: [doc.append(entry(f"att_many{n}")) for n in range(40)],
         lambda doc: None,  # a save that appends nothing
         lambda doc: doc.upsert(entry("att_one", size=7)),  # not an append: written whole
-        lambda doc: doc.append(entry("att_after_upsert")),
+        lambda doc: doc.append(entry("att_after_upsert")),  # no spare yet: written whole
         lambda doc: doc.remove("att_many3"),
+        lambda doc: doc.append(entry("att_after_remove")),
         lambda doc: doc.append(entry("att_last")),
     ]
-    on_copy = []
+    on_spare = []
     for step in steps:
-        ahead = _temp_files(manifest)
+        spares = _temp_files(manifest)
         with manifest.edit() as document:
             step(document)
             ids = [e.attachment_id for e in document.attachments]
-        on_copy.append(manifest.path.stat().st_ino in ahead)
-        written = manifest.path.read_bytes()
-        # A full encoding of the document, and what a reader parses.
-        assert written == manifest.read().to_json().encode("utf-8")
-        assert json.loads(written) == manifest.read().to_dict()
+        on_spare.append(manifest.path.stat().st_ino in spares)
+        written = _assert_whole(manifest)
         assert [e["attachment_id"] for e in json.loads(written)["attachments"]] == ids
-        _settle()
-    assert on_copy == [True, True, True, False, True, False, True]
+        assert len(_temp_files(manifest)) <= 1
+    assert on_spare == [True, True, True, False, False, False, False, True]
 
 
-def test_a_copy_written_ahead_that_reconciliation_removed_is_not_used(tmp_path: Path):
+@pytest.mark.parametrize("reader", ["this process", "another process"])
+def test_a_spare_that_a_reader_still_has_open_is_not_written_over(tmp_path: Path, reader: str):
+    manifest = _large_manifest(tmp_path)
+    if reader == "this process":
+        held = open(manifest.path, "rb")  # noqa: SIM115 (held across the saves)
+        stop = held.close
+    else:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; f = open(sys.argv[1], 'rb'); sys.stdin.read()",
+                str(manifest.path),
+            ],
+            stdin=subprocess.PIPE,
+        )
+        _wait_until_open_by(process.pid, manifest.path)
+        stop = lambda: process.communicate(b"", timeout=30)  # noqa: E731
+    held_inode = manifest.path.stat().st_ino
+    as_opened = manifest.path.read_bytes()
+    try:
+        for n in range(3):  # the first makes the held file a spare, the next would reuse it
+            with manifest.edit() as document:
+                document.append(entry(f"att_later{n}"))
+            assert manifest.path.stat().st_ino != held_inode
+            _assert_whole(manifest)
+        assert held_inode not in _temp_files(manifest)
+        # What the reader has open still holds what it opened.
+        with open(
+            f"/proc/self/fd/{held.fileno()}"
+            if reader == "this process"
+            else f"/proc/{process.pid}/fd/3",
+            "rb",
+        ) as again:
+            assert again.read() == as_opened
+    finally:
+        stop()
+    # Once nobody has it, a spare is written over again.
+    spares = _temp_files(manifest)
+    with manifest.edit() as document:
+        document.append(entry("att_after_readers"))
+    assert manifest.path.stat().st_ino in spares
+
+
+def _wait_until_open_by(pid: int, path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError):
+            if any(
+                os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(path)
+                for fd in os.listdir(f"/proc/{pid}/fd")
+            ):
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} was not opened by {pid}")
+
+
+def test_a_spare_written_for_a_save_that_is_then_discarded_leaves_the_manifest_as_it_was(
+    tmp_path: Path,
+):
+    manifest = _large_manifest(tmp_path)
+    before = manifest.path.read_bytes()
+    spares = _temp_files(manifest)
+    with manifest.locked() as document:
+        document.append(entry("att_rolled_back"))
+        prepared = manifest.prepare(document)
+        assert prepared.temp_path in spares.values()
+        manifest.discard(prepared)  # as a failed transaction does
+    assert manifest.path.read_bytes() == before
+    assert _temp_files(manifest) == {}
+    with manifest.edit() as document:
+        document.append(entry("att_next"))
+    ids = [e.attachment_id for e in manifest.read().attachments]
+    assert "att_rolled_back" not in ids and ids[-1] == "att_next"
+    _assert_whole(manifest)
+
+
+def test_a_spare_that_reconciliation_removed_is_not_used(tmp_path: Path):
     manifest = _large_manifest(tmp_path)
     for path in _temp_files(manifest).values():
         path.unlink()  # as reconciliation does, under the lock
     with manifest.edit() as document:
         document.append(entry("att_new"))
-    written = manifest.path.read_bytes()
+    written = _assert_whole(manifest)
     assert json.loads(written)["attachments"][-1]["attachment_id"] == "att_new"
-    assert written == manifest.read().to_json().encode("utf-8")
 
 
-def test_copies_written_ahead_are_removed_at_exit(tmp_path: Path):
+def test_spares_are_removed_at_exit(tmp_path: Path):
     from attachments import manifest as manifest_module
 
     manifest = _large_manifest(tmp_path)
     assert len(_temp_files(manifest)) == 1
-    manifest_module._prewriter.close()
+    manifest_module._spares.close()
     assert _temp_files(manifest) == {}
     with manifest.edit() as document:  # and saves go on, written whole
         document.append(entry("att_new"))
@@ -232,7 +315,7 @@ def test_copies_written_ahead_are_removed_at_exit(tmp_path: Path):
 def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_files(
     tmp_path: Path,
 ):
-    """Each process writes ahead for its own next save; another's save makes that copy stale."""
+    """Each process keeps its own spare; another's save makes it stale."""
     manifest = _large_manifest(tmp_path)
     before = [e.attachment_id for e in manifest.read().attachments]
     workers, per_worker = 4, 30
@@ -244,7 +327,6 @@ def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_f
         f"att_w{w:02d}i{i:08d}" for w in range(workers) for i in range(per_worker)
     )
     assert len(ids) == len(set(ids))
-    # Whole, as a full encoding of what it holds writes it.
-    assert manifest.path.read_bytes() == manifest.read().to_json().encode("utf-8")
-    # The processes removed their copies when they exited; this one's is left.
+    _assert_whole(manifest)
+    # The processes removed their spares when they exited; this one's is left.
     assert len(_temp_files(manifest)) <= 1
