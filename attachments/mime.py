@@ -9,6 +9,15 @@ import magic
 
 # How much of a file's head libmagic is shown; enough for every binary
 # signature and for its text heuristics.
+#
+# Text is the expensive case (about 3 ms of C for 10 KiB, against 0.3 ms for
+# a binary): libmagic runs every text rule over the head, its regex rules on
+# up to 8 KiB and some search rules on up to 64 KiB. A shorter head for the
+# text rules, even behind a first pass over the whole head for the binary
+# signatures and the encoding, changes verdicts: C or Python whose first
+# `#include` or `import` follows a few KiB of comments turns into plain text.
+# Only an 8 KiB text head gave the same types on a corpus of 21,000 heads,
+# and two passes then cost more than one.
 SNIFF_BYTES = 64 * 1024
 
 # A fresh table, so results do not depend on the machine's /etc/mime.types.
