@@ -12,7 +12,8 @@ so the client costs little beside the server on a small machine. Cases:
 - one client into a session that already holds 100 files, and 10,000 files
   (the cost per upload must not grow with the session);
 - with --postgres: the same on PostgreSQL + Redis, and 16 clients into 16
-  sessions on 1 and on 3 worker processes.
+  sessions on 1 and on 3 worker processes, each on a port of its own as
+  docs/DEPLOY.md runs them (and, for comparison, 3 sharing one socket).
 
 For scale, the same client also drives nginx answering a canned 201 for the
 same requests (a server that does no work): the figures read as a share of
@@ -123,9 +124,9 @@ def client_worker(
     return results
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system) used so far by the processes of a process group."""
-    ticks = 0
+def process_cpu_seconds(pgids: list[int]) -> dict[int, float]:
+    """CPU time (user + system) used so far by each process of the process groups `pgids`."""
+    seconds = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -135,21 +136,28 @@ def group_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue
         # After the command: state, ppid, pgrp, ... utime (12th), stime (13th).
-        if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
+        if int(fields[2]) in pgids:
+            seconds[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
-# The process group of the server being driven, for its CPU time per upload.
-SERVER_PGID: int | None = None
+# The process groups of the servers being driven, for their CPU time per upload.
+SERVER_PGIDS: list[int] = []
 
 
-def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) -> dict[str, float]:
+def drive(
+    port: int | list[int], sessions: list[tuple[str, str]], clients: int, total: int
+) -> dict[str, float]:
+    """
+    `clients` connections sending `total` uploads; with several ports (one
+    server each), the connections are spread over them in turn.
+    """
+    ports = [port] if isinstance(port, int) else port
     per_client = max(1, total // clients)
     jobs = [
         (
-            port,
-            f"127.0.0.1:{port}",
+            ports[i % len(ports)],
+            f"127.0.0.1:{ports[i % len(ports)]}",
             sessions if len(sessions) == 1 else [sessions[i % len(sessions)]],
             per_client,
             i,
@@ -157,11 +165,12 @@ def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) 
         for i in range(clients)
     ]
     with multiprocessing.get_context("fork").Pool(clients) as pool:
-        cpu_before = group_cpu_seconds(SERVER_PGID) if SERVER_PGID else 0.0
+        cpu_before = process_cpu_seconds(SERVER_PGIDS)
         started = time.perf_counter()
         outcomes = [r for rs in pool.map(client_worker, jobs) for r in rs]
         elapsed = time.perf_counter() - started
-        cpu_after = group_cpu_seconds(SERVER_PGID) if SERVER_PGID else 0.0
+        cpu_after = process_cpu_seconds(SERVER_PGIDS)
+    used = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
     latencies = [lat for lat, status in outcomes if status in (200, 201)]
     failed = sum(1 for _lat, status in outcomes if status not in (200, 201))
     return {
@@ -170,7 +179,14 @@ def drive(port: int, sessions: list[tuple[str, str]], clients: int, total: int) 
         "per_second": len(outcomes) / elapsed,
         "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else float("nan"),
         "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
-        "cpu_ms": (cpu_after - cpu_before) * 1000 / len(outcomes),
+        "cpu_ms": sum(used.values()) * 1000 / len(outcomes),
+        # Each server process's share of the servers' CPU time, largest first.
+        "cpu_shares": sorted(
+            (value / total_used for value in used.values() if value > 0.01 * total_used),
+            reverse=True,
+        )
+        if (total_used := sum(used.values())) > 0
+        else [],
     }
 
 
@@ -218,11 +234,10 @@ def app_server(
     )
     try:
         wait_until_listening(port, process, log=work / f"server-{port}.log", interval=0.2)
-        global SERVER_PGID
-        SERVER_PGID = process.pid
+        SERVER_PGIDS.append(process.pid)
         yield port
     finally:
-        SERVER_PGID = None
+        SERVER_PGIDS.remove(process.pid)
         # py-spy writes its profile when interrupted, and Uvicorn stops on SIGINT too.
         os.killpg(process.pid, signal.SIGINT if command[0] == "py-spy" else signal.SIGTERM)
         try:
@@ -344,6 +359,43 @@ def run_config(
         )
 
 
+def workers_on_pg(pg: dict[str, str], work: Path, scale: float, ceilings: dict) -> None:
+    """
+    16 clients into 16 sessions on 1 and on 3 worker processes. As
+    docs/DEPLOY.md runs them, each worker has a port of its own, and the
+    clients' connections are spread over them in turn, as nginx's round robin
+    spreads requests over its upstreams. For comparison, 3 workers also
+    share one listening socket (`uvicorn --workers 3`): there the kernel
+    hands each new connection to whichever worker accepts first, and a
+    worker that wakes to several pending connections takes them all, so
+    the split of the 16 connections, kept for the whole run, varies from run
+    to run (each worker's share of the CPU is printed).
+    """
+    print("\nPostgreSQL + Redis, 16 clients into 16 sessions, by worker processes")
+    results = {}
+    for workers in (1, 3):
+        with contextlib.ExitStack() as servers:
+            ports = [
+                servers.enter_context(app_server(pg, 1, work, f"postgres-{workers}-workers-{i}"))
+                for i in range(workers)
+            ]
+            sessions16 = new_sessions(ports[0], 16)
+            drive(ports, sessions16, 16, 160)
+            results[workers] = drive(ports, sessions16, 16, max(160, int(1000 * scale)))
+        label = "1 worker" if workers == 1 else f"{workers} workers, a port each"
+        print(line(label, results[workers], ceilings["16"]))
+    ratio = results[3]["per_second"] / results[1]["per_second"]
+    print(f"  3 workers : 1 worker                          {ratio:.2f}  (target >= 1.5)")
+    with app_server(pg, 3, work, "postgres-3-workers-shared") as port:
+        sessions16 = new_sessions(port, 16)
+        drive(port, sessions16, 16, 160)
+        shared = drive(port, sessions16, 16, max(160, int(1000 * scale)))
+    shares = ", ".join(f"{share:.0%}" for share in shared["cpu_shares"])
+    print(line("3 workers, one shared socket", shared, ceilings["16"]))
+    ratio = shared["per_second"] / results[1]["per_second"]
+    print(f"  its CPU by process: {shares}; against 1 worker {ratio:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -416,17 +468,7 @@ def main() -> int:
                 [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=pg, check=True
             )
             run_config("PostgreSQL + Redis, 1 worker", pg, work, scale, ceilings, "postgres")
-            print("\nPostgreSQL + Redis, 16 clients into 16 sessions, by worker processes")
-            results = {}
-            for workers in (1, 3):
-                with app_server(pg, workers, work, f"postgres-{workers}-workers") as port:
-                    sessions16 = new_sessions(port, 16)
-                    drive(port, sessions16, 16, 160)
-                    results[workers] = drive(port, sessions16, 16, max(160, int(1000 * scale)))
-                print(line(f"{workers} worker(s)", results[workers], ceilings["16"]))
-            print(
-                f"  3 workers : 1 worker                          {results[3]['per_second'] / results[1]['per_second']:.2f}  (target >= 1.5)"
-            )
+            workers_on_pg(pg, work, scale, ceilings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
