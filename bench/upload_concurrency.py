@@ -20,7 +20,7 @@ same requests (a server that does no work): the figures read as a share of
 what the client and the loopback allow. nginx comes from Debian's packages
 (installed with apt-get when missing and run as root).
 
-    .venv/bin/python bench/upload_concurrency.py [--postgres] [--quick]
+    .venv/bin/python bench/upload_concurrency.py [--postgres] [--quick] [--cases 16x16,16x1]
 
 --postgres uses DATABASE_URL (default postgres://root@127.0.0.1:5432/bench_uploads,
 created if missing) and REDIS_URL (default redis://127.0.0.1:6379/9).
@@ -322,29 +322,44 @@ def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None
     )
 
 
+# The cases `--cases` can pick, in the order they run.
+CASES = ("1", "16x1", "16x16", "size")
+
+
 def run_config(
-    name: str, env: dict[str, str], work: Path, scale: float, ceilings: dict, profile: str
+    name: str,
+    env: dict[str, str],
+    work: Path,
+    scale: float,
+    ceilings: dict,
+    profile: str,
+    cases: tuple[str, ...] = CASES,
 ) -> None:
     n = lambda value: max(16, int(value * scale))  # noqa: E731
     print(f"\n{name}")
     with app_server(env, 1, work, profile) as port:
         one = new_sessions(port, 1)
         drive(port, one, 4, 64)  # warm-up: imports, connections, caches
-        print(line("1 client, one session", drive(port, one, 1, n(200)), ceilings["1"]))
-        print(
-            line(
-                "16 clients, one session",
-                drive(port, new_sessions(port, 1), 16, n(1000)),
-                ceilings["16"],
+        if "1" in cases:
+            print(line("1 client, one session", drive(port, one, 1, n(200)), ceilings["1"]))
+        if "16x1" in cases:
+            print(
+                line(
+                    "16 clients, one session",
+                    drive(port, new_sessions(port, 1), 16, n(1000)),
+                    ceilings["16"],
+                )
             )
-        )
-        print(
-            line(
-                "16 clients, 16 sessions",
-                drive(port, new_sessions(port, 16), 16, n(1000)),
-                ceilings["16"],
+        if "16x16" in cases:
+            print(
+                line(
+                    "16 clients, 16 sessions",
+                    drive(port, new_sessions(port, 16), 16, n(1000)),
+                    ceilings["16"],
+                )
             )
-        )
+        if "size" not in cases:
+            return
         small = new_sessions(port, 1)
         drive(port, small, 4, 100)
         big = new_sessions(port, 1)
@@ -407,7 +422,17 @@ def main() -> int:
         metavar="DIR",
         help="record each server with py-spy (collapsed stacks, one file per configuration)",
     )
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help="the embedded cases to run, comma-separated, of: 1 (one client), 16x1 (16 "
+        "clients, one session), 16x16 (16 clients, 16 sessions), size (100 vs 10,000 files); "
+        "all by default",
+    )
     args = parser.parse_args()
+    cases = tuple(case.strip() for case in args.cases.split(","))
+    if unknown := set(cases) - set(CASES):
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     if args.profile:
         if shutil.which("py-spy") is None:
             parser.error("--profile needs py-spy on the PATH (.venv/bin/pip install py-spy)")
@@ -449,6 +474,7 @@ def main() -> int:
             scale,
             ceilings,
             "embedded",
+            cases,
         )
 
         if args.postgres:
