@@ -38,15 +38,15 @@ processes), and each is answered as soon as its own batch is durable.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import shutil
 import threading
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
@@ -105,13 +105,124 @@ _syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-fsync")
 # SQLite lets one transaction write at a time, and makes the others wait by
 # sleeping and retrying (its busy handler, in steps of up to 100 ms): batches
 # of different sessions convoyed behind each other. In this process they
-# queue on a lock instead, and each is let in as soon as the one before
-# commits. (Other processes, and other writers, still meet the busy handler.)
+# queue on a lock instead. (Other processes, and other writers, still meet
+# the busy handler.)
 _sqlite_writer = threading.RLock()
 
+T = TypeVar("T")
 
-def _writer_turn() -> contextlib.AbstractContextManager[Any]:
-    return _sqlite_writer if connection.vendor == "sqlite" else contextlib.nullcontext()
+
+def _in_transaction(record: Callable[[], T]) -> T:
+    """
+    Run `record` (step 3 of one session's batch) in a transaction and return
+    what it returned once that transaction has committed. On SQLite, batches
+    of other sessions waiting meanwhile share it (`_SharedTransactions`).
+    """
+    if connection.vendor != "sqlite":
+        # Row locks: batches of different sessions commit side by side.
+        with transaction.atomic():
+            return record()
+    if connection.in_atomic_block:
+        # The caller's transaction: the batch can only go into that one.
+        with _sqlite_writer, transaction.atomic():
+            return record()
+    return _shared_transactions.run(record)
+
+
+@dataclasses.dataclass(eq=False)
+class _Part:
+    """One session's step 3 in a shared transaction, and, once done, its outcome."""
+
+    record: Callable[[], Any]
+    done: bool = False
+    value: Any = None
+    error: BaseException | None = None
+    # What `record` left for after the COMMIT (`transaction.on_commit`: its
+    # events' announcements), run by the thread whose part it is.
+    after_commit: list[tuple[Any, Callable[[], None], bool]] = dataclasses.field(
+        default_factory=list
+    )
+
+
+class _SharedTransactions:
+    """
+    Group commit across sessions on SQLite. A batch that finds another
+    session's batch in its transaction waits; the next transaction takes
+    every batch that waited, one BEGIN and one COMMIT (one WAL fsync) for all
+    of them, with each batch's statements in a savepoint of its own: a batch
+    whose statements fail (a purged session, an error) is rolled back alone
+    and the others commit. The thread that finds no transaction running runs
+    the next one, on its own connection, and its waiters are answered when it
+    has committed, each then running its own `on_commit` work.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._waiting: list[_Part] = []
+        self._running = False
+
+    def run(self, record: Callable[[], T]) -> T:
+        part = _Part(record)
+        with self._condition:
+            self._waiting.append(part)
+            while self._running and not part.done:
+                self._condition.wait()
+            leading = not part.done
+            if leading:
+                self._running = True
+                parts, self._waiting = self._waiting, []
+        if leading:
+            try:
+                self._commit(parts)
+            finally:
+                with self._condition:
+                    self._running = False
+                    self._condition.notify_all()
+        if part.error is not None:
+            raise part.error
+        _run_after_commit(part.after_commit)
+        return part.value
+
+    @staticmethod
+    def _commit(parts: list[_Part]) -> None:
+        try:
+            with _sqlite_writer, transaction.atomic():
+                for part in parts:
+                    hooks = len(connection.run_on_commit)
+                    try:
+                        with transaction.atomic():
+                            part.value = part.record()
+                    except Exception as exc:  # noqa: BLE001 (that part's outcome; the rest go on)
+                        part.error = exc
+                    # A rolled-back savepoint dropped its part's hooks already.
+                    part.after_commit = connection.run_on_commit[hooks:]
+                    del connection.run_on_commit[hooks:]
+                    if connection.needs_rollback:
+                        # The savepoint's rollback failed: the whole transaction
+                        # goes, and atomic() would roll it back without a word.
+                        raise DatabaseError("A shared transaction could not be rolled back in part")
+        except BaseException as exc:
+            # Nothing committed: every part fails, those that had succeeded too.
+            for part in parts:
+                if part.error is None:
+                    part.error, part.after_commit = exc, []
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for part in parts:
+                part.done = True
+
+
+def _run_after_commit(hooks: list[tuple[Any, Callable[[], None], bool]]) -> None:
+    """Run a part's `on_commit` callbacks, as Django would have after its COMMIT."""
+    for _savepoints, callback, _robust in hooks:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 (past the commit point nothing is undone)
+            logger.exception("Error calling %s after a shared commit", callback.__qualname__)
+
+
+_shared_transactions = _SharedTransactions()
 
 
 _queues: weakref.WeakValueDictionary[int, _SessionQueue] = weakref.WeakValueDictionary()
@@ -260,10 +371,15 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
             }
         if unsynced:
             raise _SyncFailed(unsynced)
-        with _writer_turn(), transaction.atomic():
+
+        def record() -> tuple[list[PendingFile], dict[PendingFile, Attachment]]:
+            # Step 3; on SQLite possibly run by another request's thread, in
+            # a transaction shared with other sessions' batches.
+            nonlocal prepared
             accepted = _admit_batch(session, batch)
             if len(accepted) < len(batch):
                 # Refused by a quota: the manifest is written again without them.
+                assert prepared is not None
                 manifest.discard(prepared)
                 prepared = None
                 refused = {item.entry.attachment_id for item in batch} - {
@@ -274,8 +390,9 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
                 ]
                 if accepted:
                     prepared = manifest.prepare(document)
-            if accepted:
-                rows = _insert_rows(session, accepted)
+            return accepted, _insert_rows(session, accepted) if accepted else {}
+
+        accepted, rows = _in_transaction(record)
     except BaseException:
         if prepared is not None:
             manifest.discard(prepared)
