@@ -34,6 +34,21 @@ up, and the next batch takes all of them, one manifest rewrite, one
 transaction and one round of fsyncs for the lot. No request polls: a waiter
 blocks on a condition variable (in this process) or in `flock` (across
 processes), and each is answered as soon as its own batch is durable.
+
+On SQLite, which writes one transaction at a time, batches of different
+sessions also share step 3 (`_SharedTransactions`): those that wait for the
+writer while another session's transaction runs are committed by the next
+one together, one BEGIN and one COMMIT (one WAL fsync) for all of them. Each
+session's batch keeps its own manifest lock, prepares its manifest before
+and installs it after, as above; in the shared transaction its statements
+run in a savepoint of its own, so a quota cuts only its batch short and a
+purged session or a failed statement rolls back only its batch, and the
+others commit. The COMMIT is the commit point of every batch in it: should
+it fail, all of them fail as a failed transaction of their own would. Their
+`on_commit` work (the events' announcements) runs afterwards on each
+request's own thread, outside the writer's turn. On PostgreSQL batches of
+different sessions commit side by side (row locks), each in its own
+transaction.
 """
 
 from __future__ import annotations
@@ -105,8 +120,9 @@ _syncers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload-fsync")
 # SQLite lets one transaction write at a time, and makes the others wait by
 # sleeping and retrying (its busy handler, in steps of up to 100 ms): batches
 # of different sessions convoyed behind each other. In this process they
-# queue on a lock instead. (Other processes, and other writers, still meet
-# the busy handler.)
+# wait for the shared transaction (`_SharedTransactions`), which holds this
+# lock while it runs, as does a batch recorded in its caller's transaction.
+# (Other processes, and other writers, still meet the busy handler.)
 _sqlite_writer = threading.RLock()
 
 T = TypeVar("T")

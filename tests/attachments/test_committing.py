@@ -7,12 +7,15 @@ events and on disk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import threading
+import time
 
 import pytest
+from django.utils import timezone
 
 from artifacts.models import ArtifactEvent
 from attachments.committing import PendingFile, commit_batch
@@ -264,3 +267,177 @@ def test_a_batch_cut_short_by_a_quota_lists_only_what_it_kept(settings):
     assert list(assert_consistent(session)) == [first.attachment_id, *kept]
     directory = session.directory / "code_workspace/attachments"
     assert not [p for p in directory.iterdir() if p.name.startswith(".manifest-")]
+
+
+# Group commit across sessions (SQLite's shared transaction).
+
+
+def on_threads(calls: list) -> list[object]:
+    """Run each call on a thread of its own; what each returned or raised, in order."""
+    from django.db import connection
+
+    outcomes: list[object] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        try:
+            outcomes[index] = calls[index]()
+        except BaseException as exc:  # noqa: BLE001 (the outcome under test)
+            outcomes[index] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+@pytest.fixture
+def shared_commits(monkeypatch):
+    """
+    Run calls into different sessions so that each reaches SQLite's writer
+    while another session's transaction holds it: the calls' batches then
+    wait together. Yields a runner that returns the calls' outcomes and how
+    many COMMITs recorded them.
+    """
+    from django.db import connection, connections
+
+    from attachments import committing
+
+    if connection.vendor != "sqlite":
+        pytest.skip("transactions are shared across sessions on SQLite only")
+    commits: list[int] = []
+    wrapper = type(connections["default"])
+    plain_commit = wrapper.commit
+
+    def counted_commit(self):
+        commits.append(threading.get_ident())
+        return plain_commit(self)
+
+    def run(calls: list) -> tuple[list[object], int]:
+        monkeypatch.setattr(wrapper, "commit", counted_commit)
+        try:
+            # Another session's transaction in progress: the first call's
+            # batch waits for it, and the others wait behind that one.
+            with committing._sqlite_writer:
+                results: list[list[object]] = []
+                runner = threading.Thread(target=lambda: results.append(on_threads(calls)))
+                runner.start()
+                waiting = committing._shared_transactions
+                deadline = time.monotonic() + 30
+                while len(waiting._waiting) < len(calls) - 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            runner.join(60)
+        finally:
+            monkeypatch.setattr(wrapper, "commit", plain_commit)
+        return results[0], len(commits)
+
+    return run
+
+
+def test_uploads_into_many_sessions_at_once_lose_nothing():
+    sessions = [new_session() for _ in range(6)]
+    per_session, threads_per_session = 6, 2
+    results: list[tuple[int, str]] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(sessions) * threads_per_session)
+
+    def writer(number: int, thread: int) -> None:
+        session = sessions[number]
+        start.wait()
+        for n in range(per_session // threads_per_session):
+            content = f"{number}-{thread}-{n}-".encode() + os.urandom(64)
+            received = receive(session, f"s{number}-{thread}-{n}.bin", content)
+            attachment = accept_upload(session, received)
+            with lock:
+                results.append((number, attachment.attachment_id))
+
+    calls = [
+        functools.partial(writer, number, thread)
+        for number in range(len(sessions))
+        for thread in range(threads_per_session)
+    ]
+    assert on_threads(calls) == [None] * len(calls)
+    for number, session in enumerate(sessions):
+        recorded = {attachment_id for owner, attachment_id in results if owner == number}
+        assert len(recorded) == per_session
+        assert set(assert_consistent(session)) == recorded
+
+
+def test_batches_of_several_sessions_waiting_together_are_committed_by_one_commit(
+    shared_commits,
+):
+    sessions = [new_session() for _ in range(5)]
+    received = [receive(session, "f.txt", b"file of %d" % n) for n, session in enumerate(sessions)]
+    calls = [
+        functools.partial(accept_upload, session, item)
+        for session, item in zip(sessions, received, strict=True)
+    ]
+    outcomes, commits = shared_commits(calls)
+    assert all(isinstance(outcome, Attachment) for outcome in outcomes), outcomes
+    # The first batch waited alone for the transaction in progress; the four
+    # that queued behind it went in together.
+    assert commits == 2
+    for session, outcome in zip(sessions, outcomes, strict=True):
+        assert list(assert_consistent(session)) == [outcome.attachment_id]
+        assert list(ArtifactEvent.objects.filter(session=session).values_list("sequence")) == [(1,)]
+
+
+def test_a_refusal_in_a_shared_transaction_fails_only_its_own_session(settings, shared_commits):
+    settings.ATTACHMENTS_SESSION_MAX_FILES = 2
+    first, full, cut_short, purged, failing, last = (new_session() for _ in range(6))
+    accept_upload(full, receive(full, "already.txt", b"a"))
+    accept_upload(full, receive(full, "already-2.txt", b"b"))
+    held = accept_upload(cut_short, receive(cut_short, "held.txt", b"c"))
+    full_before = manifest_entries(full)
+    batch = [pending(cut_short, receive(cut_short, f"b{n}.txt", b"batch %d" % n)) for n in range(2)]
+    over = receive(full, "over.txt", b"over the quota")
+    late = receive(purged, "late.txt", b"too late")
+    # Purged in the database while its files are still being removed: the
+    # transaction is what finds out.
+    Session.objects.filter(pk=purged.pk).update(purged_at=timezone.now())
+    broken = receive(failing, "broken.txt", b"its event fails")
+
+    def fail_for_one_session(sender, session, attachments, **kwargs):
+        if session.pk == failing.pk:
+            raise RuntimeError("the event could not be written")
+
+    attachments_recorded.connect(fail_for_one_session, sender=Attachment, dispatch_uid="test-one")
+    try:
+        outcomes, commits = shared_commits(
+            [
+                functools.partial(accept_upload, first, receive(first, "first.txt", b"first")),
+                functools.partial(accept_upload, full, over),
+                functools.partial(commit_batch, cut_short, batch),
+                functools.partial(accept_upload, purged, late),
+                functools.partial(accept_upload, failing, broken),
+                functools.partial(accept_upload, last, receive(last, "last.txt", b"last")),
+            ]
+        )
+    finally:
+        attachments_recorded.disconnect(sender=Attachment, dispatch_uid="test-one")
+    # The first batch alone, then the five others in one transaction.
+    assert commits == 2
+    recorded_first, refused, _batch, gone, failed, recorded_last = outcomes
+    assert isinstance(refused, QuotaExceeded)
+    assert isinstance(gone, SessionNotFound)
+    assert isinstance(failed, RuntimeError)
+    # The session over its quota keeps what it had, and the refused file is gone.
+    assert assert_consistent(full) == full_before
+    assert not over.path.exists()
+    # The batch that a quota cut short lists what it kept, and only that.
+    assert isinstance(batch[0].outcome(), Attachment)
+    with pytest.raises(QuotaExceeded):
+        batch[1].outcome()
+    assert list(assert_consistent(cut_short)) == [held.attachment_id, batch[0].entry.attachment_id]
+    # The purged session and the failed statements left nothing.
+    assert not Attachment.objects.filter(session__in=[purged, failing]).exists()
+    assert not ArtifactEvent.objects.filter(session=failing).exists()
+    assert not broken.path.exists() and not late.path.exists()
+    manifest = failing.directory / "code_workspace/attachments/attachments_manifest.json"
+    assert not manifest.exists() or manifest_entries(failing) == {}
+    # The others are recorded, in full, in the same transaction as the failures.
+    assert list(assert_consistent(first)) == [recorded_first.attachment_id]
+    assert list(assert_consistent(last)) == [recorded_last.attachment_id]
