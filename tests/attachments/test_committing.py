@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import threading
-import time
 
 import pytest
 from django.utils import timezone
@@ -299,7 +298,7 @@ def shared_commits(monkeypatch):
     """
     Run calls into different sessions so that each reaches SQLite's writer
     while another session's transaction holds it: the calls' batches then
-    wait together. Yields a runner that returns the calls' outcomes and how
+    wait together. Returns a runner that returns the calls' outcomes and how
     many COMMITs recorded them.
     """
     from django.db import connection, connections
@@ -316,19 +315,28 @@ def shared_commits(monkeypatch):
         commits.append(threading.get_ident())
         return plain_commit(self)
 
+    # Each batch that waits for the shared transaction says so.
+    waiting = threading.Semaphore(0)
+
+    class Observed(threading.Condition):
+        def wait(self, timeout=None):
+            waiting.release()
+            return super().wait(timeout)
+
+    shared = committing._shared_transactions
+    monkeypatch.setattr(shared, "_condition", Observed())
+
     def run(calls: list) -> tuple[list[object], int]:
         monkeypatch.setattr(wrapper, "commit", counted_commit)
         try:
-            # Another session's transaction in progress: the first call's
-            # batch waits for it, and the others wait behind that one.
+            # Another session's transaction in progress: the first batch to
+            # arrive waits for it, and the others queue behind that one.
             with committing._sqlite_writer:
                 results: list[list[object]] = []
                 runner = threading.Thread(target=lambda: results.append(on_threads(calls)))
                 runner.start()
-                waiting = committing._shared_transactions
-                deadline = time.monotonic() + 30
-                while len(waiting._waiting) < len(calls) - 1 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                for _ in calls[1:]:
+                    assert waiting.acquire(timeout=30)
             runner.join(60)
         finally:
             monkeypatch.setattr(wrapper, "commit", plain_commit)
