@@ -342,22 +342,13 @@ def run_config(
         drive(port, one, 4, 64)  # warm-up: imports, connections, caches
         if "1" in cases:
             print(line("1 client, one session", drive(port, one, 1, n(200)), ceilings["1"]))
-        if "16x1" in cases:
-            print(
-                line(
-                    "16 clients, one session",
-                    drive(port, new_sessions(port, 1), 16, n(1000)),
-                    ceilings["16"],
-                )
-            )
-        if "16x16" in cases:
-            print(
-                line(
-                    "16 clients, 16 sessions",
-                    drive(port, new_sessions(port, 16), 16, n(1000)),
-                    ceilings["16"],
-                )
-            )
+        for case, label, sessions in (
+            ("16x1", "16 clients, one session", 1),
+            ("16x16", "16 clients, 16 sessions", 16),
+        ):
+            if case in cases:
+                figures = drive(port, new_sessions(port, sessions), 16, n(1000))
+                print(line(label, figures, ceilings["16"]))
         if "size" not in cases:
             return
         small = new_sessions(port, 1)

@@ -112,27 +112,33 @@ def test_many_threads_into_one_session_lose_nothing():
     assert set(assert_consistent(session)) == set(results)
 
 
-def test_concurrent_uploads_over_a_quota_keep_exactly_what_fits(settings):
-    settings.ATTACHMENTS_SESSION_MAX_FILES = 5
-    session = new_session()
-    received = [receive(session, f"f{i}.bin", b"x") for i in range(9)]
-    outcomes: list[object] = [None] * len(received)
+def on_threads(calls: list) -> list[object]:
+    """Run each call on a thread of its own; what each returned or raised, in order."""
+    from django.db import connection
 
-    def record(index: int) -> None:
-        from django.db import connection
+    outcomes: list[object] = [None] * len(calls)
 
+    def run(index: int) -> None:
         try:
-            outcomes[index] = accept_upload(session, received[index])
-        except QuotaExceeded as exc:
+            outcomes[index] = calls[index]()
+        except BaseException as exc:  # noqa: BLE001 (the outcome under test)
             outcomes[index] = exc
         finally:
             connection.close()
 
-    workers = [threading.Thread(target=record, args=(i,)) for i in range(len(received))]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+def test_concurrent_uploads_over_a_quota_keep_exactly_what_fits(settings):
+    settings.ATTACHMENTS_SESSION_MAX_FILES = 5
+    session = new_session()
+    received = [receive(session, f"f{i}.bin", b"x") for i in range(9)]
+    outcomes = on_threads([functools.partial(accept_upload, session, r) for r in received])
     kept = [o for o in outcomes if isinstance(o, Attachment)]
     refused = [o for o in outcomes if isinstance(o, QuotaExceeded)]
     assert (len(kept), len(refused)) == (5, 4)
@@ -269,28 +275,6 @@ def test_a_batch_cut_short_by_a_quota_lists_only_what_it_kept(settings):
 
 
 # Group commit across sessions (SQLite's shared transaction).
-
-
-def on_threads(calls: list) -> list[object]:
-    """Run each call on a thread of its own; what each returned or raised, in order."""
-    from django.db import connection
-
-    outcomes: list[object] = [None] * len(calls)
-
-    def run(index: int) -> None:
-        try:
-            outcomes[index] = calls[index]()
-        except BaseException as exc:  # noqa: BLE001 (the outcome under test)
-            outcomes[index] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return outcomes
 
 
 @pytest.fixture
