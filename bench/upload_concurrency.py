@@ -33,6 +33,7 @@ rename, database commit), as in production.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import multiprocessing
@@ -172,10 +173,12 @@ def drive(
         cpu_after = process_cpu_seconds(SERVER_PGIDS)
     used = {pid: cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after}
     latencies = [lat for lat, status in outcomes if status in (200, 201)]
-    failed = sum(1 for _lat, status in outcomes if status not in (200, 201))
+    failures = collections.Counter(status for _lat, status in outcomes if status not in (200, 201))
+    failed = sum(failures.values())
     return {
         "count": len(outcomes),
         "failed": failed,
+        "failures": dict(failures),  # status: count
         "per_second": len(outcomes) / elapsed,
         "p50_ms": percentile(latencies, 0.5) * 1000 if latencies else float("nan"),
         "p99_ms": percentile(latencies, 0.99) * 1000 if latencies else float("nan"),
@@ -314,7 +317,8 @@ def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None
     share = ""
     if ceiling is not None:
         share = f"  ({figures['per_second'] / ceiling['per_second']:.2f} of {ceiling['per_second']:.0f}/s no-work nginx)"
-    failed = f"  FAILED {figures['failed']}" if figures["failed"] else ""
+    statuses = ", ".join(f"{count} x {status}" for status, count in figures["failures"].items())
+    failed = f"  FAILED {figures['failed']} ({statuses})" if figures["failed"] else ""
     cpu = f"  server CPU {figures['cpu_ms']:5.1f} ms/upload" if figures["cpu_ms"] else ""
     return (
         f"  {label:<44} {figures['per_second']:7.1f} uploads/s  p50 {figures['p50_ms']:6.1f} ms  "
