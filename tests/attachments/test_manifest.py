@@ -4,6 +4,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -310,6 +311,36 @@ def test_spares_are_removed_at_exit(tmp_path: Path):
     with manifest.edit() as document:  # and saves go on, written whole
         document.append(entry("att_new"))
     assert manifest.read().attachments[-1].attachment_id == "att_new"
+
+
+def test_a_writer_killed_in_the_middle_of_its_saves_leaves_a_whole_manifest(tmp_path: Path):
+    """kill -9 of a process appending to a large manifest, over its spares, five times."""
+    manifest = _large_manifest(tmp_path)
+    context = multiprocessing.get_context("spawn")
+    for writer in range(5):
+        before = len(manifest.read().attachments)
+        process = context.Process(
+            target=_write_entries, args=(str(tmp_path), writer, 100_000, True)
+        )
+        process.start()
+        deadline = time.monotonic() + 60
+        # Killed once it has saved a few times, so over its spares, at whatever step it is.
+        while len(manifest.read().attachments) < before + 5 + 3 * writer:
+            assert time.monotonic() < deadline and process.is_alive()
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(30)
+        _assert_whole(manifest)
+        ids = [e.attachment_id for e in manifest.read().attachments]
+        assert len(ids) == len(set(ids))
+        # Every save was all or nothing: the writer's entries are its first n, in order.
+        written = [i for i in ids if i.startswith(f"att_w{writer:02d}i")]
+        assert written == [f"att_w{writer:02d}i{i:08d}" for i in range(len(written))]
+        # What the killed process left (its spare, a save it had begun) does not stop the next.
+        with manifest.edit() as document:
+            document.append(entry(f"att_after_kill{writer}"))
+        _assert_whole(manifest)
+        assert manifest.read().attachments[-1].attachment_id == f"att_after_kill{writer}"
 
 
 def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_files(
