@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import free_port, wait_until_listening
+from _common import free_port, read_response, wait_until_listening
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -118,7 +118,7 @@ def request(port: int, method: str, path: str, body=None, headers=None) -> tuple
         sock.sendall(head.encode("latin-1") + b"\r\n")
         for piece in body or ():
             sock.sendall(piece)
-        status, answer_headers, data = _answer(sock, _received[port], method)
+        status, answer_headers, data = read_response(sock, _received[port], method)
     except (OSError, ValueError):
         sock.close()
         del _connections[port], _received[port]
@@ -127,33 +127,6 @@ def request(port: int, method: str, path: str, body=None, headers=None) -> tuple
         sock.close()
         del _connections[port], _received[port]
     return status, answer_headers, data
-
-
-def _answer(sock: socket.socket, buffer: bytearray, method: str) -> tuple[int, dict, bytes]:
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        _read_more(sock, buffer)
-    lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
-    del buffer[: end + 4]
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    if method == "HEAD" or status in (204, 304):
-        length = 0
-    while len(buffer) < length:
-        _read_more(sock, buffer)
-    data = bytes(buffer[:length])
-    del buffer[:length]
-    return status, headers, data
-
-
-def _read_more(sock: socket.socket, buffer: bytearray) -> None:
-    chunk = sock.recv(1 << 16)
-    if not chunk:
-        raise ConnectionError("the server closed the connection")
-    buffer += chunk
 
 
 def new_session(port: int) -> tuple[str, dict[str, str]]:

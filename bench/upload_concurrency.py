@@ -49,7 +49,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import free_port, wait_until_listening
+from _common import free_port, read_response, wait_until_listening
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -82,29 +82,6 @@ def upload_request(host: str, session_id: str, token: str, index: int) -> bytes:
     return head + body
 
 
-def read_response(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    length = 0
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        rest += chunk
-    buffer[:] = rest[length:]
-    return status, rest[:length]
-
-
 def client_worker(
     args: tuple[int, str, list[tuple[str, str]], int, int],
 ) -> list[tuple[float, int]]:
@@ -119,7 +96,7 @@ def client_worker(
         request = upload_request(host, session_id, token, offset * 100_000 + n)
         started = time.perf_counter()
         sock.sendall(request)
-        status, _body = read_response(sock, buffer)
+        status, _headers, _body = read_response(sock, buffer)
         results.append((time.perf_counter() - started, status))
     sock.close()
     return results
