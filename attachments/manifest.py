@@ -355,6 +355,14 @@ class _DocumentCache:
 _cache = _DocumentCache(CACHE_SESSIONS)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Replaced:
+    """A manifest as this process knows it: its `updated_at` and how many entries it holds."""
+
+    updated_at: str
+    count: int
+
+
 @dataclasses.dataclass
 class _Spare:
     """
@@ -366,10 +374,9 @@ class _Spare:
     fd: int  # open for reading and writing
     count: int  # its entries
     length: int  # its bytes, less `_TAIL`
-    # The manifest that replaced it (its `updated_at` and entries): a save
-    # may write over this one only while that manifest is still the current one.
-    successor: str
-    successor_count: int
+    # The manifest that replaced it: a save may write over this one only
+    # while that manifest is still the current one.
+    successor: _Replaced
 
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -401,12 +408,11 @@ class _Spares:
         for old in dropped:
             old.discard()
 
-    def take(self, key: str, current: str, count: int) -> _Spare | None:
+    def take(self, key: str, current: _Replaced) -> _Spare | None:
         """
-        `key`'s spare, if the manifest in place is still the one that
-        replaced it (`current` and `count` are its `updated_at` and
-        entries), it is still under its name and nobody has it open; else
-        None. Call it under the manifest's lock: that is what keeps
+        `key`'s spare, if the manifest in place (`current`) is still the one
+        that replaced it, it is still under its name and nobody has it open;
+        else None. Call it under the manifest's lock: that is what keeps
         reconciliation from removing the spare, and other writers from
         replacing the manifest, meanwhile.
         """
@@ -418,12 +424,7 @@ class _Spares:
             in_place = os.stat(spare.path).st_ino == os.fstat(spare.fd).st_ino
         except FileNotFoundError:
             in_place = False
-        if (
-            not in_place
-            or spare.successor != current
-            or spare.successor_count != count
-            or not _open_nowhere_else(spare.fd)
-        ):
+        if not in_place or spare.successor != current or not _open_nowhere_else(spare.fd):
             spare.discard()
             return None
         return spare
@@ -466,9 +467,9 @@ def _release_later(fd: int) -> None:
 
 # Linux's lease commands, where this platform has them. A lease broken
 # while it is held (someone opening the spare by its temporary name in the
-# microseconds between the two calls above) signals its holder: SIGIO by
-# default, whose default action ends the process, so the lease's
-# descriptor is set to signal SIGURG instead, which is ignored by default.
+# microseconds between the two calls of `_open_nowhere_else()`) signals its
+# holder: SIGIO by default, whose default action ends the process, so the
+# lease's descriptor is set to signal SIGURG instead, ignored by default.
 _LEASES = getattr(fcntl, "F_SETLEASE", None)
 _F_SETSIG = getattr(fcntl, "F_SETSIG", None)
 
@@ -504,14 +505,6 @@ def _open_spare(path: Path) -> int:
             os.close(fd)
             raise
     return fd
-
-
-@dataclasses.dataclass(frozen=True)
-class _Replaced:
-    """The manifest a save replaces, as this process knows it: its `updated_at` and entries."""
-
-    updated_at: str
-    count: int
 
 
 @dataclasses.dataclass
@@ -614,7 +607,7 @@ class Manifest:
             # Only appended to since it was read or saved: the file in place
             # holds its first `count` entries.
             replaces = _Replaced(document.updated_at, encoded.count)
-        spare = _spares.take(self._key, replaces.updated_at, replaces.count) if replaces else None
+        spare = _spares.take(self._key, replaces) if replaces else None
         document.updated_at = utc_now_iso()
         pieces = document.to_json_pieces()
         if spare is not None:
@@ -706,8 +699,7 @@ class Manifest:
             fd,
             replaced.count,
             length,
-            successor.updated_at,
-            len(successor.attachments),
+            _Replaced(successor.updated_at, len(successor.attachments)),
         )
 
     def discard(self, prepared: PreparedManifest) -> None:
