@@ -79,39 +79,6 @@ def assert_consistent(session) -> dict[str, dict]:
     return entries
 
 
-def test_many_threads_into_one_session_lose_nothing():
-    session = new_session()
-    threads, per_thread = 12, 8
-    results: list[str] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    start = threading.Barrier(threads)
-
-    def writer(index: int) -> None:
-        from django.db import connection
-
-        try:
-            start.wait()
-            for n in range(per_thread):
-                content = f"{index}-{n}-".encode() + os.urandom(64)
-                attachment = accept_upload(session, receive(session, f"f{index}-{n}.bin", content))
-                with lock:
-                    results.append(attachment.attachment_id)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    workers = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-    assert errors == []
-    assert len(results) == len(set(results)) == threads * per_thread
-    assert set(assert_consistent(session)) == set(results)
-
-
 def on_threads(calls: list) -> list[object]:
     """Run each call on a thread of its own; what each returned or raised, in order."""
     from django.db import connection
@@ -132,6 +99,26 @@ def on_threads(calls: list) -> list[object]:
     for thread in threads:
         thread.join(60)
     return outcomes
+
+
+def test_many_threads_into_one_session_lose_nothing():
+    session = new_session()
+    threads, per_thread = 12, 8
+    results: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def writer(index: int) -> None:
+        start.wait()
+        for n in range(per_thread):
+            content = f"{index}-{n}-".encode() + os.urandom(64)
+            attachment = accept_upload(session, receive(session, f"f{index}-{n}.bin", content))
+            with lock:
+                results.append(attachment.attachment_id)
+
+    assert on_threads([functools.partial(writer, i) for i in range(threads)]) == [None] * threads
+    assert len(results) == len(set(results)) == threads * per_thread
+    assert set(assert_consistent(session)) == set(results)
 
 
 def test_concurrent_uploads_over_a_quota_keep_exactly_what_fits(settings):
