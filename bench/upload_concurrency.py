@@ -359,6 +359,12 @@ def workers_on_pg(pg: dict[str, str], work: Path, scale: float, ceilings: dict) 
     to run (each worker's share of the CPU is printed).
     """
     print("\nPostgreSQL + Redis, 16 clients into 16 sessions, by worker processes")
+
+    def sixteen_sessions(ports: int | list[int]) -> dict[str, float]:
+        sessions16 = new_sessions(ports if isinstance(ports, int) else ports[0], 16)
+        drive(ports, sessions16, 16, 160)  # warm-up
+        return drive(ports, sessions16, 16, max(160, int(1000 * scale)))
+
     results = {}
     for workers in (1, 3):
         with contextlib.ExitStack() as servers:
@@ -366,17 +372,13 @@ def workers_on_pg(pg: dict[str, str], work: Path, scale: float, ceilings: dict) 
                 servers.enter_context(app_server(pg, 1, work, f"postgres-{workers}-workers-{i}"))
                 for i in range(workers)
             ]
-            sessions16 = new_sessions(ports[0], 16)
-            drive(ports, sessions16, 16, 160)
-            results[workers] = drive(ports, sessions16, 16, max(160, int(1000 * scale)))
+            results[workers] = sixteen_sessions(ports)
         label = "1 worker" if workers == 1 else f"{workers} workers, a port each"
         print(line(label, results[workers], ceilings["16"]))
     ratio = results[3]["per_second"] / results[1]["per_second"]
     print(f"  3 workers : 1 worker                          {ratio:.2f}  (target >= 1.5)")
     with app_server(pg, 3, work, "postgres-3-workers-shared") as port:
-        sessions16 = new_sessions(port, 16)
-        drive(port, sessions16, 16, 160)
-        shared = drive(port, sessions16, 16, max(160, int(1000 * scale)))
+        shared = sixteen_sessions(port)
     shares = ", ".join(f"{share:.0%}" for share in shared["cpu_shares"])
     print(line("3 workers, one shared socket", shared, ceilings["16"]))
     ratio = shared["per_second"] / results[1]["per_second"]
