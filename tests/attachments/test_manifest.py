@@ -219,6 +219,7 @@ def test_a_spare_that_a_reader_still_has_open_is_not_written_over(tmp_path: Path
     manifest = _large_manifest(tmp_path)
     if reader == "this process":
         held = open(manifest.path, "rb")  # noqa: SIM115 (held across the saves)
+        descriptor = f"/proc/self/fd/{held.fileno()}"
         stop = held.close
     else:
         process = subprocess.Popen(
@@ -230,7 +231,7 @@ def test_a_spare_that_a_reader_still_has_open_is_not_written_over(tmp_path: Path
             ],
             stdin=subprocess.PIPE,
         )
-        _wait_until_open_by(process.pid, manifest.path)
+        descriptor = _wait_until_open_by(process.pid, manifest.path)
         stop = lambda: process.communicate(b"", timeout=30)  # noqa: E731
     held_inode = manifest.path.stat().st_ino
     as_opened = manifest.path.read_bytes()
@@ -242,12 +243,7 @@ def test_a_spare_that_a_reader_still_has_open_is_not_written_over(tmp_path: Path
             _assert_whole(manifest)
         assert held_inode not in _temp_files(manifest)
         # What the reader has open still holds what it opened.
-        with open(
-            f"/proc/self/fd/{held.fileno()}"
-            if reader == "this process"
-            else f"/proc/{process.pid}/fd/3",
-            "rb",
-        ) as again:
+        with open(descriptor, "rb") as again:
             assert again.read() == as_opened
     finally:
         stop()
@@ -258,15 +254,14 @@ def test_a_spare_that_a_reader_still_has_open_is_not_written_over(tmp_path: Path
     assert manifest.path.stat().st_ino in spares
 
 
-def _wait_until_open_by(pid: int, path: Path) -> None:
+def _wait_until_open_by(pid: int, path: Path) -> str:
+    """The /proc path of the descriptor by which process `pid` has `path` open, once it has."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError):
-            if any(
-                os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(path)
-                for fd in os.listdir(f"/proc/{pid}/fd")
-            ):
-                return
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.path.realpath(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return f"/proc/{pid}/fd/{fd}"
         time.sleep(0.01)
     raise AssertionError(f"{path} was not opened by {pid}")
 
