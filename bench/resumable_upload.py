@@ -9,6 +9,14 @@ from a memory map of the file), so the ratio compares the two server paths:
 - multipart: one POST /api/uploads/{sid} with the whole file;
 - tus: POST to create, then PATCHes of --chunk-mib each.
 
+For scale, each upload follows a twin that writes the same bytes with no
+server, as the server writes them (copied into a 1 MiB page-aligned buffer,
+written around the page cache): before the multipart upload with one fsync
+at the end, as it syncs; before the tus upload with an fsync after every
+chunk, as each PATCH must before its 204. Each path's share of its twin's
+speed says how much the server adds to the disk, which on a shared virtual
+disk can halve or double its speed within minutes.
+
 Then a tus upload is interrupted half-way by SIGKILL of the server; a new
 server starts, and the client resumes: HEAD for the offset, then the next
 PATCH, which first re-hashes the half already on disk (the digest state
@@ -129,6 +137,13 @@ def request(port: int, method: str, path: str, body=None, headers=None) -> tuple
     return status, answer_headers, data
 
 
+def hang_up() -> None:
+    """Close the kept-alive connections; the next request opens its own."""
+    for port in list(_connections):
+        _connections.pop(port).close()
+        del _received[port]
+
+
 def new_session(port: int) -> tuple[str, dict[str, str]]:
     status, _h, body = request(
         port, "POST", "/api/sessions", b"{}", {"Content-Type": "application/json"}
@@ -212,6 +227,38 @@ def tus(port: int, data: mmap.mmap, chunk: int) -> float:
     return time.perf_counter() - started
 
 
+def disk_alone(data: mmap.mmap, directory: Path, sync_every: int) -> tuple[float, bool]:
+    """
+    The same bytes written as the server writes them, with no server: each
+    MiB copied into a page-aligned buffer and written from it around the
+    page cache (O_DIRECT, where the filesystem takes it) to a file in
+    `directory`, with an fsync after every `sync_every` bytes and at the
+    end. Returns the seconds and whether O_DIRECT was used.
+    """
+    path = directory / "disk-alone.bin"
+    direct = getattr(os, "O_DIRECT", 0)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o600)
+    except OSError:
+        fd, direct = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), 0
+    buffer = mmap.mmap(-1, MIB)
+    view = memoryview(data)
+    try:
+        started = time.perf_counter()
+        for offset in range(0, len(data), MIB):
+            piece = view[offset : offset + MIB]
+            buffer[: len(piece)] = piece
+            os.write(fd, memoryview(buffer)[: len(piece)])
+            if (offset + MIB) % sync_every == 0:
+                os.fsync(fd)
+        os.fsync(fd)
+        return time.perf_counter() - started, bool(direct)
+    finally:
+        os.close(fd)
+        buffer.close()
+        path.unlink()
+
+
 def migrated_installation(work: Path, database_url: str | None) -> dict[str, str]:
     """
     The environment of a throwaway installation in `work` (its warehouse, and
@@ -256,17 +303,27 @@ def main() -> int:
             for _ in range(args.size_mib):
                 out.write(os.urandom(MIB))
         with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            multi, resumed = [], []
+            multi, resumed, disk_once, disk_each = [], [], [], []
             client_cpu = {"multipart": 0.0, "tus": 0.0}
             with server(env, work) as (port, _process):
                 for _ in range(args.runs):
+                    # Each upload right after its disk-alone twin: the
+                    # disk's speed drifts, by half or double, within minutes.
+                    seconds, direct = disk_alone(data, work, size)
+                    disk_once.append(seconds)
+                    # The server may have closed the idle connection meanwhile
+                    # (Uvicorn's keep-alive timeout is 5 s): start afresh.
+                    hang_up()
                     before = time.process_time()
                     multi.append(multipart(port, data))
-                    middle = time.process_time()
+                    client_cpu["multipart"] += time.process_time() - before
+                    disk_each.append(disk_alone(data, work, chunk)[0])
+                    hang_up()
+                    before = time.process_time()
                     resumed.append(tus(port, data, chunk))
-                    client_cpu["multipart"] += middle - before
-                    client_cpu["tus"] += time.process_time() - middle
+                    client_cpu["tus"] += time.process_time() - before
             m, t = statistics.median(multi), statistics.median(resumed)
+            once, each = statistics.median(disk_once), statistics.median(disk_each)
             database = "PostgreSQL" if env["DATABASE_URL"].startswith("postgres") else "SQLite"
             print(
                 f"{args.size_mib} MiB, tus in {args.chunk_mib} MiB chunks, medians of {args.runs}"
@@ -275,6 +332,12 @@ def main() -> int:
             print(f"  multipart  {m:6.2f} s  {args.size_mib / m:7.1f} MiB/s")
             print(f"  tus        {t:6.2f} s  {args.size_mib / t:7.1f} MiB/s")
             print(f"  tus / multipart throughput: {m / t:.2f}  (target >= 0.8)")
+            how = "O_DIRECT" if direct else "through the page cache"
+            every = f"an fsync every {args.chunk_mib} MiB"
+            print(f"  the disk alone ({how}, 1 MiB writes), same bytes:")
+            once_label = "one fsync at the end"
+            print(f"    {once_label:<24} {once:6.2f} s   multipart / it: {once / m:.2f}")
+            print(f"    {every:<24} {each:6.2f} s   tus / it: {each / t:.2f}")
             # The client must not be the bottleneck: its CPU time against the wall time.
             shares = {
                 "multipart": client_cpu["multipart"] / sum(multi),
