@@ -11,17 +11,24 @@ lower id can commit after a higher one is already visible.)
 
 Waiters learn about new events from a small channel-layer message sent after
 commit. The message is only a hint to re-read the database; see
-`artifacts.wakeups`.
+`artifacts.wakeups`. A request served by the ASGI server hands it to the
+server's event loop and is answered without waiting for the layer (a Redis
+round trip); there, one message per session is in flight at a time, and the
+ones that come meanwhile are merged into the next.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import weakref
 from collections.abc import Sequence
 from functools import cache
 from pathlib import PurePosixPath
+from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
@@ -175,22 +182,56 @@ def announce(session_id: str, sequence: int, purged: bool = False) -> None:
     Tell every process waiting on this session that it has events up to
     `sequence`. Best effort, and never raises: it runs after the commit, and
     a follower that misses it finds the events at its next database re-check
-    (`ARTIFACTS_EVENT_RECHECK_SECONDS`). A connection the layer dropped (a
-    Redis restart) is retried once, on a fresh connection.
+    (`ARTIFACTS_EVENT_RECHECK_SECONDS`).
+
+    On a thread of the ASGI server (a request's), the message is handed to
+    the server's event loop and this returns at once: the request's answer
+    does not wait for the layer. Elsewhere (a management command, a worker
+    with no server) it is sent before this returns.
     """
-    message: dict[str, object] = {
+    message: dict[str, Any] = {
         "type": NOTIFICATION_TYPE,
         "session_id": session_id,
         "sequence": sequence,
     }
     if purged:
         message["purged"] = True
+    loop = _serving_loop()
+    if loop is not None:
+        try:
+            loop.call_soon_threadsafe(_announce_on_loop, session_id, message)
+            return
+        except RuntimeError:
+            pass  # The loop closed since it was looked at: send it from here.
+    async_to_sync(_send)(session_id, message)
+
+
+def _serving_loop() -> asyncio.AbstractEventLoop | None:
+    """
+    The running event loop of the server whose request this thread is
+    serving, if any. asgiref records it on the threads it runs sync code
+    on; a thread that outlived its loop (or was forked) keeps a stale one.
+    """
+    local = SyncToAsync.threadlocal
+    loop: asyncio.AbstractEventLoop | None = getattr(local, "main_event_loop", None)
+    if loop is None or getattr(local, "main_event_loop_pid", None) != os.getpid():
+        return None
+    if loop.is_closed() or not loop.is_running():
+        return None
+    return loop
+
+
+async def _send(session_id: str, message: dict[str, Any]) -> None:
+    """
+    Send one announcement to the session's group. A connection the layer
+    dropped (a Redis restart) is retried once, on a fresh connection.
+    """
     for attempt in (1, 2):
         try:
             layer = get_channel_layer()
             if layer is None:
                 return
-            async_to_sync(layer.group_send)(events_group(session_id), message)
+            await layer.group_send(events_group(session_id), message)
             return
         except Exception:  # noqa: BLE001 (best effort: logged, never raised)
             if attempt == 2:
@@ -198,6 +239,63 @@ def announce(session_id: str, sequence: int, purged: bool = False) -> None:
                     "Could not announce events of session %s up to %d; followers will "
                     "find them at their next re-check",
                     session_id,
-                    sequence,
+                    message["sequence"],
                     exc_info=True,
                 )
+
+
+class _Announcer:
+    """
+    The announcements of one event loop, used only on that loop's thread.
+    A session has at most one send in flight: what comes meanwhile waits,
+    merged into one message, so a burst of uploads into one session costs
+    the layer two sends, not one per upload, and no send overtakes another.
+    """
+
+    def __init__(self) -> None:
+        # Sessions with a send in flight, and the message to send next (or None).
+        self._next: dict[str, dict[str, Any] | None] = {}
+        # Strong references: the loop keeps only weak ones to its tasks.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def announce(self, session_id: str, message: dict[str, Any]) -> None:
+        if session_id in self._next:
+            waiting = self._next[session_id]
+            self._next[session_id] = message if waiting is None else _merged(waiting, message)
+            return
+        self._next[session_id] = None
+        task = asyncio.get_running_loop().create_task(self._send_all(session_id, message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_all(self, session_id: str, message: dict[str, Any]) -> None:
+        try:
+            while True:
+                await _send(session_id, message)
+                waiting = self._next[session_id]
+                if waiting is None:
+                    return
+                message, self._next[session_id] = waiting, None
+        finally:
+            del self._next[session_id]
+
+
+def _merged(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """One message saying what two say: the higher sequence, and purged if either was."""
+    merged = {**later, "sequence": max(earlier["sequence"], later["sequence"])}
+    if earlier.get("purged"):
+        merged["purged"] = True
+    return merged
+
+
+_announcers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Announcer] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _announce_on_loop(session_id: str, message: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    announcer = _announcers.get(loop)
+    if announcer is None:
+        announcer = _announcers[loop] = _Announcer()
+    announcer.announce(session_id, message)

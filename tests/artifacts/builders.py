@@ -68,7 +68,46 @@ class DroppingChannelLayer(InMemoryChannelLayer):
         type(self).dropped += 1
 
 
+class HeldChannelLayer(InMemoryChannelLayer):
+    """
+    Keeps every group message waiting until the test releases them, as a
+    slow layer (a Redis far away, or busy) would; `held` lists them in the
+    order they were sent.
+    """
+
+    held: list[dict[str, Any]] = []
+    _gate: asyncio.Event | None = None
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.held = []
+        cls._gate = asyncio.Event()
+
+    @classmethod
+    def release(cls) -> None:
+        assert cls._gate is not None
+        cls._gate.set()
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        type(self).held.append(message)
+        assert self._gate is not None
+        await self._gate.wait()
+        await super().group_send(group, message)
+
+
+class FailingChannelLayer(InMemoryChannelLayer):
+    """Refuses every group message, as a layer whose Redis is down does."""
+
+    attempts = 0
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        type(self).attempts += 1
+        raise ConnectionError("the channel layer is down")
+
+
 DROPPING_LAYER = {"default": {"BACKEND": "tests.artifacts.builders.DroppingChannelLayer"}}
+HELD_LAYER = {"default": {"BACKEND": "tests.artifacts.builders.HeldChannelLayer"}}
+FAILING_LAYER = {"default": {"BACKEND": "tests.artifacts.builders.FailingChannelLayer"}}
 IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 

@@ -21,7 +21,18 @@ from attachments.manifest_sync import manifest_for, sync_session_from_manifest
 from attachments.models import Attachment, Session
 from attachments.sessions import purge_session
 
-from .builders import add_attachment, new_session
+from .builders import (
+    DROPPING_LAYER,
+    FAILING_LAYER,
+    HELD_LAYER,
+    DroppingChannelLayer,
+    FailingChannelLayer,
+    HeldChannelLayer,
+    add_attachment,
+    asgi_client,
+    new_session,
+    until,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -221,3 +232,89 @@ def test_concurrent_writers_commit_gap_free_sequences_that_readers_see_in_order(
     assert errors == []
     assert seen == list(range(1, total + 1))
     assert EventStream.objects.get(session=session).last_sequence == total
+
+
+@pytest.fixture
+def held_layer(settings):
+    settings.CHANNEL_LAYERS = HELD_LAYER
+    HeldChannelLayer.reset()
+    yield HeldChannelLayer
+    HeldChannelLayer.release()
+
+
+async def _upload(client, session_id: str, name: str):
+    """An upload through the ASGI application, which must be answered within 10 s."""
+    files = {"file": (name, b"content of " + name.encode())}
+    request = client.post(f"/api/uploads/{session_id}", files=files)
+    return await asyncio.wait_for(request, 10)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_upload_is_answered_while_its_announcement_is_still_on_its_way(
+    warehouse, held_layer
+):
+    await database_sync_to_async(new_session)("slow-layer")
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events_group("slow-layer"), channel)
+    async with asgi_client() as client:
+        response = await _upload(client, "slow-layer", "a.txt")
+    assert response.status_code == 201
+    assert [message["sequence"] for message in held_layer.held] == [1]
+    held_layer.release()
+    message = await asyncio.wait_for(layer.receive(channel), 5)
+    assert message == {"type": "artifact.events", "session_id": "slow-layer", "sequence": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_uploads_made_while_an_announcement_is_in_flight_are_announced_together(
+    warehouse, held_layer
+):
+    await database_sync_to_async(new_session)("burst")
+    async with asgi_client() as client:
+        for index in range(4):
+            assert (await _upload(client, "burst", f"{index}.txt")).status_code == 201
+    assert [message["sequence"] for message in held_layer.held] == [1]
+    held_layer.release()
+    await until(lambda: len(held_layer.held) == 2)
+    assert [message["sequence"] for message in held_layer.held] == [1, 4]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_purge_merged_with_uploads_is_still_announced_as_a_purge(warehouse, held_layer):
+    session = await database_sync_to_async(new_session)("merged-purge")
+    async with asgi_client() as client:
+        for index in range(3):
+            assert (await _upload(client, "merged-purge", f"{index}.txt")).status_code == 201
+    await database_sync_to_async(purge_session)(session)
+    held_layer.release()
+    await until(lambda: len(held_layer.held) == 2)
+    # Three uploads and their three deletions, then the purge: one message.
+    assert held_layer.held[1]["sequence"] == 6
+    assert held_layer.held[1]["purged"] is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_outside_a_server_is_announced_before_it_returns(settings):
+    settings.CHANNEL_LAYERS = DROPPING_LAYER
+    session = new_session("command")
+    before = DroppingChannelLayer.dropped
+    add_attachment(session, "from-a-command.txt")
+    assert DroppingChannelLayer.dropped == before + 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_upload_succeeds_when_the_layer_is_down_and_the_failure_is_logged(
+    warehouse, settings, caplog
+):
+    settings.CHANNEL_LAYERS = FAILING_LAYER
+    FailingChannelLayer.attempts = 0
+    await database_sync_to_async(new_session)("layer-down")
+    async with asgi_client() as client:
+        response = await _upload(client, "layer-down", "kept.txt")
+        listed = await client.get("/api/uploads/layer-down")
+    assert response.status_code == 201
+    assert [a["name"] for a in listed.json()["attachments"]] == ["kept.txt"]
+    # Tried twice (the second time on a fresh connection), then logged.
+    await until(lambda: FailingChannelLayer.attempts == 2)
+    await until(lambda: "Could not announce events of session layer-down" in caplog.text)
