@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import io
 import json
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -110,9 +112,14 @@ def resumable_patch_route(scope: Scope) -> tuple[str, str] | None:
     return str(match.kwargs.get("session_id", "")), str(match.kwargs.get("upload_id", ""))
 
 
-# Threads that answer upload POSTs (UploadRequestHandler). A request waiting
-# for its batch's commit holds one of these, never a thread other requests need.
-_upload_threads = ThreadPoolExecutor(max_workers=64, thread_name_prefix="upload-request")
+# Threads that answer upload POSTs (UploadRequestHandler) and write tus
+# PATCH bodies (_PatchBody). A request waiting for its batch's commit holds
+# one of these, never a thread other requests need; a PATCH holds one only
+# while its bytes flow.
+UPLOAD_THREADS = 64
+_upload_threads = ThreadPoolExecutor(
+    max_workers=UPLOAD_THREADS, thread_name_prefix="upload-request"
+)
 
 
 class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
@@ -277,54 +284,71 @@ class StreamingUploadMiddleware:
     ) -> None:
         """
         A tus PATCH: the body goes to the upload's file as it arrives
-        (attachments.resumable). Once all of it is in, one hop makes it
-        durable, moves the offset and runs Django's middleware and view for
-        the answer (`UploadRequestHandler.respond`): a client sends its PATCHes
-        one after the other, so each hop here delays the next chunk.
+        (attachments.resumable), written in order by `_PatchBody` on an
+        upload thread, which also authorises the request and leases the
+        upload first, and at the end makes the bytes durable, moves the
+        offset and runs Django's middleware and view for the answer
+        (`UploadRequestHandler.respond`). The event loop only receives: a
+        client sends its PATCHes one after the other, so every trip between
+        the loop and a thread delays the next chunk.
         """
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
         }
-        # The body's first bytes come in while the request is authorised and
-        # the upload leased, instead of waiting in the socket for that hop.
-        prefetch = _Prefetch(receive, 2 * conf.UPLOAD_BUFFER_BYTES)
-        receive = prefetch.receive
-        session, writer, error = await prefetch.during(
-            _in_worker_thread(_authorize_and_open_patch, scope, session_id, upload_id, headers)
-        )
-        if writer is None:
-            await self._forward(scope, receive, send, StreamedUpload(session=session, error=error))
-            return
+        handler = self.upload_app if isinstance(self.upload_app, UploadRequestHandler) else None
+        body = _PatchBody(scope, session_id, upload_id, headers, handler)
+        declared = _declared_length(scope)
+        buffer_bytes = conf.UPLOAD_BUFFER_BYTES  # read once, not for each of the body's messages
+        pending: list[bytes] = []
+        pending_bytes = received = 0
+        early: asyncio.Future[Message] | None = None
         try:
-            last = await _receive_patch_body(writer, receive, _declared_length(scope))
-        except Exception as exc:
-            await _in_worker_thread(resumable.finish_patch, writer, False)
-            outcome = StreamedUpload(session=session, error=_as_api_error(exc))
+            while not body.decided:
+                if body.opened:
+                    message = await receive()
+                else:
+                    # Until the upload is leased, a refusal is answered as soon
+                    # as it is known, not when the client sends more.
+                    early = early or asyncio.ensure_future(receive())
+                    await asyncio.wait({early, body.result}, return_when=asyncio.FIRST_COMPLETED)
+                    if not early.done():
+                        break
+                    message, early = early.result(), None
+                if message["type"] == "http.disconnect":
+                    body.leave(pending)  # keep what arrived, answer nobody
+                    break
+                chunk = message.get("body", b"")
+                if chunk:
+                    pending.append(chunk)
+                    pending_bytes += len(chunk)
+                if not message.get("more_body", False):
+                    body.end(pending)
+                    break
+                received += len(chunk)
+                # Within the body's last buffer each piece goes to the disk as
+                # it comes, so that the last one finds no buffer's worth still
+                # to write on the way to the answer. A slow body is written
+                # when the lease is due for renewal, which its write renews.
+                last_buffer = declared is not None and declared - received < buffer_bytes
+                if pending and (pending_bytes >= buffer_bytes or last_buffer or body.renewal_due):
+                    # The pieces as received: joining them would copy each once more.
+                    await body.write(pending, pending_bytes, push=last_buffer)
+                    pending, pending_bytes = [], 0
+        finally:
+            if early is not None:
+                early.cancel()
+            # Cancelled (the server stops): what arrived is kept, the lease let go.
+            body.leave(pending)
+        result = await body.result
+        if result is None:
+            return  # the client left
+        outcome, response = result
+        if response is None:
             await self._forward(scope, receive, send, outcome)
-            return
-        if last is None:  # the client left: keep what arrived, answer nobody
-            await _in_worker_thread(resumable.finish_patch, writer, False)
-            return
-        tail: list[bytes] = last
-
-        def finish() -> StreamedUpload:
-            try:
-                writer.write_chunks(tail)
-            except Exception as exc:
-                resumable.finish_patch(writer, False)
-                return StreamedUpload(session=session, error=_as_api_error(exc))
-            try:
-                upload = resumable.finish_patch(writer, True)
-            except Exception as exc:
-                return StreamedUpload(session=session, error=_as_api_error(exc))
-            return StreamedUpload(session=session, resumable=upload)
-
-        handler = self.upload_app
-        if not isinstance(handler, UploadRequestHandler):
-            await self._forward(scope, receive, send, await _in_worker_thread(finish))
-            return
-        await handler.answer(scope, send, finish)  # one hop for both
+        else:
+            assert handler is not None
+            await handler.send_response(response, send)
 
     async def _whole(
         self,
@@ -401,106 +425,224 @@ class StreamingUploadMiddleware:
         return StreamedUpload(session=session, received=received)
 
 
-class _Prefetch:
+# How long a PATCH's thread waits for the body's next buffer before letting go.
+_LINGER_SECONDS = 0.005
+
+
+class _PatchBody:
     """
-    A request's body messages received while other work runs (`during`),
-    up to `limit` bytes held in memory, then handed out in order by
-    `receive()` before it reads on. A receive still pending when the work
-    ends is kept for `receive()`, so no message is lost or read twice.
+    The thread side of one tus PATCH. The event loop hands it the body's
+    buffers as they arrive (`write`, then `end`, or `leave` if the client
+    left); a thread of `_upload_threads` works through them in order:
+    authorise and lease first (`_authorize_and_open_patch`), append each
+    buffer, then finish the PATCH and make its answer. While the client
+    sends faster than the disk takes it, one thread stays with the PATCH
+    from the lease to the answer, with no trip back to the event loop in
+    between; when the client pauses it lets go of the thread and its
+    database connection until more arrives, so a slow client holds neither.
+
+    At most `budget` bytes wait in memory for the disk: the loop stops
+    receiving beyond that (`write` waits), and the client's socket with it.
+    `result` is (StreamedUpload, the response or None) once the PATCH is
+    answered or failed, None if the client left.
     """
 
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._held: collections.deque[Message] = collections.deque()
-        self._held_bytes = 0
-        self._ended = False  # the body's last message, or the disconnect, is held
-        self._next: asyncio.Future[Message] | None = None
+    def __init__(
+        self,
+        scope: Scope,
+        session_id: str,
+        upload_id: str,
+        headers: dict[str, str],
+        handler: UploadRequestHandler | None,
+    ) -> None:
+        self._scope = scope
+        self._route = (session_id, upload_id)
+        self._headers = headers
+        self._handler = handler
+        self._budget = 2 * conf.UPLOAD_BUFFER_BYTES
+        self._loop = asyncio.get_running_loop()
+        self.result: asyncio.Future[tuple[StreamedUpload, HttpResponseBase | None] | None] = (
+            self._loop.create_future()
+        )
+        # Shared with the thread, under the lock.
+        self._lock = threading.Lock()
+        self._more = threading.Condition(self._lock)
+        self._items: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._draining = False
+        self._queued = 0  # bytes handed over and not yet written
+        self._waiting = False  # the loop waits for the queue to shrink
+        self._room = asyncio.Event()
+        # Only the loop reads and writes these.
+        self._closed = False  # end() or leave() was called
+        self._drains: set[asyncio.Future[None]] = set()
+        # Only the thread writes these.
+        self._session: Any = None
+        self._writer: resumable.PatchWriter | None = None
+        self._decided = False
+        self._submit(("open",))
 
-    async def during(self, work: Awaitable[Any]) -> Any:
-        task = asyncio.ensure_future(work)
-        while not self._ended and self._held_bytes < self._limit:
-            if self._next is None:
-                self._next = asyncio.ensure_future(self._receive())
-            await asyncio.wait({task, self._next}, return_when=asyncio.FIRST_COMPLETED)
-            if not self._next.done():
-                break
-            message, self._next = self._next.result(), None
-            self._held.append(message)
-            self._held_bytes += len(message.get("body", b""))
-            self._ended = message["type"] != "http.request" or not message.get("more_body")
-            if task.done():
-                break
-        return await task
+    # The event loop's side.
 
-    async def receive(self) -> Message:
-        if self._held:
-            return self._held.popleft()
-        if self._next is not None:
-            pending, self._next = self._next, None
-            return await pending
-        return await self._receive()
+    @property
+    def decided(self) -> bool:
+        """The PATCH failed or was answered: the rest of the body is not wanted."""
+        return self.result.done()
 
+    @property
+    def opened(self) -> bool:
+        """The request was authorised and the upload leased: bytes go to its file."""
+        return self._writer is not None
 
-async def _receive_patch_body(
-    writer: Any, receive: Receive, declared: int | None = None
-) -> list[bytes] | None:
-    """
-    Write a PATCH body as it arrives. One write is on a worker thread while
-    the next buffer is received. The upload's lease is renewed when due as
-    long as bytes come, however slowly. Returns None if the client left
-    (what came is written), else the body's last pieces, not yet written:
-    the caller writes them in the hop that ends the PATCH, one hop fewer
-    between the last byte and the answer.
-    """
-    pending: list[bytes] = []
-    pending_bytes = received = 0
-    buffer_bytes = conf.UPLOAD_BUFFER_BYTES  # read once, not for each of the body's messages
-    writing: asyncio.Future[None] | None = None
+    @property
+    def renewal_due(self) -> bool:
+        writer = self._writer
+        return writer is not None and writer.renewal_due
 
-    async def write(chunks: list[bytes], push: bool = False) -> asyncio.Future[None]:
-        if writing is not None:
-            await writing
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(None, writer.write_chunks, chunks, push)
+    async def write(self, chunks: list[bytes], size: int, push: bool) -> None:
+        """Hand over the next buffer; waits while too many bytes wait for the disk."""
+        with self._lock:
+            self._queued += size
+            full = self._queued > self._budget
+            if full:
+                self._waiting = True
+                self._room.clear()
+        self._submit(("write", chunks, size, push))
+        if full:
+            await self._room.wait()
 
-    try:
+    def end(self, tail: list[bytes]) -> None:
+        """The body's last pieces: write them, finish the PATCH and make its answer."""
+        self._closed = True
+        self._submit(("end", tail))
+
+    def leave(self, pending: list[bytes]) -> None:
+        """The client left (or the request was cancelled): keep what arrived, answer nobody."""
+        if self._closed:
+            return
+        self._closed = True
+        self._submit(("left", pending))
+
+    def _submit(self, item: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._items.append(item)
+            if self._draining:
+                self._more.notify()
+                return
+            self._draining = True
+        # As a sync view runs (asgiref's thread handler): the thread knows the
+        # serving loop, where a notification it causes is handed
+        # (artifacts.events); its connection is given back when it lets go.
+        drain = database_sync_to_async(
+            self._drain, thread_sensitive=False, executor=_upload_threads
+        )
+        task = asyncio.ensure_future(drain())
+        self._drains.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._drains.discard)
+
+    # The thread's side.
+
+    def _drain(self) -> None:
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            if writer.renewal_due:
-                await _in_worker_thread(writer.renew)
-            body = message.get("body", b"")
-            if body:
-                pending.append(body)
-                pending_bytes += len(body)
-            if not message.get("more_body", False):
-                return pending
-            received += len(body)
-            # Within the body's last buffer each piece goes to the disk as it
-            # comes, so that the last one finds no buffer's worth still to
-            # write on the way to the answer.
-            last_buffer = declared is not None and declared - received < buffer_bytes
-            if pending_bytes >= buffer_bytes or (last_buffer and pending):
-                # The pieces as received: joining them would copy each once more.
-                chunks, pending, pending_bytes = pending, [], 0
-                writing = await write(chunks, last_buffer)
-        if pending:
-            writing = await write(pending)
-        return None
-    finally:
-        if writing is not None:
-            await writing
+            with self._lock:
+                if not self._items and not self._decided:
+                    # The next buffer is usually a moment away: waiting for it
+                    # here costs less than a new trip to a thread.
+                    self._more.wait(_LINGER_SECONDS)
+                if not self._items:
+                    self._draining = False
+                    return
+                item = self._items.popleft()
+            try:
+                self._work(item)
+            except BaseException as exc:
+                self._decide(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _work(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == "write":
+            self._written(item[2])
+        if self._decided:
+            return  # failed before: the rest of the body goes nowhere
+        if kind == "open":
+            self._session, self._writer, error = _authorize_and_open_patch(
+                self._scope, *self._route, self._headers
+            )
+            if self._writer is None:
+                self._answer(StreamedUpload(session=self._session, error=error))
+            return
+        writer = self._writer
+        assert writer is not None
+        if kind == "write":
+            _, chunks, _size, push = item
+            try:
+                if writer.renewal_due:
+                    writer.renew()
+                writer.write_chunks(chunks, push)
+            except Exception as exc:
+                resumable.finish_patch(writer, False)
+                self._answer(StreamedUpload(session=self._session, error=_as_api_error(exc)))
+        elif kind == "end":
+            self._answer(self._finish(writer, item[1]))
+        else:  # "left"
+            try:
+                if item[1]:
+                    writer.write_chunks(item[1])
+            finally:
+                resumable.finish_patch(writer, False)
+            self._decide(None)
+
+    def _finish(self, writer: resumable.PatchWriter, tail: list[bytes]) -> StreamedUpload:
+        try:
+            writer.write_chunks(tail)
+        except Exception as exc:
+            resumable.finish_patch(writer, False)
+            return StreamedUpload(session=self._session, error=_as_api_error(exc))
+        try:
+            upload = resumable.finish_patch(writer, True)
+        except Exception as exc:
+            return StreamedUpload(session=self._session, error=_as_api_error(exc))
+        return StreamedUpload(session=self._session, resumable=upload)
+
+    def _answer(self, outcome: StreamedUpload) -> None:
+        """Decide the PATCH: its response made here, on this thread, if Django's handler is ours."""
+        response = (
+            None if self._handler is None else self._handler.respond(self._scope, lambda: outcome)
+        )
+        self._decide((outcome, response))
+
+    def _written(self, size: int) -> None:
+        with self._lock:
+            self._queued -= size
+            wake = self._waiting and self._queued <= self._budget
+            if wake:
+                self._waiting = False
+        if wake:
+            self._loop.call_soon_threadsafe(self._room.set)
+
+    def _decide(self, result: Any) -> None:
+        if self._decided:
+            return
+        self._decided = True
+        if isinstance(result, BaseException):
+            if self._writer is not None:
+                # A bug: the offset stays where it was, the lease is let go.
+                with contextlib.suppress(Exception):
+                    self._writer.release()
+            self._loop.call_soon_threadsafe(_settle, self.result, None, result)
+        else:
+            self._loop.call_soon_threadsafe(_settle, self.result, result, None)
+        self._loop.call_soon_threadsafe(self._room.set)  # a waiting loop sees the decision
 
 
-async def _in_worker_thread(function: Callable[..., Any], *args: Any) -> Any:
-    """
-    A database call of a PATCH on a thread of the pool, not the one thread
-    Django's sync views share: a PATCH's few database trips do not queue
-    behind other requests' views.
-    """
-    return await database_sync_to_async(function, thread_sensitive=False)(*args)
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _authorize_and_open_patch(

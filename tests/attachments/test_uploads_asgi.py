@@ -294,6 +294,73 @@ def test_a_refused_tus_patch_is_answered_while_its_body_is_in_flight():
     assert upload.offset == 0 and upload.lease_token == ""
 
 
+def test_patches_whose_clients_pause_hold_no_upload_thread():
+    """
+    More PATCHes than there are upload threads, each paused half-way by its
+    client: another PATCH is still written and answered meanwhile, and each
+    paused one ends with every byte once its client sends the rest.
+    """
+    from asgiref.sync import sync_to_async
+
+    from attachments import resumable
+    from attachments.models import Attachment, ResumableUpload
+    from attachments.uploads_asgi import UPLOAD_THREADS
+    from macproject.asgi import application
+
+    session = new_session()
+    data = bytes(range(256)) * 64  # 16 KiB
+    half = len(data) // 2
+    paused = [
+        resumable.create_upload(session, len(data), {"filename": f"p{i}.bin"})
+        for i in range(UPLOAD_THREADS + 8)
+    ]
+    other = resumable.create_upload(session, len(data), {"filename": "other.bin"})
+
+    async def client(upload, resume: asyncio.Event | None) -> int:
+        scope = tus_patch_scope(session, upload.upload_id, 0, len(data))
+        pieces = [data[:half], data[half:]] if resume else [data]
+        queue: asyncio.Queue = asyncio.Queue()
+        sent: list = []
+
+        async def receive():
+            if queue.empty() and pieces:
+                if len(pieces) == 1 and resume is not None:
+                    await resume.wait()
+                piece = pieces.pop(0)
+                return {"type": "http.request", "body": piece, "more_body": bool(pieces)}
+            return await queue.get()
+
+        async def send(message):
+            sent.append(message)
+
+        await application(scope, receive, send)
+        return sent[0]["status"]
+
+    leased = sync_to_async(
+        lambda: ResumableUpload.objects.filter(
+            pk__in=[u.pk for u in paused], lease_token__gt=""
+        ).count()
+    )
+
+    async def scenario() -> tuple[int, list[int]]:
+        resume = asyncio.Event()
+        waiting = [asyncio.create_task(client(upload, resume)) for upload in paused]
+        while await leased() < len(paused):  # every paused PATCH holds its upload
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # longer than a PATCH's thread waits for more bytes
+        answered = await client(other, None)
+        resume.set()
+        return answered, await asyncio.gather(*waiting)
+
+    answered, statuses = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert answered == 204
+    assert statuses == [204] * len(paused)
+    recorded = Attachment.objects.filter(session=session)
+    assert recorded.count() == len(paused) + 1
+    for attachment in recorded:
+        assert (session.directory / attachment.path).read_bytes() == data
+
+
 @pytest.mark.access_policy("token")
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_a_small_upload_without_the_sessions_credentials_is_refused_and_leaves_nothing(token):
