@@ -30,11 +30,17 @@ pytestmark = [pytest.mark.server, pytest.mark.services, pytest.mark.django_db(tr
 # before it is answered 503, and the first after the outage for the pool's
 # next reconnection attempt.
 OUTAGE_WAIT = 30
+# The server's connections say who they are (libpq reads PGAPPNAME).
+SERVER_APPLICATION = "mac-outage-test-server"
 
 
 @contextlib.contextmanager
 def database_unreachable() -> Iterator[None]:
-    """No new connection to the test database, and every other one cut (but this test's)."""
+    """
+    No new connection to the test database, and the server's cut (known by
+    the application name it connects with). This process's other threads'
+    connections are left alone: a test after this one would inherit them dead.
+    """
     settings = connection.settings_dict
     name = settings["NAME"]
     quoted = connection.ops.quote_name(name)
@@ -54,8 +60,8 @@ def database_unreachable() -> Iterator[None]:
         try:
             maintenance.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> %s",
-                [name, own],
+                "WHERE datname = %s AND pid <> %s AND application_name = %s",
+                [name, own, SERVER_APPLICATION],
             )
             yield
         finally:
@@ -86,7 +92,7 @@ def postgres() -> None:
 
 
 def test_a_database_outage_is_a_json_error_on_every_transport_and_ends_by_itself(server, postgres):
-    with server("uvicorn") as s:
+    with server("uvicorn", PGAPPNAME=SERVER_APPLICATION) as s:
         session_id = clients.create_session(s.url)
 
         with database_unreachable():
