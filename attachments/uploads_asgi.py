@@ -175,7 +175,7 @@ class UploadRequestHandler(ASGIHandler):  # type: ignore[misc]
         """
         The response to a request whose body was read, closed and ready for
         `send_response`: all of the request's cycle on the calling thread
-        (a tus PATCH calls it in the hop that ends the PATCH). `outcome`,
+        (a tus PATCH's thread calls it once the PATCH has ended). `outcome`,
         if given, makes what the request's body became (`StreamedUpload`).
         """
         set_script_prefix(get_script_prefix(scope))
@@ -581,8 +581,7 @@ class _PatchBody:
                     writer.renew()
                 writer.write_chunks(chunks, push)
             except Exception as exc:
-                resumable.finish_patch(writer, False)
-                self._answer(StreamedUpload(session=self._session, error=_as_api_error(exc)))
+                self._answer(self._failed(writer, exc))
         elif kind == "end":
             self._answer(self._finish(writer, item[1]))
         else:  # "left"
@@ -597,13 +596,17 @@ class _PatchBody:
         try:
             writer.write_chunks(tail)
         except Exception as exc:
-            resumable.finish_patch(writer, False)
-            return StreamedUpload(session=self._session, error=_as_api_error(exc))
+            return self._failed(writer, exc)
         try:
             upload = resumable.finish_patch(writer, True)
         except Exception as exc:
             return StreamedUpload(session=self._session, error=_as_api_error(exc))
         return StreamedUpload(session=self._session, resumable=upload)
+
+    def _failed(self, writer: resumable.PatchWriter, exc: Exception) -> StreamedUpload:
+        """A write failed: what was written before it is kept, the lease let go, the error told."""
+        resumable.finish_patch(writer, False)
+        return StreamedUpload(session=self._session, error=_as_api_error(exc))
 
     def _answer(self, outcome: StreamedUpload) -> None:
         """Decide the PATCH: its response made here, on this thread, if Django's handler is ours."""
