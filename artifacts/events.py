@@ -64,7 +64,7 @@ def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
             .values_list("session_id", flat=True)
             .get(pk=attachment.session_id)
         )
-        stream = _allocate_sequences(attachment.session_id, 1)
+        stream = _allocate_sequences({attachment.session_id: 1})[attachment.session_id]
         event = _event_for(attachment, stream.last_sequence, change_type)
         event.save(force_insert=True)
         _apply_retention(stream)
@@ -72,61 +72,85 @@ def append_event(attachment: Attachment, change_type: str) -> ArtifactEvent:
     return event
 
 
-def append_created_events(session: Session, attachments: Sequence[Attachment]) -> None:
+def append_created_events(batches: Sequence[tuple[Session, Sequence[Attachment]]]) -> None:
     """
-    Append a `created` event for each of `attachments` (new rows of
-    `session`, recorded together) with one sequence allocation, in the
-    caller's transaction, which must hold the session's row lock; announce
-    the last one once that transaction commits.
+    Append a `created` event for each of the attachments of each batch (new
+    rows of that session, recorded together), in the caller's transaction,
+    which must hold the sessions' row locks: one sequence allocation and one
+    INSERT for all the batches, whichever sessions they are of. Each
+    session's last event is announced once that transaction commits.
     """
-    if not attachments:
+    batches = [(session, attachments) for session, attachments in batches if attachments]
+    if not batches:
         return
     with transaction.atomic(savepoint=False):
-        stream = _allocate_sequences(session.pk, len(attachments))
-        first = stream.last_sequence - len(attachments) + 1
-        events = [
-            _event_for(attachment, first + offset, ArtifactEvent.ChangeType.CREATED)
-            for offset, attachment in enumerate(attachments)
-        ]
+        streams = _allocate_sequences({session.pk: len(rows) for session, rows in batches})
+        events = []
+        for session, attachments in batches:
+            first = streams[session.pk].last_sequence - len(attachments) + 1
+            events += [
+                _event_for(attachment, first + offset, ArtifactEvent.ChangeType.CREATED)
+                for offset, attachment in enumerate(attachments)
+            ]
         if statements.raw_statements():
             # One INSERT written once per vendor; bulk_create compiled it per upload.
             statements.insert(events)
         else:
             ArtifactEvent.objects.bulk_create(events)
-        _apply_retention(stream)
-    _announce_on_commit(session.session_id, stream.last_sequence)
+        for stream in streams.values():
+            _apply_retention(stream)
+    for session, _attachments in batches:
+        _announce_on_commit(session.session_id, streams[session.pk].last_sequence)
 
 
-def _allocate_sequences(session_pk: int, count: int) -> EventStream:
+def _allocate_sequences(counts: dict[int, int]) -> dict[int, EventStream]:
     """
-    Move the session's counter on by `count`, in the caller's transaction
-    (which holds the session's row lock), and return it as it now stands.
-    On SQLite and PostgreSQL this is one UPDATE ... RETURNING, where reading
-    the counter and writing it back took two statements of every upload's
-    transaction.
+    Move each session's counter on by its count (session pk: count), in the
+    caller's transaction (which holds the sessions' row locks), and return
+    them as they now stand. On SQLite and PostgreSQL this is one UPDATE ...
+    RETURNING for all of them, where reading each counter and writing it
+    back took two statements per session.
     """
     if not statements.raw_statements():
-        stream, _created = EventStream.objects.get_or_create(session_id=session_pk)
-        stream.last_sequence += count
-        stream.save(update_fields=["last_sequence"])
-        return stream
+        streams = {}
+        for session_pk, count in counts.items():
+            stream, _created = EventStream.objects.get_or_create(session_id=session_pk)
+            stream.last_sequence += count
+            stream.save(update_fields=["last_sequence"])
+            streams[session_pk] = stream
+        return streams
+    params: list[int] = []
+    for session_pk, count in counts.items():
+        params += [session_pk, count]
+    params += counts
     with connection.cursor() as cursor:
-        cursor.execute(_allocation_statement(connection.vendor), [count, session_pk])
-        row = cursor.fetchone()
-    if row is None:
-        # The session's first event: nobody else can be creating its
-        # counter, since they would need the session's row lock too.
-        return EventStream.objects.create(session_id=session_pk, last_sequence=count)
-    return EventStream(session_id=session_pk, last_sequence=row[0], trimmed_through=row[1])
+        cursor.execute(_allocation_statement(connection.vendor, len(counts)), params)
+        streams = {
+            key: EventStream(session_id=key, last_sequence=last, trimmed_through=trimmed)
+            for key, last, trimmed in cursor.fetchall()
+        }
+    for session_pk, count in counts.items():
+        if session_pk not in streams:
+            # The session's first event: nobody else can be creating its
+            # counter, since they would need the session's row lock too.
+            streams[session_pk] = EventStream.objects.create(
+                session_id=session_pk, last_sequence=count
+            )
+    return streams
 
 
 @cache
-def _allocation_statement(vendor: str) -> str:
-    """`_allocate_sequences`' UPDATE, written once per database vendor rather than per upload."""
+def _allocation_statement(vendor: str, sessions: int) -> str:
+    """`_allocate_sequences`' UPDATE for that many sessions, written once per vendor and size."""
     table, last, trimmed, key = statements.quoted_names(
         EventStream, "last_sequence", "trimmed_through", "session"
     )
-    return f"UPDATE {table} SET {last} = {last} + %s WHERE {key} = %s RETURNING {last}, {trimmed}"
+    counts = " ".join(["WHEN %s THEN %s"] * sessions)
+    keys = ", ".join(["%s"] * sessions)
+    return (
+        f"UPDATE {table} SET {last} = {last} + CASE {key} {counts} END "
+        f"WHERE {key} IN ({keys}) RETURNING {key}, {last}, {trimmed}"
+    )
 
 
 def _event_for(attachment: Attachment, sequence: int, change_type: str) -> ArtifactEvent:

@@ -68,9 +68,9 @@ def _change_for_save(instance: Attachment, created: bool) -> str | None:
 
 @receiver(attachments_recorded, sender=Attachment, dispatch_uid="artifacts.attachments_recorded")
 def attachments_recorded_in_bulk(
-    sender: type[Attachment], session: Session, attachments: list[Attachment], **kwargs: Any
+    sender: type[Attachment], batches: list[tuple[Session, list[Attachment]]], **kwargs: Any
 ) -> None:
-    events.append_created_events(session, attachments)
+    events.append_created_events(batches)
 
 
 @receiver(post_delete, sender=Attachment, dispatch_uid="artifacts.attachment_deleted")

@@ -40,15 +40,20 @@ sessions also share step 3 (`_SharedTransactions`): those that wait for the
 writer while another session's transaction runs are committed by the next
 one together, one BEGIN and one COMMIT (one WAL fsync) for all of them. Each
 session's batch keeps its own manifest lock, prepares its manifest before
-and installs it after, as above; in the shared transaction its statements
-run in a savepoint of its own, so a quota cuts only its batch short and a
-purged session or a failed statement rolls back only its batch, and the
-others commit. The COMMIT is the commit point of every batch in it: should
-it fail, all of them fail as a failed transaction of their own would. Their
-`on_commit` work (the events' announcements) runs afterwards on each
-request's own thread, outside the writer's turn. On PostgreSQL batches of
-different sessions commit side by side (row locks), each in its own
-transaction.
+and installs it after, as above. In the shared transaction the batches with
+no quota to check run each statement once for all of them (one UPDATE of
+the counters, one INSERT of the rows, one sequence allocation and one INSERT
+of the events, `_record_batches()`), in one savepoint; a purged session is
+found by that UPDATE and refused alone. Should anything else in it fail, and
+for batches with a quota to check, each batch runs its statements in a
+savepoint of its own, so a quota cuts only its batch short and a failed
+statement rolls back only its batch, and the others commit. The COMMIT is
+the commit point of every batch in it: should it fail, all of them fail as
+a failed transaction of their own would. Their `on_commit` work (the events'
+announcements) runs afterwards on a request's thread (each batch's own, or
+one for those whose statements were shared), outside the writer's turn. On
+PostgreSQL batches of different sessions commit side by side (row locks),
+each in its own transaction.
 """
 
 from __future__ import annotations
@@ -128,11 +133,13 @@ _sqlite_writer = threading.RLock()
 T = TypeVar("T")
 
 
-def _in_transaction(record: Callable[[], T]) -> T:
+def _in_transaction(record: Callable[[], T], together: _Batch | None = None) -> T:
     """
     Run `record` (step 3 of one session's batch) in a transaction and return
     what it returned once that transaction has committed. On SQLite, batches
-    of other sessions waiting meanwhile share it (`_SharedTransactions`).
+    of other sessions waiting meanwhile share it (`_SharedTransactions`);
+    `together`, the batch `record` would record, when it needs no quota
+    check, lets its statements run with theirs (`_record_batches()`).
     """
     if connection.vendor != "sqlite":
         # Row locks: batches of different sessions commit side by side.
@@ -142,7 +149,11 @@ def _in_transaction(record: Callable[[], T]) -> T:
         # The caller's transaction: the batch can only go into that one.
         with _sqlite_writer, transaction.atomic():
             return record()
-    return _shared_transactions.run(record)
+    return _shared_transactions.run(record, together)
+
+
+# A session and the files of its batch that its transaction records.
+_Batch = tuple[Session, list[PendingFile]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -150,6 +161,10 @@ class _Part:
     """One session's step 3 in a shared transaction, and, once done, its outcome."""
 
     record: Callable[[], Any]
+    # What `record` would do, as data, when it is only the no-quota case
+    # that other parts' statements can share (`_record_batches()`).
+    together: _Batch | None = None
+    recorded: bool = False  # its statements ran, into `value` or `error`
     done: bool = False
     value: Any = None
     error: BaseException | None = None
@@ -177,8 +192,8 @@ class _SharedTransactions:
         self._waiting: list[_Part] = []
         self._running = False
 
-    def run(self, record: Callable[[], T]) -> T:
-        part = _Part(record)
+    def run(self, record: Callable[[], T], together: _Batch | None = None) -> T:
+        part = _Part(record, together)
         with self._condition:
             self._waiting.append(part)
             while self._running and not part.done:
@@ -203,7 +218,10 @@ class _SharedTransactions:
     def _commit(parts: list[_Part]) -> None:
         try:
             with _sqlite_writer, transaction.atomic():
+                _record_together(parts)
                 for part in parts:
+                    if part.recorded:
+                        continue
                     hooks = len(connection.run_on_commit)
                     try:
                         with transaction.atomic():
@@ -213,10 +231,7 @@ class _SharedTransactions:
                     # A rolled-back savepoint dropped its part's hooks already.
                     part.after_commit = connection.run_on_commit[hooks:]
                     del connection.run_on_commit[hooks:]
-                    if connection.needs_rollback:
-                        # The savepoint's rollback failed: the whole transaction
-                        # goes, and atomic() would roll it back without a word.
-                        raise DatabaseError("A shared transaction could not be rolled back in part")
+                    _check_rolled_back()
         except BaseException as exc:
             # Nothing committed: every part fails, those that had succeeded too.
             for part in parts:
@@ -227,6 +242,57 @@ class _SharedTransactions:
         finally:
             for part in parts:
                 part.done = True
+
+
+def _record_together(parts: list[_Part]) -> None:
+    """
+    The statements of the parts that need no quota check, in one savepoint:
+    each kind once for all their sessions (`_record_batches()`), where run
+    part by part they cost six per session. Under many sessions the writer's
+    turn was spent mostly waiting to run again (for the GIL and a core)
+    after each statement, the other sessions' requests having run meanwhile.
+
+    Should anything in it fail, the savepoint is rolled back and the parts are
+    left to be recorded one by one, each then failing or committing on its own.
+    The events' announcements of the parts recorded here are run after the
+    COMMIT by one of their requests' threads.
+    """
+    together: list[_Part] = []
+    sessions: set[int] = set()
+    for part in parts:
+        if part.together is not None and part.together[0].pk not in sessions:
+            sessions.add(part.together[0].pk)
+            together.append(part)
+    if len(together) < 2:
+        return
+    hooks = len(connection.run_on_commit)
+    try:
+        with transaction.atomic():
+            outcomes = _record_batches([part.together for part in together if part.together])
+    except Exception:  # noqa: BLE001 (the parts are recorded one by one instead)
+        logger.info(
+            "Statements shared by %d sessions failed; recording them one by one",
+            len(together),
+            exc_info=True,
+        )
+        _check_rolled_back()
+        return
+    after_commit = connection.run_on_commit[hooks:]
+    del connection.run_on_commit[hooks:]
+    for part, outcome in zip(together, outcomes, strict=True):
+        part.recorded = True
+        if isinstance(outcome, BaseException):
+            part.error = outcome
+        else:
+            part.value = outcome
+            part.after_commit, after_commit = after_commit, []
+
+
+def _check_rolled_back() -> None:
+    if connection.needs_rollback:
+        # A savepoint's rollback failed: the whole transaction goes, and
+        # atomic() would roll it back without a word.
+        raise DatabaseError("A shared transaction could not be rolled back in part")
 
 
 def _run_after_commit(hooks: list[tuple[Any, Callable[[], None], bool]]) -> None:
@@ -406,9 +472,10 @@ def _commit_under_lock(session: Session, manifest: Manifest, batch: list[Pending
                 ]
                 if accepted:
                     prepared = manifest.prepare(document)
-            return accepted, _insert_rows(session, accepted) if accepted else {}
+            return accepted, _insert_rows([(session, accepted)])[0] if accepted else {}
 
-        accepted, rows = _in_transaction(record)
+        quotas = conf.SESSION_MAX_FILES is not None or conf.SESSION_MAX_BYTES is not None
+        accepted, rows = _in_transaction(record, None if quotas else (session, batch))
     except BaseException:
         if prepared is not None:
             manifest.discard(prepared)
@@ -513,44 +580,100 @@ def _usage_statement(vendor: str) -> str:
 
 def _count_in(session: Session, items: list[PendingFile], live_only: bool = False) -> bool:
     """Add `items` to the session's usage counters; False if it matched no (live) session."""
-    files, size = len(items), sum(item.entry.size for item in items)
+    return session.pk in _count_in_sessions([(session, items)], live_only)
+
+
+def _count_in_sessions(batches: list[_Batch], live_only: bool = False) -> set[int]:
+    """Add each batch to its session's usage counters; the pks of the (live) sessions moved."""
+    moves = [
+        (session.pk, len(items), sum(item.entry.size for item in items))
+        for session, items in batches
+    ]
     if not statements.raw_statements():
         sessions = Session.objects.live() if live_only else Session.objects.all()
-        moved = sessions.filter(pk=session.pk).update(
-            used_files=F("used_files") + files, used_bytes=F("used_bytes") + size
-        )
-        return moved > 0
+        return {
+            pk
+            for pk, files, size in moves
+            if sessions.filter(pk=pk).update(
+                used_files=F("used_files") + files, used_bytes=F("used_bytes") + size
+            )
+        }
+    params: list[int] = []
+    for column in (1, 2):
+        for move in moves:
+            params += [move[0], move[column]]
+    params += [pk for pk, _files, _size in moves]
     with connection.cursor() as cursor:
-        cursor.execute(_count_statement(connection.vendor, live_only), [files, size, session.pk])
-        return cursor.rowcount > 0
+        cursor.execute(_count_statement(connection.vendor, live_only, len(moves)), params)
+        return {pk for (pk,) in cursor.fetchall()}
 
 
-# Written once per database vendor, as the rows' and events' INSERTs are
-# (attachments.statements): the ORM built it for every batch.
+# Written once per database vendor and number of sessions, as the rows' and
+# events' INSERTs are (attachments.statements): the ORM built it for every batch.
 @functools.cache
-def _count_statement(vendor: str, live_only: bool) -> str:
+def _count_statement(vendor: str, live_only: bool, sessions: int) -> str:
     table, pk, files, size, purged_at = _counter_columns()
-    sql = f"UPDATE {table} SET {files} = {files} + %s, {size} = {size} + %s WHERE {pk} = %s"
-    return f"{sql} AND {purged_at} IS NULL" if live_only else sql
+    by_session = " ".join(["WHEN %s THEN %s"] * sessions)
+    keys = ", ".join(["%s"] * sessions)
+    sql = (
+        f"UPDATE {table} SET {files} = {files} + CASE {pk} {by_session} END, "
+        f"{size} = {size} + CASE {pk} {by_session} END WHERE {pk} IN ({keys})"
+    )
+    if live_only:
+        sql = f"{sql} AND {purged_at} IS NULL"
+    return f"{sql} RETURNING {pk}"
 
 
-def _insert_rows(session: Session, accepted: list[PendingFile]) -> dict[PendingFile, Attachment]:
+def _record_batches(
+    batches: list[_Batch],
+) -> list[tuple[list[PendingFile], dict[PendingFile, Attachment]] | SessionNotFound]:
     """
-    The rest of step 3: the batch's rows in one INSERT and their events (by
-    the `artifacts` app's receiver), under the row lock `_admit_batch()` took.
+    Step 3 of batches of different sessions with no quota to check, in the
+    caller's transaction: their counters moved by one UPDATE (which finds the
+    purged sessions), their rows inserted by one INSERT, their events by the
+    receivers of one `attachments_recorded`. Each batch's outcome, in order:
+    what its `record` returns, or SessionNotFound.
+    """
+    live = _count_in_sessions(batches, live_only=True)
+    recorded = [(session, items) for session, items in batches if session.pk in live]
+    rows = iter(_insert_rows(recorded))
+    return [
+        (items, next(rows)) if session.pk in live else SessionNotFound()
+        for session, items in batches
+    ]
+
+
+def _insert_rows(batches: list[_Batch]) -> list[dict[PendingFile, Attachment]]:
+    """
+    The rest of step 3: the batches' rows in one INSERT and their events (by
+    the `artifacts` app's receiver), under the row locks `_admit_batch()` or
+    `_count_in_sessions()` took. Each batch's rows, by its items.
     """
     rows = [
-        Attachment(
-            session=session, attachment_id=item.entry.attachment_id, **mirror_fields(item.entry)
-        )
-        for item in accepted
+        [
+            Attachment(
+                session=session, attachment_id=item.entry.attachment_id, **mirror_fields(item.entry)
+            )
+            for item in items
+        ]
+        for session, items in batches
     ]
+    every_row = [row for session_rows in rows for row in session_rows]
     if statements.raw_statements():
-        statements.insert(rows)
+        statements.insert(every_row)
     else:
-        Attachment.objects.bulk_create(rows)
-    attachments_recorded.send(sender=Attachment, session=session, attachments=rows)
-    return dict(zip(accepted, rows, strict=True))
+        Attachment.objects.bulk_create(every_row)
+    attachments_recorded.send(
+        sender=Attachment,
+        batches=[
+            (session, session_rows)
+            for (session, _items), session_rows in zip(batches, rows, strict=True)
+        ],
+    )
+    return [
+        dict(zip(items, session_rows, strict=True))
+        for (_session, items), session_rows in zip(batches, rows, strict=True)
+    ]
 
 
 def _quota_refusal(used: Usage, files: int, size_so_far: int, size: int) -> QuotaExceeded | None:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-# Sent with `session` (locked: the receiver runs in the transaction that
-# holds the session's row lock) and `attachments` (the new live rows, in the
-# order they were recorded), inside that transaction: what a receiver writes
-# commits, or rolls back, with the rows.
+# Sent with `batches`: a list of (session, attachments), each session's new
+# live rows in the order they were recorded, one item per session. Sent
+# inside the transaction that recorded them, which holds those sessions' row
+# locks: what a receiver writes commits, or rolls back, with the rows. On
+# SQLite one signal may carry the batches of several sessions that shared a
+# transaction; a receiver that fails makes all of them be recorded again, one
+# session at a time, each then failing or committing on its own.
 attachments_recorded = Signal()

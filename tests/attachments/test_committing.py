@@ -194,8 +194,8 @@ def test_a_batch_is_recorded_at_once_with_contiguous_sequences_in_its_order():
     batch = [pending(session, receive(session, f"b{n}.txt", b"batch %d" % n)) for n in range(6)]
     recorded: list[list[str]] = []
 
-    def on_recorded(sender, session, attachments, **kwargs):
-        recorded.append([a.attachment_id for a in attachments])
+    def on_recorded(sender, batches, **kwargs):
+        recorded.extend([a.attachment_id for a in attachments] for _session, attachments in batches)
 
     attachments_recorded.connect(on_recorded, sender=Attachment, dispatch_uid="test-batch")
     try:
@@ -379,8 +379,8 @@ def test_a_refusal_in_a_shared_transaction_fails_only_its_own_session(settings, 
     Session.objects.filter(pk=purged.pk).update(purged_at=timezone.now())
     broken = receive(failing, "broken.txt", b"its event fails")
 
-    def fail_for_one_session(sender, session, attachments, **kwargs):
-        if session.pk == failing.pk:
+    def fail_for_one_session(sender, batches, **kwargs):
+        if any(session.pk == failing.pk for session, _attachments in batches):
             raise RuntimeError("the event could not be written")
 
     attachments_recorded.connect(fail_for_one_session, sender=Attachment, dispatch_uid="test-one")
@@ -420,3 +420,78 @@ def test_a_refusal_in_a_shared_transaction_fails_only_its_own_session(settings, 
     # The others are recorded, in full, in the same transaction as the failures.
     assert list(assert_consistent(first)) == [recorded_first.attachment_id]
     assert list(assert_consistent(last)) == [recorded_last.attachment_id]
+
+
+def test_sessions_sharing_a_transaction_share_its_statements(shared_commits):
+    """With no quota to check, one signal (one INSERT of rows, one of events) for all of them."""
+    sessions = [new_session() for _ in range(5)]
+    accept_upload(sessions[2], receive(sessions[2], "earlier.txt", b"already has an event"))
+    signalled: list[list[str]] = []
+
+    def on_recorded(sender, batches, **kwargs):
+        signalled.append([session.session_id for session, _attachments in batches])
+
+    attachments_recorded.connect(on_recorded, sender=Attachment, dispatch_uid="test-together")
+    try:
+        outcomes, commits = shared_commits(
+            [
+                functools.partial(accept_upload, session, receive(session, "f.txt", b"%d" % n))
+                for n, session in enumerate(sessions)
+            ]
+        )
+    finally:
+        attachments_recorded.disconnect(sender=Attachment, dispatch_uid="test-together")
+    assert all(isinstance(outcome, Attachment) for outcome in outcomes), outcomes
+    assert commits == 2
+    # The first alone, then the four that waited behind it, together.
+    assert len(signalled) == 2 and len(signalled[1]) == 4
+    assert sorted(signalled[0] + signalled[1]) == sorted(s.session_id for s in sessions)
+    for session, outcome in zip(sessions, outcomes, strict=True):
+        assert list(assert_consistent(session))[-1] == outcome.attachment_id
+        sequences = list(ArtifactEvent.objects.filter(session=session).values_list("sequence"))
+        assert sequences == ([(1,), (2,)] if session == sessions[2] else [(1,)])
+        assert usage(session) == counted_usage(session)
+
+
+def test_shared_statements_that_fail_are_run_again_session_by_session(shared_commits):
+    """A purged session and a failing receiver cost only their own uploads."""
+    first, purged, failing, kept, last = (new_session() for _ in range(5))
+    late = receive(purged, "late.txt", b"too late")
+    Session.objects.filter(pk=purged.pk).update(purged_at=timezone.now())
+    broken = receive(failing, "broken.txt", b"its event fails")
+    calls = 0
+
+    def fail_for_one_session(sender, batches, **kwargs):
+        nonlocal calls
+        calls += 1
+        if any(session.pk == failing.pk for session, _attachments in batches):
+            raise RuntimeError("the event could not be written")
+
+    attachments_recorded.connect(fail_for_one_session, sender=Attachment, dispatch_uid="test-two")
+    try:
+        outcomes, commits = shared_commits(
+            [
+                functools.partial(accept_upload, first, receive(first, "first.txt", b"first")),
+                functools.partial(accept_upload, purged, late),
+                functools.partial(accept_upload, failing, broken),
+                functools.partial(accept_upload, kept, receive(kept, "kept.txt", b"kept")),
+                functools.partial(accept_upload, last, receive(last, "last.txt", b"last")),
+            ]
+        )
+    finally:
+        attachments_recorded.disconnect(sender=Attachment, dispatch_uid="test-two")
+    assert commits == 2
+    # The first alone; the four others together, which failed; then one by
+    # one: the purged session stops before any signal, the three others send one each.
+    assert calls == 1 + 1 + 3
+    recorded_first, gone, failed, recorded_kept, recorded_last = outcomes
+    assert isinstance(gone, SessionNotFound)
+    assert isinstance(failed, RuntimeError)
+    assert not Attachment.objects.filter(session__in=[purged, failing]).exists()
+    assert not ArtifactEvent.objects.filter(session__in=[purged, failing]).exists()
+    assert not broken.path.exists() and not late.path.exists()
+    assert usage(failing) == counted_usage(failing)
+    for session, outcome in ((first, recorded_first), (kept, recorded_kept), (last, recorded_last)):
+        assert list(assert_consistent(session)) == [outcome.attachment_id]
+        assert list(ArtifactEvent.objects.filter(session=session).values_list("sequence")) == [(1,)]
+        assert usage(session) == counted_usage(session)

@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from artifacts.events import append_created_events
-from artifacts.models import ArtifactEvent
+from artifacts.models import ArtifactEvent, EventStream
 from attachments import access, committing, statements
 from attachments.access import Credentials, session_for
 from attachments.exceptions import SessionNotFound
@@ -199,12 +199,32 @@ def test_a_batch_of_events_is_numbered_in_order_by_hand_and_by_orm(path):
     rows = [attachment(session, f"att_{path}_{n}") for n in range(5)]
     with transaction.atomic():
         Attachment.objects.bulk_create(rows)
-        append_created_events(session, rows)
+        append_created_events([(session, rows)])
     events = list(ArtifactEvent.objects.filter(session=session).order_by("sequence"))
     assert [(e.sequence, e.attachment_id) for e in events] == [
         (n + 1, row.attachment_id) for n, row in enumerate(rows)
     ]
     assert all(e.ext == "gz" and e.size == 2**40 + 3 and e.created_at for e in events)
+
+
+def test_batches_of_several_sessions_are_numbered_each_in_its_own_sequence(path):
+    older, first_time, other = new_session(), new_session(), new_session()
+    accept_upload(older, receive(older, "before.txt", b"an event already"))
+    batches = [
+        (session, [attachment(session, f"att_{path}_{session.pk}_{n}") for n in range(count)])
+        for session, count in ((older, 3), (first_time, 2), (other, 1))
+    ]
+    with transaction.atomic():
+        Attachment.objects.bulk_create([row for _session, rows in batches for row in rows])
+        append_created_events(batches)
+    for session, rows in batches:
+        events = ArtifactEvent.objects.filter(session=session).order_by("sequence")
+        numbered = [(e.sequence, e.attachment_id) for e in events]
+        start = 2 if session == older else 1
+        assert numbered[start - 1 :] == [
+            (start + n, row.attachment_id) for n, row in enumerate(rows)
+        ]
+        assert EventStream.objects.get(session=session).last_sequence == start + len(rows) - 1
 
 
 # The commit protocol on both paths
