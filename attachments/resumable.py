@@ -39,6 +39,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import math
 import mmap
 import os
 import secrets
@@ -110,9 +111,20 @@ class OffsetMismatch(ApiError):
 
 
 class UploadLocked(ApiError):
+    """
+    423: another request holds the upload's lease. `retry_after` (whole
+    seconds, also the Retry-After header) is when that lease lapses unless
+    renewed: a client that resumes after a crash of the server learns how
+    long the dead PATCH's lease still stands rather than guessing.
+    """
+
     status_code = 423
     default_detail = "Another request is writing this upload; retry when it is done."
     default_code = "upload_locked"
+
+    def __init__(self, detail: str | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after
 
 
 class ChecksumMismatch(ApiError):
@@ -521,8 +533,10 @@ def _refusal(session: Session, upload_id: str, offset: int) -> ApiError:
     upload = find_upload(session, upload_id)  # 404, or 410 (and removed)
     if upload.offset == upload.length and upload.length:
         return OffsetMismatch("Every byte of this upload arrived already.", offset=upload.offset)
-    if upload.lease_expires_at is not None and upload.lease_expires_at > timezone.now():
-        return UploadLocked()
+    now = timezone.now()
+    if upload.lease_expires_at is not None and upload.lease_expires_at > now:
+        remaining = (upload.lease_expires_at - now).total_seconds()
+        return UploadLocked(retry_after=max(1, math.ceil(remaining)))
     if offset != upload.offset:
         return OffsetMismatch(
             f"Upload-Offset is {offset}, the upload is at {upload.offset}.", offset=upload.offset

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ class ApiError(Exception):
         self.code = code
         self.detail = detail
         self.body = body
+
+
+class ConnectionLost(Exception):
+    """The connection to the server broke during a resumable upload: running it again resumes."""
 
 
 @dataclass
@@ -61,6 +66,10 @@ class _ProgressReader:
 
 
 RESUMABLE_CHUNK_BYTES = 8 << 20
+# How long, in all, a resumable upload waits for another request's hold on
+# it to end (423): one that a server killed mid-PATCH left lasts until its
+# lease lapses (MAC_TUS_LEASE, 30 s unless set).
+LOCKED_WAIT_SECONDS = 120.0
 
 
 def default_state_file() -> Path:
@@ -151,12 +160,19 @@ class Client:
         progress: Progress | None = None,
         chunk_size: int = RESUMABLE_CHUNK_BYTES,
         state_file: Path | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> dict[str, Any]:
         """
         Upload with the tus protocol (tuspy), in chunks with checksums. The
         upload's URL is remembered in `state_file` (default: the user's
         cache), so running this again after an interruption resumes where
         the server's offset says, in the same session, with the same file.
+
+        While another request holds the upload (423, as a PATCH cut off by a
+        killed server does until its lease lapses) this waits as long as the
+        server says (`on_wait` is told how long), up to LOCKED_WAIT_SECONDS
+        in all, then goes on from the offset the server has. ConnectionLost
+        if the server goes away meanwhile.
         """
         from tusclient import client as tus
         from tusclient.exceptions import TusCommunicationError
@@ -185,8 +201,19 @@ class Client:
             if progress and reported:
                 progress(reported)
             size = uploader.get_file_size()
+            deadline = time.monotonic() + LOCKED_WAIT_SECONDS
             while uploader.offset < size or uploader.url is None:
-                uploader.upload_chunk()
+                try:
+                    uploader.upload_chunk()
+                except TusCommunicationError as exc:
+                    wait = _lease_wait(exc)
+                    if wait is None or time.monotonic() + wait > deadline:
+                        raise
+                    if on_wait:
+                        on_wait(wait)
+                    time.sleep(wait)
+                    # The request that held it may have moved the offset on.
+                    uploader.offset = uploader.get_offset()
                 if progress:
                     progress(uploader.offset - reported)
                 reported = uploader.offset
@@ -200,7 +227,15 @@ class Client:
                 attachment_id = head.headers.get("Attachment-Id")
             storage.remove_item(uploader._get_fingerprint())
         except TusCommunicationError as exc:
-            raise ApiError(exc.status_code or 0, "tus_error", str(exc)) from exc
+            if exc.status_code is None:
+                raise ConnectionLost(str(exc)) from exc
+            body = _json_body(exc.response_content)
+            raise ApiError(
+                exc.status_code,
+                str(body.get("code", "tus_error")),
+                str(body.get("detail", exc)),
+                body or None,
+            ) from exc
         finally:
             storage.close()
         return self.artifact_meta(session_id, str(attachment_id))
@@ -331,3 +366,20 @@ class Client:
         if after is not None:
             params["after"] = str(after)
         return self._download(f"/api/sessions/{session_id}/download", destination, params, progress)
+
+
+def _json_body(content: bytes | str | None) -> dict[str, Any]:
+    """An error response's JSON object, or {} if it was none."""
+    try:
+        body = json.loads(content or b"")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _lease_wait(exc: Exception) -> float | None:
+    """Seconds until another request's hold on the upload lapses, if that is why it failed."""
+    if getattr(exc, "status_code", None) != 423:
+        return None
+    retry_after = _json_body(getattr(exc, "response_content", None)).get("retry_after")
+    return float(retry_after) if isinstance(retry_after, (int, float)) and retry_after > 0 else 1.0

@@ -25,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from .api import ApiError, Client, EventFilters
+from .api import ApiError, Client, ConnectionLost, EventFilters
 
 EXIT_API_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 out = Console()
@@ -83,7 +83,17 @@ def cmd_upload(client: Client, args: argparse.Namespace) -> int:
             task = progress.add_task(path.name, total=path.stat().st_size)
             advance = lambda n, t=task: progress.advance(t, n)  # noqa: E731
             if args.resume:
-                results.append(client.upload_resumable(args.session_id, path, advance))
+
+                def waiting(seconds: float, name: str = path.name) -> None:
+                    progress.console.print(
+                        f"{name}: another request holds this upload (one cut off by a "
+                        f"server that stopped holds it until its lease lapses); "
+                        f"retrying in {seconds:.0f} s"
+                    )
+
+                results.append(
+                    client.upload_resumable(args.session_id, path, advance, on_wait=waiting)
+                )
             else:
                 results.append(client.upload(args.session_id, path, advance))
     _print_json(results if len(results) > 1 else results[0])
@@ -257,6 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_API_ERROR
     except httpx.TransportError as exc:
         err.print(f"[red]Cannot reach {client.http.base_url}:[/red] {exc}")
+        return EXIT_UNREACHABLE
+    except ConnectionLost as exc:
+        err.print(
+            f"[red]Lost the connection to {client.http.base_url}:[/red] {exc}\n"
+            "Run the same command again: the upload resumes from what the server kept."
+        )
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return 130

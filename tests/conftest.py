@@ -99,9 +99,9 @@ def server(transactional_db, warehouse: Path, tmp_path: Path, access_policy: str
     """
     from tests.servers import run_server
 
-    def start(kind: str = "uvicorn", **env: str):
+    def start(kind: str = "uvicorn", port: int | None = None, **env: str):
         env = {"MAC_ACCESS_POLICY": access_policy, **env}
-        return run_server(kind, warehouse, tmp_path / "server-logs", **env)
+        return run_server(kind, warehouse, tmp_path / "server-logs", port, **env)
 
     return start
 

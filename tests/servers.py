@@ -89,8 +89,11 @@ class ServerProcess:
 
 
 @contextlib.contextmanager
-def run_server(kind: str, warehouse: Path, log_dir: Path, **env: str) -> Iterator[ServerProcess]:
-    port = free_port()
+def run_server(
+    kind: str, warehouse: Path, log_dir: Path, port: int | None = None, **env: str
+) -> Iterator[ServerProcess]:
+    """`port`: the one a killed server had, for clients that resume at the same address."""
+    port = port or free_port()
     command = [part.format(port=port) for part in {**COMMANDS, **PLAIN_COMMANDS}[kind]]
     environment = {
         **os.environ,

@@ -238,13 +238,19 @@ def test_an_unknown_checksum_algorithm_is_400(client, session):
     assert reply.status_code == 400 and reply.json()["header"] == "Upload-Checksum"
 
 
-def test_a_second_writer_at_once_gets_423(client, session):
+def test_a_second_writer_at_once_gets_423_saying_when_the_lease_lapses(
+    client, session, settings
+):
+    settings.ATTACHMENTS_TUS_LEASE = 20
     location = create(client, session, 100)["Location"]
     upload = ResumableUpload.objects.get()
     holder = resumable.PatchWriter(upload, 0, None)
     try:
         reply = patch(client, location, 0, b"x" * 10)
         assert reply.status_code == 423 and reply.json()["code"] == "upload_locked"
+        # The holder's lease, taken just now, stands for 20 s unless renewed.
+        assert reply.json()["retry_after"] in (19, 20)
+        assert reply["Retry-After"] == str(reply.json()["retry_after"])
     finally:
         holder.close(True)
         holder.release()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,24 +22,34 @@ from tests.servers import ROOT, free_port
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 
 
-def macctl(
-    server_url: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
+def macctl_environment(server_url: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         **os.environ,
         "MAC_SERVER": server_url,
         "COLUMNS": "200",
         "PYTHONPATH": str(ROOT),
         **(env or {}),
     }
+
+
+def macctl(
+    server_url: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "macclient.cli", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=macctl_environment(server_url, env),
         cwd=cwd or ROOT,
         timeout=60,
     )
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -198,4 +212,100 @@ def test_upload_resume_continues_an_interrupted_upload(live, tmp_path: Path):
     result = json.loads(resumed.stdout)
     assert result["name"] == "big.bin" and result["sha256"] == hashlib.sha256(data).hexdigest()
     # It went on with the same upload rather than starting another.
+    assert ResumableUpload.objects.count() == 1
+
+
+def test_upload_resume_cut_off_by_a_killed_server_exits_3_and_then_finishes(server, tmp_path):
+    from attachments.models import ResumableUpload
+
+    size = 256 << 20
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as stream:
+        stream.truncate(size)  # zeros, without writing them
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    port = free_port()
+    with server("uvicorn", port=port, MAC_TUS_LEASE="3") as first:
+        created = json.loads(macctl(first.url, "session", "create").stdout)
+        session_id, env["MAC_TOKEN"] = created["session_id"], created["token"]
+        running = subprocess.Popen(
+            [sys.executable, "-m", "macclient.cli", "upload", "--resume", session_id, str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=macctl_environment(first.url, env),
+            cwd=ROOT,
+        )
+        wait_for(lambda: ResumableUpload.objects.filter(offset__gt=0).exists())
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        _out, errors = running.communicate(timeout=60)
+    assert running.returncode == 3, errors
+    assert "Lost the connection" in errors and "Run the same command again" in errors
+    kept = ResumableUpload.objects.get().offset
+    assert 0 < kept < size
+    # The same command, once the server is back at the same address.
+    with server("uvicorn", port=port, MAC_TUS_LEASE="3") as second:
+        resumed = macctl(second.url, "upload", "--resume", session_id, str(path), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert result["size"] == size
+    assert result["sha256"] == hashlib.sha256(bytes(size)).hexdigest()
+    assert ResumableUpload.objects.count() == 1  # the same upload, not a second one
+
+
+def test_upload_resume_waits_while_another_request_holds_the_upload(server, tmp_path):
+    """A PATCH that stopped sending holds the upload until its lease lapses: macctl waits it out."""
+    from tusclient import client as tus
+    from tusclient.storage.filestorage import FileStorage
+
+    from attachments.models import ResumableUpload
+    from macclient.api import _SessionFingerprint
+
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    cache = tmp_path / "cache"
+    with server("uvicorn", MAC_TUS_LEASE="3") as live:
+        created = json.loads(macctl(live.url, "session", "create").stdout)
+        session_id, token = created["session_id"], created["token"]
+        # An earlier run sent the first MiB and remembered the upload.
+        (cache / "macctl").mkdir(parents=True)
+        storage = FileStorage(str(cache / "macctl" / "uploads.json"))
+        endpoint = f"{live.url}/api/uploads/{session_id}/tus/"
+        partial = tus.TusClient(endpoint, headers={"Authorization": f"Bearer {token}"}).uploader(
+            str(path),
+            chunk_size=1024 * 1024,
+            metadata={"filename": "big.bin"},
+            store_url=True,
+            url_storage=storage,
+            fingerprinter=_SessionFingerprint(endpoint),
+        )
+        partial.upload_chunk()
+        storage.close()
+        # Another request is sending the next MiB, and stops half-way without hanging up.
+        address = urlsplit(live.url)
+        stalled = socket.create_connection((address.hostname, address.port))
+        head = (
+            f"PATCH {urlsplit(partial.url).path} HTTP/1.1\r\nHost: {address.netloc}\r\n"
+            f"Authorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n"
+            f"Upload-Offset: {1 << 20}\r\nContent-Type: application/offset+octet-stream\r\n"
+            f"Content-Length: {1 << 20}\r\n\r\n"
+        )
+        stalled.sendall(head.encode() + data[1 << 20 : (1 << 20) + 65536])
+        try:
+            wait_for(lambda: ResumableUpload.objects.exclude(lease_token="").exists())
+            resumed = macctl(
+                live.url,
+                "upload",
+                "--resume",
+                session_id,
+                str(path),
+                env={"MAC_TOKEN": token, "XDG_CACHE_HOME": str(cache)},
+            )
+        finally:
+            stalled.close()
+    assert resumed.returncode == 0, resumed.stderr
+    assert "another request holds this upload" in resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert result["sha256"] == hashlib.sha256(data).hexdigest()
     assert ResumableUpload.objects.count() == 1
