@@ -45,6 +45,32 @@ def macctl(
     )
 
 
+def first_mib_sent(server_url: str, session_id: str, token: str, path: Path, cache: Path):
+    """
+    What an interrupted `macctl upload --resume` leaves (with XDG_CACHE_HOME
+    at `cache`): the first MiB of `path` sent, the upload's URL remembered.
+    """
+    from tusclient import client as tus
+    from tusclient.storage.filestorage import FileStorage
+
+    from macclient.api import _SessionFingerprint
+
+    (cache / "macctl").mkdir(parents=True)
+    storage = FileStorage(str(cache / "macctl" / "uploads.json"))
+    endpoint = f"{server_url}/api/uploads/{session_id}/tus/"
+    partial = tus.TusClient(endpoint, headers={"Authorization": f"Bearer {token}"}).uploader(
+        str(path),
+        chunk_size=1024 * 1024,
+        metadata={"filename": path.name},
+        store_url=True,
+        url_storage=storage,
+        fingerprinter=_SessionFingerprint(endpoint),
+    )
+    partial.upload_chunk()
+    storage.close()
+    return partial
+
+
 def wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -172,11 +198,8 @@ def test_the_token_from_the_environment(live):
 
 
 def test_upload_resume_continues_an_interrupted_upload(live, tmp_path: Path):
-    from tusclient import client as tus
-    from tusclient.storage.filestorage import FileStorage
 
     from attachments.models import ResumableUpload
-    from macclient.api import _SessionFingerprint
 
     created = json.loads(macctl(live.url, "session", "create").stdout)
     session_id, token = created["session_id"], created["token"]
@@ -184,20 +207,7 @@ def test_upload_resume_continues_an_interrupted_upload(live, tmp_path: Path):
     data = os.urandom(3 * 1024 * 1024 + 17)
     path.write_bytes(data)
     cache = tmp_path / "cache"
-    # What an interrupted `macctl upload --resume` leaves: a part sent, its URL remembered.
-    (cache / "macctl").mkdir(parents=True)
-    storage = FileStorage(str(cache / "macctl" / "uploads.json"))
-    endpoint = f"{live.url}/api/uploads/{session_id}/tus/"
-    partial = tus.TusClient(endpoint, headers={"Authorization": f"Bearer {token}"}).uploader(
-        str(path),
-        chunk_size=1024 * 1024,
-        metadata={"filename": "big.bin"},
-        store_url=True,
-        url_storage=storage,
-        fingerprinter=_SessionFingerprint(endpoint),
-    )
-    partial.upload_chunk()
-    storage.close()
+    partial = first_mib_sent(live.url, session_id, token, path, cache)
     assert partial.offset == 1024 * 1024
 
     resumed = macctl(
@@ -255,11 +265,8 @@ def test_upload_resume_cut_off_by_a_killed_server_exits_3_and_then_finishes(serv
 
 def test_upload_resume_waits_while_another_request_holds_the_upload(server, tmp_path):
     """A PATCH that stopped sending holds the upload until its lease lapses: macctl waits it out."""
-    from tusclient import client as tus
-    from tusclient.storage.filestorage import FileStorage
 
     from attachments.models import ResumableUpload
-    from macclient.api import _SessionFingerprint
 
     data = os.urandom(3 * 1024 * 1024 + 5)
     path = tmp_path / "big.bin"
@@ -268,20 +275,7 @@ def test_upload_resume_waits_while_another_request_holds_the_upload(server, tmp_
     with server("uvicorn", MAC_TUS_LEASE="3") as live:
         created = json.loads(macctl(live.url, "session", "create").stdout)
         session_id, token = created["session_id"], created["token"]
-        # An earlier run sent the first MiB and remembered the upload.
-        (cache / "macctl").mkdir(parents=True)
-        storage = FileStorage(str(cache / "macctl" / "uploads.json"))
-        endpoint = f"{live.url}/api/uploads/{session_id}/tus/"
-        partial = tus.TusClient(endpoint, headers={"Authorization": f"Bearer {token}"}).uploader(
-            str(path),
-            chunk_size=1024 * 1024,
-            metadata={"filename": "big.bin"},
-            store_url=True,
-            url_storage=storage,
-            fingerprinter=_SessionFingerprint(endpoint),
-        )
-        partial.upload_chunk()
-        storage.close()
+        partial = first_mib_sent(live.url, session_id, token, path, cache)
         # Another request is sending the next MiB, and stops half-way without hanging up.
         address = urlsplit(live.url)
         stalled = socket.create_connection((address.hostname, address.port))
