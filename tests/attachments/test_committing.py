@@ -286,7 +286,9 @@ def shared_commits(monkeypatch):
         commits.append(threading.get_ident())
         return plain_commit(self)
 
-    # Each batch that waits for the shared transaction says so.
+    # The batch that runs the first transaction says so, and each batch that
+    # waits for the shared transaction after it.
+    leading = threading.Event()
     waiting = threading.Semaphore(0)
 
     class Observed(threading.Condition):
@@ -295,23 +297,36 @@ def shared_commits(monkeypatch):
             return super().wait(timeout)
 
     shared = committing._shared_transactions
+    run_transaction = type(shared)._commit
+
+    def observed_commit(parts):
+        leading.set()
+        return run_transaction(parts)
+
     monkeypatch.setattr(shared, "_condition", Observed())
+    monkeypatch.setattr(shared, "_commit", observed_commit)
 
     def run(calls: list) -> tuple[list[object], int]:
         monkeypatch.setattr(wrapper, "commit", counted_commit)
+        first: list[list[object]] = []
+        rest: list[list[object]] = []
         try:
-            # Another session's transaction in progress: the first batch to
-            # arrive waits for it, and the others queue behind that one.
+            # Another session's transaction in progress: the first call's
+            # batch runs the next transaction and waits for it, and the
+            # others, started only then, queue behind that one.
             with committing._sqlite_writer:
-                results: list[list[object]] = []
-                runner = threading.Thread(target=lambda: results.append(on_threads(calls)))
-                runner.start()
+                leader = threading.Thread(target=lambda: first.append(on_threads(calls[:1])))
+                leader.start()
+                assert leading.wait(30)
+                others = threading.Thread(target=lambda: rest.append(on_threads(calls[1:])))
+                others.start()
                 for _ in calls[1:]:
                     assert waiting.acquire(timeout=30)
-            runner.join(60)
+            leader.join(60)
+            others.join(60)
         finally:
             monkeypatch.setattr(wrapper, "commit", plain_commit)
-        return results[0], len(commits)
+        return first[0] + rest[0], len(commits)
 
     return run
 
