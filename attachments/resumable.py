@@ -10,7 +10,9 @@ same id, scanners, quotas, manifest entry, row and event.
 
 - The offset lives in the database, the bytes on disk: a PATCH may reach
   any worker, and an interrupted PATCH keeps every byte it wrote (fsync'd
-  before the offset moves).
+  before the offset moves). A long PATCH also moves the offset each time
+  it renews its lease, so a server killed mid-PATCH loses at most the
+  bytes of the last third of a lease.
 - One PATCH writes an upload at a time, whichever worker or host it
   reaches: it leases the upload's row with a conditional UPDATE, which also
   checks the offset (one round trip), and another PATCH meanwhile gets 423.
@@ -611,14 +613,34 @@ class PatchWriter:
         return time.monotonic() - self._lease_taken >= self._lease_seconds / 3
 
     def renew(self) -> None:
-        """Extend the lease; UploadLocked if another request took it over meanwhile."""
+        """
+        Extend the lease; UploadLocked if another request took it over meanwhile.
+
+        A PATCH without a chunk checksum also checkpoints here: what it has
+        written so far is fsync'd and the offset moved to it in the same
+        UPDATE. Without that, a client that sends a whole file in one PATCH
+        (tus-js-client's default) would find, after the server was killed,
+        the offset where that PATCH began. A checksummed chunk is kept
+        whole or not at all, so it moves the offset only when it ends. The
+        last byte never moves it here: a complete offset means recorded.
+        """
         asked = time.monotonic()
+        now = timezone.now()
+        fields: dict[str, Any] = {"lease_expires_at": now + _lease_span()}
+        written = self._file.position if self._file is not None else self.upload.offset
+        checkpoint = self.chunk_digest is None and self.upload.offset < written < self.upload.length
+        if checkpoint:
+            assert self._file is not None
+            os.fsync(self._file.fd)  # the bytes before the offset that says they are there
+            fields.update(offset=written, expires_at=now + timedelta(seconds=conf.TUS_EXPIRY))
         renewed = ResumableUpload.objects.filter(pk=self.upload.pk, lease_token=self.token).update(
-            lease_expires_at=timezone.now() + _lease_span()
+            **fields
         )
         if not renewed:
             self.token = None
             raise UploadLocked("Another request took this upload over; resume from its offset.")
+        if checkpoint:
+            self.upload.offset, self.upload.expires_at = written, fields["expires_at"]
         self._lease_taken = asked
 
     def _check_lease(self) -> None:

@@ -279,6 +279,47 @@ def test_a_lapsed_lease_lets_another_patch_take_over_and_the_old_holder_stops(
     assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
 
 
+def test_a_long_patch_moves_the_offset_each_time_it_renews_its_lease(client, session):
+    data = os.urandom(8 << 20)
+    location = create(client, session, len(data))["Location"]
+    writer = resumable.PatchWriter(ResumableUpload.objects.get(), 0, None)
+    try:
+        writer.write(data[: 4 << 20])
+        assert client.head(location, **TUS)["Upload-Offset"] == "0"
+        writer.renew()
+        # Whatever had reached the file is durable and acknowledged, mid-PATCH.
+        checkpoint = int(client.head(location, **TUS)["Upload-Offset"])
+        assert 0 < checkpoint <= 4 << 20
+        with open(ResumableUpload.objects.get().file_path, "rb") as written:
+            assert written.read(checkpoint) == data[:checkpoint]
+        writer.write(data[4 << 20 :])
+        writer.renew()
+        # Never the last byte: a complete offset would mean a recorded file.
+        assert int(client.head(location, **TUS)["Upload-Offset"]) < len(data)
+        writer.close(True)
+        writer.finish_upload()
+    finally:
+        writer.release()
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_checksummed_chunk_moves_the_offset_only_once_verified(client, session):
+    data = os.urandom(4 << 20)
+    location = create(client, session, 2 * len(data))["Location"]
+    wrong = hashlib.sha256(b"something else").digest()
+    writer = resumable.PatchWriter(ResumableUpload.objects.get(), 0, ("sha256", wrong))
+    try:
+        writer.write(data)
+        writer.renew()
+        # The chunk may yet be discarded: nothing of it is acknowledged.
+        assert client.head(location, **TUS)["Upload-Offset"] == "0"
+        with pytest.raises(resumable.ChecksumMismatch):
+            writer.close(True)
+    finally:
+        writer.release()
+    assert client.head(location, **TUS)["Upload-Offset"] == "0"
+
+
 def test_termination_waits_for_a_patch_in_progress(client, session):
     location = create(client, session, 100)["Location"]
     holder = resumable.PatchWriter(ResumableUpload.objects.get(), 0, None)

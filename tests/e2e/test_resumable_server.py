@@ -1,7 +1,8 @@
 """
 Resumable uploads against a real server with a real tus client (tuspy): an
 upload whose server is killed half-way resumes, on a new server process, to
-the same sha256; checksums are sent by the client and verified.
+the same sha256, and so does one killed in the middle of a single long PATCH;
+checksums are sent by the client and verified.
 """
 
 from __future__ import annotations
@@ -60,6 +61,74 @@ def test_an_upload_interrupted_by_a_killed_server_resumes_to_the_same_bytes(ware
             timeout=30,
         )
         assert streamed.content == data
+
+
+def test_a_server_killed_during_one_long_patch_keeps_what_the_patch_had_checkpointed(
+    warehouse, tmp_path
+):
+    """One PATCH for the whole file (tus-js-client's default): a crash costs seconds, not all."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    data = os.urandom(6 << 20)
+    logs = tmp_path / "logs"
+    # A three-second lease: the PATCH renews it, and checkpoints, every second.
+    with run_server("uvicorn", warehouse, logs, MAC_TUS_LEASE="3") as first:
+        session_id, auth = create_session_with_auth(first.url)
+        head = {**auth, "Tus-Resumable": "1.0.0"}
+        created = httpx.post(
+            f"{first.url}/api/uploads/{session_id}/tus/",
+            headers={**head, "Upload-Length": str(len(data))},
+            timeout=10,
+        )
+        location = created.headers["Location"]
+        target = urlsplit(location)
+        sent = checkpoint = 0
+        with socket.create_connection((target.hostname, target.port)) as sock:
+            sock.sendall(
+                (
+                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+                    "Content-Type: application/offset+octet-stream\r\n"
+                    f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
+                ).encode()
+            )
+            deadline = time.monotonic() + 20
+            while not checkpoint and sent < len(data) // 2 and time.monotonic() < deadline:
+                piece = data[sent : sent + (128 << 10)]
+                sock.sendall(piece)
+                sent += len(piece)
+                time.sleep(0.1)
+                reply = httpx.head(location, headers=head, timeout=10)
+                checkpoint = int(reply.headers["Upload-Offset"])
+            # Killed while the PATCH is still being sent.
+            os.killpg(first.process.pid, signal.SIGKILL)
+            first.process.wait(10)
+        assert 0 < checkpoint <= sent < len(data)
+    with run_server("uvicorn", warehouse, logs) as second:
+        location = location.replace(first.url, second.url)
+        reply = httpx.head(location, headers=head, timeout=10)
+        assert int(reply.headers["Upload-Offset"]) == checkpoint
+        # The dead PATCH's lease stands until it lapses; the 423 says how long.
+        for _ in range(3):
+            finished = httpx.patch(
+                location,
+                content=data[checkpoint:],
+                headers={
+                    **head,
+                    "Content-Type": "application/offset+octet-stream",
+                    "Upload-Offset": str(checkpoint),
+                },
+                timeout=30,
+            )
+            if finished.status_code != 423:
+                break
+            time.sleep(int(finished.headers["Retry-After"]))
+        assert finished.status_code == 204, finished.text
+        attachment = next(iter(listed(second.url, session_id, auth).values()))
+        assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
+        assert attachment["size"] == len(data)
 
 
 def test_a_whole_upload_with_tuspy_in_one_go(server, tmp_path):
