@@ -128,8 +128,8 @@ class SessionAdmin(admin.ModelAdmin):
                 continue
             self.message_user(
                 request,
-                f"Session {session.session_id}: {report.created} created, {report.updated} updated, "
-                f"{report.removed} removed",
+                f"Session {session.session_id}: {report.created} created, "
+                f"{report.updated} updated, {report.removed} removed",
             )
 
 

@@ -214,7 +214,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 
 class JSONErrorsMixin:
-    """Views that render every error in the project's JSON shape, whatever the host's DRF settings."""
+    """Views that render every error in the project's JSON shape, whatever the DRF settings."""
 
     def get_exception_handler(self) -> Any:
         return api_exception_handler

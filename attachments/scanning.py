@@ -44,7 +44,9 @@ class UploadRejected(ApiError):
 
 class Unscannable(ApiError):
     status_code = 422
-    default_detail = "The upload is too large for the configured scanner, and such files are refused."
+    default_detail = (
+        "The upload is too large for the configured scanner, and such files are refused."
+    )
     default_code = "unscannable"
 
 

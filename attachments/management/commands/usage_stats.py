@@ -11,7 +11,9 @@ from attachments.models import Attachment, Session
 
 
 class Command(BaseCommand):
-    help = "Print usage statistics: sessions by status, attachments by kind and source, bytes stored."
+    help = (
+        "Print usage statistics: sessions by status, attachments by kind and source, bytes stored."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
