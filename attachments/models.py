@@ -154,6 +154,9 @@ class ResumableUpload(models.Model):
     # `lease_expires_at` has passed, so a holder that died releases it.
     lease_token = models.CharField(_("lease token"), max_length=32, blank=True, default="")
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    # The process holding it (attachments.holders): a worker on the same
+    # machine frees the lease of one that died at once, not when it lapses.
+    lease_holder = models.CharField(_("lease holder"), max_length=100, blank=True, default="")
 
     class Meta:
         verbose_name = _("resumable upload")

@@ -18,9 +18,10 @@ same id, scanners, quotas, manifest entry, row and event.
   checks the offset (one round trip), and another PATCH meanwhile gets 423.
   The lease lives in the database, is renewed while bytes flow, and frees
   itself `ATTACHMENTS_TUS_LEASE` seconds after a holder died (`PatchWriter`
-  says how its expiry is bounded). Recording a finished upload also takes
-  the staging directory's `flock`, as multipart uploads do, for
-  reconciliation.
+  says how its expiry is bounded); a worker on the holder's machine frees
+  it at once when the holder died (`attachments.holders`). Recording a
+  finished upload also takes the staging directory's `flock`, as multipart
+  uploads do, for reconciliation.
 - Whole aligned buffers are written around the page cache (O_DIRECT), so
   the fsync each PATCH needs before its 204 has little left to flush.
 - The sha256 of the whole file is computed as the bytes arrive. A digest's
@@ -41,6 +42,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import logging
 import math
 import mmap
 import os
@@ -57,7 +59,7 @@ from django.utils import timezone
 from django.utils.http import http_date
 from rest_framework import status
 
-from . import paths
+from . import holders, paths
 from .conf import conf
 from .exceptions import ApiError, InsufficientStorage
 from .identifiers import new_attachment_id
@@ -65,6 +67,8 @@ from .mime import SNIFF_BYTES
 from .models import Attachment, ResumableUpload, Session
 from .quotas import upload_allowance
 from .receiving import PARALLEL_HASH_MIN_BYTES, ReceivedFile, hash_workers, is_disk_full
+
+logger = logging.getLogger(__name__)
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,termination,checksum,expiration"
@@ -456,7 +460,8 @@ def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
     fields = list(meta.concrete_fields)
     sql = (
         f"UPDATE {table} SET {column('lease_token')} = %s, "
-        f"{column('lease_expires_at')} = %s WHERE {' AND '.join(conditions)} "
+        f"{column('lease_expires_at')} = %s, {column('lease_holder')} = %s "
+        f"WHERE {' AND '.join(conditions)} "
         f"RETURNING {', '.join(quote(field.column) for field in fields)}"
     )
     return sql, fields
@@ -492,21 +497,28 @@ def _take_lease(
 ) -> ResumableUpload | None:
     """
     One conditional UPDATE: the upload, now leased to `token`, if it exists,
-    has not expired, is free (no lease, or one past its expiry) and, with
-    `offset`, is at that offset and not complete; else None. On PostgreSQL
-    and SQLite both, the row is returned by the same statement (RETURNING),
-    so a PATCH starts with one round trip to the database.
+    has not expired, is free (no lease, or one past its expiry, or one whose
+    holder died on this machine) and, with `offset`, is at that offset and
+    not complete; else None. On PostgreSQL and SQLite both, the row is
+    returned by the same statement (RETURNING), so a PATCH starts with one
+    round trip to the database.
     """
-    now = timezone.now()
-    adapt = connection.ops.adapt_datetimefield_value
     sql, fields = _statement("take" if offset is None else "take_at_offset")
-    params: list[Any] = [token, adapt(now + _lease_span()), session.pk, upload_id]
-    params += [adapt(now), adapt(now)]
-    if offset is not None:
-        params.append(offset)
-    with connection.cursor() as cursor, _without_sync(cursor):
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    adapt = connection.ops.adapt_datetimefield_value
+
+    def take() -> list[Any]:
+        now = timezone.now()
+        params: list[Any] = [token, adapt(now + _lease_span()), holders.this_process()]
+        params += [session.pk, upload_id, adapt(now), adapt(now)]
+        if offset is not None:
+            params.append(offset)
+        with connection.cursor() as cursor, _without_sync(cursor):
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+    rows = take()
+    if not rows and _free_lease_of_dead_holder(session, upload_id):
+        rows = take()
     if not rows:
         return None
     values = {}
@@ -522,6 +534,28 @@ def _take_lease(
     upload._state.adding, upload._state.db = False, connection.alias
     upload.session = session
     return upload
+
+
+def _free_lease_of_dead_holder(session: Session, upload_id: str) -> bool:
+    """
+    Free the upload's lease if its holder died on this machine (a worker
+    killed mid-PATCH and restarted, say), rather than make the client wait
+    until it lapses; whether it did. The slow path of a refused lease.
+    """
+    held = (
+        ResumableUpload.objects.filter(session=session, upload_id=upload_id)
+        .exclude(lease_token="")
+        .values_list("lease_token", "lease_holder")
+        .first()
+    )
+    if held is None or not holders.has_died(held[1]):
+        return False
+    freed = ResumableUpload.objects.filter(
+        session=session, upload_id=upload_id, lease_token=held[0]
+    ).update(lease_token="", lease_expires_at=None, lease_holder="")
+    if freed:
+        logger.info("Freed the lease on upload %s: its holder (%s) died.", upload_id, held[1])
+    return bool(freed)
 
 
 def _release_lease(upload: ResumableUpload, token: str) -> None:

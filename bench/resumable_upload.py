@@ -17,12 +17,13 @@ chunk, as each PATCH must before its 204. Each path's share of its twin's
 speed says how much the server adds to the disk, which on a shared virtual
 disk can halve or double its speed within minutes.
 
-Then a tus upload is interrupted half-way by SIGKILL of the server; a new
-server starts, and the client resumes: HEAD for the offset, then the next
-PATCH, which first re-hashes the half already on disk (the digest state
-lived in the killed process). Printed: the time from the new server's first
-answer to the resumed upload's end, against the same half sent without a
-restart.
+Then a tus upload is interrupted half-way by SIGKILL of the server, in the
+middle of a PATCH that holds the upload's lease; a new server starts, and
+the client resumes: HEAD for the offset, then the next PATCH, which takes
+over the dead worker's lease at once and first re-hashes the half already
+on disk (the digest state lived in the killed process). Printed: the time
+from the new server's first answer to the resumed upload's end, against the
+same half sent without a restart.
 
     .venv/bin/python bench/resumable_upload.py [--size-mib 1024] [--chunk-mib 8] [--runs 3]
                                                [--work-dir /dev/shm] [--no-resume]
@@ -362,8 +363,21 @@ def main() -> int:
             with server(env, work) as (port, process):
                 path, auth = tus_create(port, size)
                 tus_send(port, path, auth, data, 0, half, chunk)
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                # Killed in the middle of the next PATCH, which holds the upload's lease.
+                with socket.create_connection(("127.0.0.1", port)) as cut:
+                    cut.sendall(
+                        (
+                            f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                            + "".join(f"{name}: {value}\r\n" for name, value in auth.items())
+                            + "Tus-Resumable: 1.0.0\r\n"
+                            "Content-Type: application/offset+octet-stream\r\n"
+                            f"Upload-Offset: {half}\r\nContent-Length: {chunk}\r\n\r\n"
+                        ).encode("latin-1")
+                    )
+                    cut.sendall(memoryview(data)[half : half + chunk // 2])
+                    time.sleep(0.5)
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
             with server(env, work) as (port, _process):
                 started = time.perf_counter()
                 status, headers, _ = request(
@@ -378,7 +392,7 @@ def main() -> int:
                 started = time.perf_counter()
                 tus_send(port, path2, auth2, data, half, size, chunk)
                 without_kill = time.perf_counter() - started
-            print(f"resume after SIGKILL at {half // MIB} MiB:")
+            print(f"resume after SIGKILL at {half // MIB} MiB, in the middle of a PATCH:")
             print(f"  HEAD for the offset      {head_seconds * 1000:7.1f} ms")
             print(
                 f"  second half, resumed     {after_kill:7.2f} s"

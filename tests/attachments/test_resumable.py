@@ -320,6 +320,49 @@ def test_a_checksummed_chunk_moves_the_offset_only_once_verified(client, session
     assert client.head(location, **TUS)["Upload-Offset"] == "0"
 
 
+def held_by(holder: str) -> None:
+    """The upload leased, for the next 30 s, by a PATCH of the process `holder`."""
+    ResumableUpload.objects.update(
+        lease_token="a" * 32,
+        lease_expires_at=timezone.now() + timedelta(seconds=30),
+        lease_holder=holder,
+    )
+
+
+def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(client, session):
+    import subprocess
+    import sys
+
+    from attachments import holders
+
+    if not holders.this_process():
+        pytest.skip("needs /proc to name processes (Linux)")
+    dead = subprocess.run(
+        [sys.executable, "-c", "from attachments import holders; print(holders.this_process())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    data = os.urandom(100)
+    location = create(client, session, len(data))["Location"]
+    held_by(dead)
+    reply = patch(client, location, 0, data)
+    assert reply.status_code == 204, reply.content
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("holder", ["alive", "elsewhere"])
+def test_a_lease_whose_holder_may_live_is_waited_for(client, session, holder):
+    from attachments import holders
+
+    location = create(client, session, 100)["Location"]
+    # This very process, or one on another machine, which nobody here can see.
+    held_by(holders.this_process() if holder == "alive" else "another-boot/1/1234/5678")
+    reply = patch(client, location, 0, b"x" * 100)
+    assert reply.status_code == 423 and int(reply["Retry-After"]) >= 29
+    assert client.delete(location, **TUS).status_code == 423
+
+
 def test_termination_waits_for_a_patch_in_progress(client, session):
     location = create(client, session, 100)["Location"]
     holder = resumable.PatchWriter(ResumableUpload.objects.get(), 0, None)
