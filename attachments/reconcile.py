@@ -13,6 +13,8 @@ The write protocol (`attachments.committing`) leaves, at worst:
 - manifest entries without rows (written by workflow nodes, or a database
   restored from older state): rows are created, with their events;
 - sessions marked purged whose directory could not be removed: removed;
+- resumable uploads whose last byte was acknowledged but whose recording
+  the crash cut short: recorded (`attachments.resumable.record_interrupted`);
 - whatever the apps built on this one register with `add_step()` (the
   `workflows` app: runs a dead worker left in flight, marked failed).
 
@@ -57,6 +59,7 @@ class Report:
     rows_created: int = 0
     rows_removed: int = 0
     purges_finished: list[str] = dataclasses.field(default_factory=list)
+    uploads_recorded: list[str] = dataclasses.field(default_factory=list)
     other: list[str] = dataclasses.field(default_factory=list)  # from registered steps
     errors: list[str] = dataclasses.field(default_factory=list)
 
@@ -75,6 +78,7 @@ class Report:
             + self.rows_created
             + self.rows_removed
             + len(self.purges_finished)
+            + len(self.uploads_recorded)
             + len(self.other)
         )
 
@@ -85,6 +89,7 @@ class Report:
             ("unfinished manifest save", self.temp_manifests_removed),
             ("file never committed", self.orphan_files_removed),
             ("purge left unfinished", self.purges_finished),
+            ("resumable upload complete but not recorded", self.uploads_recorded),
         ):
             out.extend(f"{label}: {item}" for item in items)
         if self.entries_completed:
@@ -176,7 +181,7 @@ def add_step(label: str, step: Callable[[bool], list[str]]) -> None:
 
 def reconcile_warehouse(repair: bool = True) -> Report:
     """Reconcile every session in the warehouse, and finish purges left half done."""
-    from .resumable import purge_expired
+    from .resumable import purge_expired, record_interrupted
 
     report = Report()
     if repair:
@@ -184,6 +189,8 @@ def reconcile_warehouse(repair: bool = True) -> Report:
     warehouse = conf.WAREHOUSE_DIR
     if not warehouse.is_dir():
         return report
+    # Before the sessions' checks, which hold their manifest locks that recording takes.
+    report.uploads_recorded = record_interrupted(repair)
     on_disk = {}
     for directory in warehouse.glob("session_*"):
         session_id = directory.name.removeprefix("session_")

@@ -55,6 +55,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connection
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 from django.utils.http import http_date
 from rest_framework import status
@@ -580,6 +581,35 @@ def _refusal(session: Session, upload_id: str, offset: int) -> ApiError:
     return UploadLocked()  # freed or moved in between: the client retries
 
 
+def _rehash(path: Any, upto: int) -> Any:
+    """
+    The sha256 of the first `upto` bytes of the file at `path` (a digest this process
+    does not hold). Each buffer is hashed on another thread while the
+    next is read: a resume waits for the slower of the two, not both.
+    """
+    digest = hashlib.sha256()
+    buffers = (bytearray(_REHASH_BYTES), bytearray(_REHASH_BYTES))
+    hashing = None
+    with open(path, "rb", buffering=0) as source:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(source.fileno(), 0, upto, os.POSIX_FADV_SEQUENTIAL)
+        left, turn = upto, 0
+        while left:
+            # The other buffer may still be hashed; this one no longer is.
+            view = memoryview(buffers[turn])[: min(left, _REHASH_BYTES)]
+            read = source.readinto(view)
+            if not read:
+                break
+            if hashing is not None:
+                hashing.result()
+            hashing = hash_workers.submit(digest.update, view[:read])
+            left -= read
+            turn ^= 1
+        if hashing is not None:
+            hashing.result()
+    return digest
+
+
 class PatchWriter:
     """
     Appends one PATCH's bytes to an upload. Open it (which leases the upload
@@ -682,32 +712,7 @@ class PatchWriter:
             raise UploadLocked("This request's hold on the upload lapsed; resume from HEAD.")
 
     def _rehash(self, upto: int) -> Any:
-        """
-        The sha256 of the file's first `upto` bytes (a digest this process
-        does not hold). Each buffer is hashed on another thread while the
-        next is read: a resume waits for the slower of the two, not both.
-        """
-        digest = hashlib.sha256()
-        buffers = (bytearray(_REHASH_BYTES), bytearray(_REHASH_BYTES))
-        hashing = None
-        with open(self.upload.file_path, "rb", buffering=0) as source:
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(source.fileno(), 0, upto, os.POSIX_FADV_SEQUENTIAL)
-            left, turn = upto, 0
-            while left:
-                # The other buffer may still be hashed; this one no longer is.
-                view = memoryview(buffers[turn])[: min(left, _REHASH_BYTES)]
-                read = source.readinto(view)
-                if not read:
-                    break
-                if hashing is not None:
-                    hashing.result()
-                hashing = hash_workers.submit(digest.update, view[:read])
-                left -= read
-                turn ^= 1
-            if hashing is not None:
-                hashing.result()
-        return digest
+        return _rehash(self.upload.file_path, upto)
 
     @property
     def offset(self) -> int:
@@ -824,36 +829,13 @@ class PatchWriter:
 
     def finish_upload(self) -> Attachment:
         """Record the complete upload as an attachment (releases the lease either way)."""
-        from .uploads import accept_upload
-
-        upload = self.upload
-        digest = _digests.take(upload.upload_id, upload.offset) or self._rehash(upload.offset)
-        with open(upload.file_path, "rb") as source:
-            head = source.read(SNIFF_BYTES)
         # Recording wants the staging directory's flock (reconciliation's sign of a live upload).
-        lock_fd = paths.lock_directory(upload.directory)
-        received = ReceivedFile(
-            attachment_id=upload.attachment_id,
-            name=upload.name,
-            filename=upload.filename,
-            path=upload.file_path,
-            directory=upload.directory,
-            size=upload.length,
-            sha256=digest.hexdigest(),
-            head=head,
-            lock_fd=lock_fd if lock_fd is not None else -1,
-        )
+        lock_fd = paths.lock_directory(self.upload.directory)
         try:
-            attachment = accept_upload(upload.session, received)
+            return _record(self.upload, lock_fd if lock_fd is not None else -1)
         except BaseException:
-            # Refused (quota, scanner) or failed: the bytes are gone, so is the upload.
-            ResumableUpload.objects.filter(pk=upload.pk).delete()
-            self.token = None
+            self.token = None  # the upload is gone, its lease with it
             raise
-        # The row stays until it expires, so that a client that lost the last
-        # answer learns from HEAD that every byte arrived.
-        _digests.forget(upload.upload_id)
-        return attachment
 
     def release(self) -> None:
         """Let go of the file and, if still held, the lease (the offset stays where it was)."""
@@ -862,6 +844,90 @@ class PatchWriter:
         if self.token is not None:
             token, self.token = self.token, None
             _release_lease(self.upload, token)
+
+
+def _record(upload: ResumableUpload, lock_fd: int) -> Attachment:
+    """
+    Record a complete upload, whose lease and staging `flock` (`lock_fd`)
+    the caller holds, exactly as a multipart upload is recorded. Refused
+    (quota, scanner) or failed, its bytes are gone, and so is the upload.
+    """
+    from .uploads import accept_upload
+
+    try:
+        digest = _digests.take(upload.upload_id, upload.offset) or _rehash(
+            upload.file_path, upload.offset
+        )
+        with open(upload.file_path, "rb") as source:
+            head = source.read(SNIFF_BYTES)
+    except BaseException:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        raise
+    received = ReceivedFile(
+        attachment_id=upload.attachment_id,
+        name=upload.name,
+        filename=upload.filename,
+        path=upload.file_path,
+        directory=upload.directory,
+        size=upload.length,
+        sha256=digest.hexdigest(),
+        head=head,
+        lock_fd=lock_fd,
+    )
+    try:
+        attachment = accept_upload(upload.session, received)
+    except BaseException:
+        ResumableUpload.objects.filter(pk=upload.pk).delete()
+        raise
+    # The row stays until it expires, so that a client that lost the last
+    # answer learns from HEAD that every byte arrived.
+    _digests.forget(upload.upload_id)
+    return attachment
+
+
+def record_interrupted(repair: bool = True) -> list[str]:
+    """
+    Uploads whose last byte was acknowledged but whose recording a crash cut
+    short (every byte in, no attachment): with `repair`, recorded now, as
+    their last PATCH would have. Each is leased first, and left alone if a
+    live worker holds it or is recording it. Their attachment ids.
+    """
+    recorded = Attachment.objects.filter(attachment_id=OuterRef("attachment_id"))
+    unrecorded = (
+        ResumableUpload.objects.select_related("session")
+        .filter(offset=F("length"), expires_at__gt=timezone.now(), session__purged_at=None)
+        .exclude(Exists(recorded))
+    )
+    found = []
+    for upload in unrecorded:
+        if not repair:
+            found.append(upload.attachment_id)
+            continue
+        token = secrets.token_hex(16)
+        taken = _take_lease(upload.session, upload.upload_id, None, token)
+        if taken is None:
+            continue  # a live worker holds it
+        lock_fd = None
+        try:
+            lock_fd = paths.lock_directory(taken.directory, blocking=False)
+            if (
+                lock_fd is None
+                or Attachment.objects.filter(attachment_id=taken.attachment_id).exists()
+            ):
+                continue  # recording now, or recorded since the query
+            fd, lock_fd = lock_fd, None  # the recording closes it
+            _record(taken, fd)
+            found.append(taken.attachment_id)
+        except FileNotFoundError:
+            continue  # recorded (the staging directory renamed) since the query
+        except Exception:  # noqa: BLE001 (logged; the next upload is still recorded)
+            logger.exception("Recording the interrupted upload %s failed", upload.upload_id)
+        finally:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            _release_lease(taken, token)
+    return found
 
 
 def terminate_unless_busy(session: Session, upload: ResumableUpload) -> None:

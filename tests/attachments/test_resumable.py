@@ -17,7 +17,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from attachments import paths, resumable
+from attachments import holders, paths, resumable
 from attachments.models import Attachment, ResumableUpload
 
 from .builders import manifest_ids, new_session, uploaded_files
@@ -330,19 +330,7 @@ def held_by(holder: str) -> None:
 
 
 def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(client, session):
-    import subprocess
-    import sys
-
-    from attachments import holders
-
-    if not holders.this_process():
-        pytest.skip("needs /proc to name processes (Linux)")
-    dead = subprocess.run(
-        [sys.executable, "-c", "from attachments import holders; print(holders.this_process())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    dead = name_of_a_dead_process()
     data = os.urandom(100)
     location = create(client, session, len(data))["Location"]
     held_by(dead)
@@ -353,14 +341,74 @@ def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(client,
 
 @pytest.mark.parametrize("holder", ["alive", "elsewhere"])
 def test_a_lease_whose_holder_may_live_is_waited_for(client, session, holder):
-    from attachments import holders
-
     location = create(client, session, 100)["Location"]
     # This very process, or one on another machine, which nobody here can see.
     held_by(holders.this_process() if holder == "alive" else "another-boot/1/1234/5678")
     reply = patch(client, location, 0, b"x" * 100)
     assert reply.status_code == 423 and int(reply["Retry-After"]) >= 29
     assert client.delete(location, **TUS).status_code == 423
+
+
+def name_of_a_dead_process() -> str:
+    import subprocess
+    import sys
+
+    if not holders.this_process():
+        pytest.skip("needs /proc to name processes (Linux)")
+    return subprocess.run(
+        [sys.executable, "-c", "from attachments import holders; print(holders.this_process())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def all_bytes_acknowledged(client, session, data: bytes) -> tuple[str, ResumableUpload]:
+    """A PATCH that brought the last byte and was acknowledged, then not recorded."""
+    location = create(client, session, len(data))["Location"]
+    writer = resumable.PatchWriter(ResumableUpload.objects.get(), 0, None)
+    writer.write(data)
+    writer.close(True)  # the offset's commit: every byte is in
+    return location, writer.upload
+
+
+def test_an_upload_whose_worker_died_before_recording_it_is_recorded_by_reconciliation(
+    client, session
+):
+    from artifacts.models import ArtifactEvent
+    from attachments.reconcile import reconcile_warehouse
+
+    data = os.urandom(300_000)
+    location, upload = all_bytes_acknowledged(client, session, data)
+    # The worker died there, holding the lease, its digest gone with it.
+    held_by(name_of_a_dead_process())
+    resumable._digests.forget(upload.upload_id)
+    assert client.head(location, **TUS)["Upload-Offset"] == str(len(data))
+    assert not Attachment.objects.exists()
+
+    assert reconcile_warehouse(repair=False).uploads_recorded == [upload.attachment_id]
+    assert not Attachment.objects.exists()  # a check changes nothing
+    report = reconcile_warehouse(repair=True)
+
+    assert report.uploads_recorded == [upload.attachment_id]
+    attachment = Attachment.objects.get()
+    assert attachment.attachment_id == upload.attachment_id
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+    assert manifest_ids(session) == [upload.attachment_id]
+    created = ArtifactEvent.objects.get(session=session)
+    assert (created.change_type, created.attachment_id) == ("created", upload.attachment_id)
+    assert client.head(location, **TUS)["Attachment-Id"] == upload.attachment_id
+    assert reconcile_warehouse(repair=True).changes == 0
+
+
+def test_an_upload_a_live_worker_is_recording_is_left_to_it(client, session):
+    from attachments.reconcile import reconcile_warehouse
+
+    all_bytes_acknowledged(client, session, os.urandom(1000))
+    held_by(holders.this_process())  # this very process, alive
+    assert reconcile_warehouse(repair=True).uploads_recorded == []
+    assert not Attachment.objects.exists()
+    assert ResumableUpload.objects.get().lease_holder == holders.this_process()
 
 
 def test_termination_waits_for_a_patch_in_progress(client, session):
