@@ -128,6 +128,64 @@ def test_a_server_killed_during_one_long_patch_keeps_what_the_patch_had_checkpoi
         assert attachment["size"] == len(data)
 
 
+def test_a_server_killed_while_recording_the_last_byte_records_it_when_it_restarts(
+    warehouse, tmp_path
+):
+    """Every byte acknowledged, the attachment not yet committed: the restart records it."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    hold = tmp_path / "hold"
+    hold.touch()
+    scanner = {
+        "MAC_UPLOAD_SCANNERS": "tests.e2e.held_scanner.scan",
+        "MAC_TEST_HOLD_SCAN": str(hold),
+    }
+    data = os.urandom(3 * CHUNK)
+    logs = tmp_path / "logs"
+    with run_server("uvicorn", warehouse, logs, **scanner) as first:
+        session_id, auth = create_session_with_auth(first.url)
+        head = {**auth, "Tus-Resumable": "1.0.0"}
+        created = httpx.post(
+            f"{first.url}/api/uploads/{session_id}/tus/",
+            headers={**head, "Upload-Length": str(len(data))},
+            timeout=10,
+        )
+        location = created.headers["Location"]
+        target = urlsplit(location)
+        with socket.create_connection((target.hostname, target.port)) as sock:
+            sock.sendall(
+                (
+                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+                    "Content-Type: application/offset+octet-stream\r\n"
+                    f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
+                ).encode()
+                + data
+            )
+            # Every byte is in and its offset committed; the scanner holds the
+            # recording, and the server dies there, before the 204.
+            waiting = tmp_path / "hold.waiting"
+            deadline = time.monotonic() + 20
+            while not waiting.exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert waiting.exists()
+            os.killpg(first.process.pid, signal.SIGKILL)
+            first.process.wait(10)
+    hold.unlink()
+    with run_server("uvicorn", warehouse, logs, MAC_RECONCILE_AT_START="1", **scanner) as second:
+        location = location.replace(first.url, second.url)
+        deadline = time.monotonic() + 20
+        while not (found := listed(second.url, session_id, auth)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # reconciliation at start runs beside the server
+        (attachment,) = found.values()
+        assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
+        reply = httpx.head(location, headers=head, timeout=10)
+        assert int(reply.headers["Upload-Offset"]) == len(data)
+        assert reply.headers["Attachment-Id"] == attachment["attachment_id"]
+
+
 def test_a_whole_upload_with_tuspy_in_one_go(server, tmp_path):
     source = tmp_path / "notes.md"
     source.write_bytes(b"# Notes\n" * 5000)
