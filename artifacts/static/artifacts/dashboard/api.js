@@ -179,7 +179,9 @@ export function resumableUpload(sessionId, file, onProgress, chunkSize = RESUMAB
     upload = new window.tus.Upload(file, {
       endpoint: new URL(apiPath(`uploads/${encodeURIComponent(sessionId)}/tus/`), location.origin).href,
       chunkSize,
-      retryDelays: [0, 1000, 3000, 5000, 10000],
+      // Past a minute: a 423 from a server whose previous worker died on
+      // another host lasts until that worker's lease lapses (MAC_TUS_LEASE, 30 s).
+      retryDelays: [0, 1000, 3000, 5000, 10000, 20000, 30000],
       metadata: { filename: file.name, filetype: file.type || "" },
       storeFingerprintForResuming: true,
       removeFingerprintOnSuccess: true,
