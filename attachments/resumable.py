@@ -583,9 +583,10 @@ def _refusal(session: Session, upload_id: str, offset: int) -> ApiError:
 
 def _rehash(path: Any, upto: int) -> Any:
     """
-    The sha256 of the first `upto` bytes of the file at `path` (a digest this process
-    does not hold). Each buffer is hashed on another thread while the
-    next is read: a resume waits for the slower of the two, not both.
+    The sha256 of the first `upto` bytes of the file at `path` (a digest
+    this process does not hold). Each buffer is hashed on another thread
+    while the next is read: a resume waits for the slower of the two, not
+    both.
     """
     digest = hashlib.sha256()
     buffers = (bytearray(_REHASH_BYTES), bytearray(_REHASH_BYTES))
@@ -608,6 +609,11 @@ def _rehash(path: Any, upto: int) -> Any:
         if hashing is not None:
             hashing.result()
     return digest
+
+
+def _digest_upto(upload: ResumableUpload, offset: int) -> Any:
+    """The sha256 of the upload's first `offset` bytes: kept by this process, or re-hashed."""
+    return _digests.take(upload.upload_id, offset) or _rehash(upload.file_path, offset)
 
 
 class PatchWriter:
@@ -648,7 +654,7 @@ class PatchWriter:
         try:
             self.start = upload.offset
             self._file = _Appender(upload.file_path, self.start, conf.DIRECT_IO)
-            self.digest = _digests.take(upload.upload_id, self.start) or self._rehash(self.start)
+            self.digest = _digest_upto(upload, self.start)
             self.chunk_digest = CHECKSUMS[checksum[0]]() if checksum else None
             self.expected_chunk_digest = checksum[1] if checksum else None
             self.written = 0
@@ -710,9 +716,6 @@ class PatchWriter:
     def _check_lease(self) -> None:
         if time.monotonic() - self._lease_taken >= self._lease_seconds * 2 / 3:
             raise UploadLocked("This request's hold on the upload lapsed; resume from HEAD.")
-
-    def _rehash(self, upto: int) -> Any:
-        return _rehash(self.upload.file_path, upto)
 
     @property
     def offset(self) -> int:
@@ -855,9 +858,7 @@ def _record(upload: ResumableUpload, lock_fd: int) -> Attachment:
     from .uploads import accept_upload
 
     try:
-        digest = _digests.take(upload.upload_id, upload.offset) or _rehash(
-            upload.file_path, upload.offset
-        )
+        digest = _digest_upto(upload, upload.offset)
         with open(upload.file_path, "rb") as source:
             head = source.read(SNIFF_BYTES)
     except BaseException:
