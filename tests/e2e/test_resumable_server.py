@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import socket
+import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -21,11 +24,53 @@ from .event_clients import create_session_with_auth
 
 pytestmark = [pytest.mark.server, pytest.mark.django_db(transaction=True)]
 CHUNK = 256 * 1024
+TUS = {"Tus-Resumable": "1.0.0"}
 
 
 def listed(base_url: str, session_id: str, auth: dict[str, str]) -> dict[str, dict]:
     reply = httpx.get(f"{base_url}/api/uploads/{session_id}", headers=auth, timeout=10)
     return {a["name"]: a for a in reply.json()["attachments"]}
+
+
+def create_upload(base_url: str, session_id: str, auth: dict[str, str], length: int) -> str:
+    """A new tus upload of `length` bytes: its URL."""
+    created = httpx.post(
+        f"{base_url}/api/uploads/{session_id}/tus/",
+        headers={**auth, **TUS, "Upload-Length": str(length)},
+        timeout=10,
+    )
+    return created.headers["Location"]
+
+
+def send_patch(
+    location: str, auth: dict[str, str], offset: int, body: bytes, timeout: float = 30
+) -> httpx.Response:
+    return httpx.patch(
+        location,
+        content=body,
+        headers={
+            **auth,
+            **TUS,
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(offset),
+        },
+        timeout=timeout,
+    )
+
+
+def start_patch(location: str, auth: dict[str, str], offset: int, length: int) -> socket.socket:
+    """A raw connection that has sent a PATCH's head: its `length` body bytes are the caller's."""
+    target = urlsplit(location)
+    sock = socket.create_connection((target.hostname, target.port))
+    sock.sendall(
+        (
+            f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
+            f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
+            "Content-Type: application/offset+octet-stream\r\n"
+            f"Upload-Offset: {offset}\r\nContent-Length: {length}\r\n\r\n"
+        ).encode()
+    )
+    return sock
 
 
 def test_an_upload_interrupted_by_a_killed_server_resumes_to_the_same_bytes(warehouse, tmp_path):
@@ -67,40 +112,21 @@ def test_a_server_killed_during_one_long_patch_keeps_what_the_patch_had_checkpoi
     warehouse, tmp_path
 ):
     """One PATCH for the whole file (tus-js-client's default): a crash costs seconds, not all."""
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
     data = os.urandom(16 << 20)
     logs = tmp_path / "logs"
     # A nine-second lease: the PATCH renews it, and checkpoints, every three.
     with run_server("uvicorn", warehouse, logs, MAC_TUS_LEASE="9") as first:
         session_id, auth = create_session_with_auth(first.url)
-        head = {**auth, "Tus-Resumable": "1.0.0"}
-        created = httpx.post(
-            f"{first.url}/api/uploads/{session_id}/tus/",
-            headers={**head, "Upload-Length": str(len(data))},
-            timeout=10,
-        )
-        location = created.headers["Location"]
-        target = urlsplit(location)
+        location = create_upload(first.url, session_id, auth, len(data))
         sent = checkpoint = 0
-        with socket.create_connection((target.hostname, target.port)) as sock:
-            sock.sendall(
-                (
-                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
-                    "Content-Type: application/offset+octet-stream\r\n"
-                    f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
-                ).encode()
-            )
+        with start_patch(location, auth, 0, len(data)) as sock:
             deadline = time.monotonic() + 20
             while not checkpoint and sent < len(data) // 2 and time.monotonic() < deadline:
                 piece = data[sent : sent + (128 << 10)]
                 sock.sendall(piece)
                 sent += len(piece)
                 time.sleep(0.1)
-                reply = httpx.head(location, headers=head, timeout=10)
+                reply = httpx.head(location, headers={**auth, **TUS}, timeout=10)
                 checkpoint = int(reply.headers["Upload-Offset"])
             # Killed while the PATCH is still being sent.
             os.killpg(first.process.pid, signal.SIGKILL)
@@ -108,20 +134,11 @@ def test_a_server_killed_during_one_long_patch_keeps_what_the_patch_had_checkpoi
         assert 0 < checkpoint <= sent < len(data)
     with run_server("uvicorn", warehouse, logs) as second:
         location = location.replace(first.url, second.url)
-        reply = httpx.head(location, headers=head, timeout=10)
+        reply = httpx.head(location, headers={**auth, **TUS}, timeout=10)
         assert int(reply.headers["Upload-Offset"]) == checkpoint
         # The killed PATCH's lease stands for seconds more, but its holder
         # died on this machine: the new server takes the upload over at once.
-        finished = httpx.patch(
-            location,
-            content=data[checkpoint:],
-            headers={
-                **head,
-                "Content-Type": "application/offset+octet-stream",
-                "Upload-Offset": str(checkpoint),
-            },
-            timeout=30,
-        )
+        finished = send_patch(location, auth, checkpoint, data[checkpoint:])
         assert finished.status_code == 204, finished.text
         attachment = next(iter(listed(second.url, session_id, auth).values()))
         assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
@@ -132,10 +149,6 @@ def test_a_server_killed_while_recording_the_last_byte_records_it_when_it_restar
     warehouse, tmp_path
 ):
     """Every byte acknowledged, the attachment not yet committed: the restart records it."""
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
     hold = tmp_path / "hold"
     hold.touch()
     scanner = {
@@ -146,24 +159,9 @@ def test_a_server_killed_while_recording_the_last_byte_records_it_when_it_restar
     logs = tmp_path / "logs"
     with run_server("uvicorn", warehouse, logs, **scanner) as first:
         session_id, auth = create_session_with_auth(first.url)
-        head = {**auth, "Tus-Resumable": "1.0.0"}
-        created = httpx.post(
-            f"{first.url}/api/uploads/{session_id}/tus/",
-            headers={**head, "Upload-Length": str(len(data))},
-            timeout=10,
-        )
-        location = created.headers["Location"]
-        target = urlsplit(location)
-        with socket.create_connection((target.hostname, target.port)) as sock:
-            sock.sendall(
-                (
-                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
-                    "Content-Type: application/offset+octet-stream\r\n"
-                    f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
-                ).encode()
-                + data
-            )
+        location = create_upload(first.url, session_id, auth, len(data))
+        with start_patch(location, auth, 0, len(data)) as sock:
+            sock.sendall(data)
             # Every byte is in and its offset committed; the scanner holds the
             # recording, and the server dies there, before the 204.
             waiting = tmp_path / "hold.waiting"
@@ -181,7 +179,7 @@ def test_a_server_killed_while_recording_the_last_byte_records_it_when_it_restar
             time.sleep(0.1)  # reconciliation at start runs beside the server
         (attachment,) = found.values()
         assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
-        reply = httpx.head(location, headers=head, timeout=10)
+        reply = httpx.head(location, headers={**auth, **TUS}, timeout=10)
         assert int(reply.headers["Upload-Offset"]) == len(data)
         assert reply.headers["Attachment-Id"] == attachment["attachment_id"]
 
@@ -201,97 +199,42 @@ def test_a_whole_upload_with_tuspy_in_one_go(server, tmp_path):
 
 
 def test_an_interrupted_patch_keeps_every_byte_that_arrived(server):
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
     with server() as s:
         session_id, auth = create_session_with_auth(s.url)
-        created = httpx.post(
-            f"{s.url}/api/uploads/{session_id}/tus/",
-            headers={**auth, "Tus-Resumable": "1.0.0", "Upload-Length": "600000"},
-            timeout=10,
-        )
-        location = created.headers["Location"]
+        location = create_upload(s.url, session_id, auth, 600_000)
         sent = os.urandom(300_000)
-        target = urlsplit(location)
-        with socket.create_connection((target.hostname, target.port)) as sock:
-            sock.sendall(
-                (
-                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
-                    "Content-Type: application/offset+octet-stream\r\n"
-                    "Upload-Offset: 0\r\nContent-Length: 600000\r\n\r\n"
-                ).encode()
-                + sent
-            )
-        head = {**auth, "Tus-Resumable": "1.0.0"}
+        with start_patch(location, auth, 0, 600_000) as sock:
+            sock.sendall(sent)
         deadline = time.monotonic() + 10
         offset = 0
         while time.monotonic() < deadline:
-            offset = int(httpx.head(location, headers=head, timeout=10).headers["Upload-Offset"])
+            reply = httpx.head(location, headers={**auth, **TUS}, timeout=10)
+            offset = int(reply.headers["Upload-Offset"])
             if offset == len(sent):
                 break
             time.sleep(0.05)
         assert offset == len(sent)
         rest = os.urandom(300_000)
-        finished = httpx.patch(
-            location,
-            content=rest,
-            headers={
-                **head,
-                "Content-Type": "application/offset+octet-stream",
-                "Upload-Offset": str(offset),
-            },
-            timeout=30,
-        )
+        finished = send_patch(location, auth, offset, rest)
         assert finished.status_code == 204
         attachment = next(iter(listed(s.url, session_id, auth).values()))
         assert attachment["sha256"] == hashlib.sha256(sent + rest).hexdigest()
 
 
 def test_a_slow_patch_renews_its_lease_and_keeps_the_upload(server):
-    import socket
-    import time
-    from urllib.parse import urlsplit
-
     # A one-second lease, and a PATCH whose body takes about three to arrive.
     with server(MAC_TUS_LEASE="1") as s:
         session_id, auth = create_session_with_auth(s.url)
         data = os.urandom(3 << 20)
-        created = httpx.post(
-            f"{s.url}/api/uploads/{session_id}/tus/",
-            headers={**auth, "Tus-Resumable": "1.0.0", "Upload-Length": str(len(data))},
-            timeout=10,
-        )
-        location = created.headers["Location"]
-        target = urlsplit(location)
-        head = {**auth, "Tus-Resumable": "1.0.0"}
-        with socket.create_connection((target.hostname, target.port)) as sock:
-            sock.sendall(
-                (
-                    f"PATCH {target.path} HTTP/1.1\r\nHost: {target.netloc}\r\n"
-                    f"Authorization: {auth['Authorization']}\r\nTus-Resumable: 1.0.0\r\n"
-                    "Content-Type: application/offset+octet-stream\r\n"
-                    f"Upload-Offset: 0\r\nContent-Length: {len(data)}\r\n\r\n"
-                ).encode()
-            )
+        location = create_upload(s.url, session_id, auth, len(data))
+        with start_patch(location, auth, 0, len(data)) as sock:
             piece = 256 * 1024
             for start in range(0, len(data), piece):
                 sock.sendall(data[start : start + piece])
                 time.sleep(0.25)
                 if start == len(data) // 2:
                     # Past its first lease, the slow PATCH still holds the upload.
-                    other = httpx.patch(
-                        location,
-                        content=b"x",
-                        headers={
-                            **head,
-                            "Content-Type": "application/offset+octet-stream",
-                            "Upload-Offset": "0",
-                        },
-                        timeout=10,
-                    )
+                    other = send_patch(location, auth, 0, b"x", timeout=10)
                     assert other.status_code == 423, other.text
             answer = sock.recv(65536).decode("latin-1")
         assert answer.startswith("HTTP/1.1 204"), answer
