@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import uuid
 import warnings
 import zipfile
@@ -14,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from rest_framework.test import APIClient
 
+from attachments import holders
 from attachments.models import Attachment, Session
 from attachments.sessions import create_session
 
@@ -207,3 +211,16 @@ def make_jwt(secret: str = JWT_SECRET, expires_in: float = 300, **claims: Any) -
     if claims["exp"] is None:
         del claims["exp"]
     return jwt.encode(claims, secret, algorithm="HS256")
+
+
+# A child process that prints its name as a lease holder (attachments.holders).
+NAME_ITSELF = "from attachments import holders; print(holders.this_process(), flush=True)"
+
+
+def name_of_a_dead_process() -> str:
+    """The holder name of a process that ran, and has exited and been reaped."""
+    if not holders.this_process():
+        pytest.skip("needs /proc to name processes (Linux)")
+    return subprocess.run(
+        [sys.executable, "-c", NAME_ITSELF], capture_output=True, text=True, check=True
+    ).stdout.strip()

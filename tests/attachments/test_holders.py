@@ -16,10 +16,11 @@ import pytest
 
 from attachments import holders
 
+from .builders import NAME_ITSELF, name_of_a_dead_process
+
 pytestmark = pytest.mark.skipif(
     not holders.this_process(), reason="needs /proc to name processes (Linux)"
 )
-NAME_ITSELF = "from attachments import holders; print(holders.this_process(), flush=True)"
 
 
 def test_this_process_is_alive():
@@ -27,10 +28,7 @@ def test_this_process_is_alive():
 
 
 def test_a_process_that_exited_has_died():
-    child = subprocess.run(
-        [sys.executable, "-c", NAME_ITSELF], capture_output=True, text=True, check=True
-    )
-    holder = child.stdout.strip()
+    holder = name_of_a_dead_process()
     assert holder != holders.this_process()
     assert holders.has_died(holder)
 

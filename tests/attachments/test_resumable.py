@@ -20,7 +20,7 @@ from rest_framework.test import APIClient
 from attachments import holders, paths, resumable
 from attachments.models import Attachment, ResumableUpload
 
-from .builders import manifest_ids, new_session, uploaded_files
+from .builders import manifest_ids, name_of_a_dead_process, new_session, uploaded_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TUS = {"HTTP_TUS_RESUMABLE": "1.0.0"}
@@ -347,20 +347,6 @@ def test_a_lease_whose_holder_may_live_is_waited_for(client, session, holder):
     reply = patch(client, location, 0, b"x" * 100)
     assert reply.status_code == 423 and int(reply["Retry-After"]) >= 29
     assert client.delete(location, **TUS).status_code == 423
-
-
-def name_of_a_dead_process() -> str:
-    import subprocess
-    import sys
-
-    if not holders.this_process():
-        pytest.skip("needs /proc to name processes (Linux)")
-    return subprocess.run(
-        [sys.executable, "-c", "from attachments import holders; print(holders.this_process())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 def all_bytes_acknowledged(client, session, data: bytes) -> tuple[str, ResumableUpload]:
