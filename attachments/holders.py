@@ -27,7 +27,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _start_time(pid: int) -> tuple[str, str] | None:
+def _state_and_start_time(pid: int) -> tuple[str, str] | None:
     """A process's state and start time (clock ticks after boot), or None if there is none."""
     stat = _read(_PROC / str(pid) / "stat")
     if stat is None:
@@ -54,7 +54,7 @@ def this_process() -> str:
     global _named
     pid = os.getpid()
     if _named is None or _named[0] != pid:  # a forked worker is another holder
-        machine, started = _machine(), _start_time(pid)
+        machine, started = _machine(), _state_and_start_time(pid)
         name = f"{machine}/{pid}/{started[1]}" if machine and started else ""
         _named = (pid, name)
     return _named[1]
@@ -69,7 +69,7 @@ def has_died(holder: str) -> bool:
         return False
     if f"{boot}/{namespace}" != _machine():
         return False
-    found = _start_time(pid)
+    found = _state_and_start_time(pid)
     if found is None:
         return True
     state, start = found
