@@ -9,6 +9,10 @@ PID and the time it started (which tells a PID reused since), and if that
 process is gone, or a zombie, its lease is dead now, not in half a minute.
 Only a holder this process can see in its own `/proc`, the same boot and
 the same PID namespace, is ever judged dead; any other is assumed alive.
+
+The boot id alone (`this_boot()`) names a kernel's page cache: bytes a
+process wrote but nobody fsync'd are still there for every process of the
+same boot, even once their writer died, and gone after a reboot.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 _PROC = Path("/proc")
 _named: tuple[int, str] | None = None
+_boot: str | None = None
 
 
 def _read(path: Path) -> str | None:
@@ -37,9 +42,17 @@ def _state_and_start_time(pid: int) -> tuple[str, str] | None:
     return fields[0], fields[19]
 
 
+def this_boot() -> str:
+    """The running kernel's boot id; "" where /proc does not tell it."""
+    global _boot
+    if _boot is None:
+        _boot = _read(_PROC / "sys/kernel/random/boot_id") or ""
+    return _boot
+
+
 def _machine() -> str | None:
     """This process's boot and PID namespace, where /proc tells them."""
-    boot = _read(_PROC / "sys/kernel/random/boot_id")
+    boot = this_boot()
     try:
         namespace = os.readlink(_PROC / "self/ns/pid")
     except OSError:

@@ -147,6 +147,13 @@ class ResumableUpload(models.Model):
     filename = models.CharField(_("file name on disk"), max_length=255)
     length = models.PositiveBigIntegerField(_("length"))
     offset = models.PositiveBigIntegerField(_("offset"), default=0)
+    # A PATCH is answered once its bytes are written, and fsync'd just
+    # after (attachments.resumable): the bytes up to `synced_offset` are on
+    # the device; those past it, up to `offset`, are in the page cache of
+    # the boot `unsynced_on` ("" when there are none), which every process of
+    # that boot sees and a reboot loses.
+    synced_offset = models.PositiveBigIntegerField(_("synced offset"), default=0)
+    unsynced_on = models.CharField(_("unsynced on boot"), max_length=64, blank=True, default="")
     created_at = models.DateTimeField(_("created at"), default=timezone.now)
     expires_at = models.DateTimeField(_("expires at"), db_index=True)
     # The PATCH writing the upload now, on whichever worker or host: a lease

@@ -9,10 +9,22 @@ through the same service as a multipart upload (`attachments.uploads`):
 same id, scanners, quotas, manifest entry, row and event.
 
 - The offset lives in the database, the bytes on disk: a PATCH may reach
-  any worker, and an interrupted PATCH keeps every byte it wrote (fsync'd
-  before the offset moves). A long PATCH also moves the offset each time
-  it renews its lease, so a server killed mid-PATCH loses at most the
-  bytes of the last third of a lease.
+  any worker, and an interrupted PATCH keeps every byte it wrote. A long
+  PATCH also moves the offset each time it renews its lease (fsync'd
+  first), so a server killed mid-PATCH loses at most the bytes of the last
+  third of a lease.
+- A PATCH that does not end the upload is answered once its bytes are
+  written, and fsync'd just after, while the client sends the next one
+  (`_Syncs`): the fsync that every PATCH would otherwise wait for costs a
+  large upload in 8 MiB chunks a fifth of its speed. Written bytes live in
+  the kernel's page cache until then, which every process of the same boot
+  sees, a killed worker included; so the row keeps two offsets, the
+  accepted one and the synced one, and the boot whose page cache holds the
+  bytes between them. On that boot the accepted offset stands; after a
+  reboot (or on another host, once the writer's host has had a lease's
+  time to sync them) the upload falls back to the synced one (`_settle`).
+  The last PATCH is fsync'd before its answer: a complete upload is
+  recorded, and recorded means durable.
 - One PATCH writes an upload at a time, whichever worker or host it
   reaches: it leases the upload's row with a conditional UPDATE, which also
   checks the offset (one round trip), and another PATCH meanwhile gets 423.
@@ -51,11 +63,13 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
-from django.db.models import Exists, F, OuterRef
+from django.db import close_old_connections, connection
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.http import http_date
 from rest_framework import status
@@ -83,6 +97,10 @@ _O_DIRECT: int = getattr(os, "O_DIRECT", 0)
 # O_DIRECT needs memory, file offset and length aligned to the device's block
 # size, at most a page on common hardware; mmap buffers start on a page.
 _DIRECT_ALIGN = mmap.PAGESIZE
+# Syncs a process lets wait behind their PATCHes' answers; past it a PATCH
+# syncs before it answers, so a disk slower than the network cannot pile
+# up open files and unsynced bytes without bound.
+_MAX_PENDING_SYNCS = 64
 
 
 class TusVersionMismatch(ApiError):
@@ -170,6 +188,88 @@ class _Digests:
 
 
 _digests = _Digests()
+
+
+class _Syncs:
+    """
+    The fsyncs of PATCHes answered before their bytes were synced, run on
+    threads of their own just after the answer; each then moves its
+    upload's synced offset. A sync that fails (EIO; a full disk found by
+    delayed allocation) takes the upload back to its synced offset, so the
+    client sends again what may be lost rather than a file with a hole
+    being recorded.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tus-fsync")
+        self._pending: set[Future[None]] = set()
+        self._mutex = threading.Lock()
+
+    def has_room(self) -> bool:
+        with self._mutex:
+            return len(self._pending) < _MAX_PENDING_SYNCS
+
+    def start(self, upload: ResumableUpload, upto: int, fd: int) -> None:
+        """Sync `fd` (which this takes over) and then mark the upload synced up to `upto`."""
+        try:
+            future = self._pool.submit(self._sync, upload.pk, upload.upload_id, upto, fd)
+        except RuntimeError:  # the interpreter is shutting down: sync now
+            self._sync(upload.pk, upload.upload_id, upto, fd)
+            return
+        with self._mutex:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+
+    def _forget(self, future: Future[None]) -> None:
+        with self._mutex:
+            self._pending.discard(future)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the syncs started so far; whether they all ended."""
+        with self._mutex:
+            pending = set(self._pending)
+        return not wait_for_futures(pending, timeout).not_done
+
+    @staticmethod
+    def _sync(pk: int, upload_id: str, upto: int, fd: int) -> None:
+        behind = ResumableUpload.objects.filter(pk=pk, synced_offset__lt=upto, offset__gte=upto)
+        try:
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            logger.exception(
+                "Syncing upload %s up to %d failed: it resumes from its synced offset.",
+                upload_id,
+                upto,
+            )
+            _digests.forget(upload_id)
+            try:
+                behind.update(offset=F("synced_offset"), unsynced_on="")
+            except Exception:  # noqa: BLE001 (logged; HEAD after a reboot still settles it)
+                logger.exception("Moving upload %s back to its synced offset failed", upload_id)
+            finally:
+                close_old_connections()
+            return
+        try:
+            with connection.cursor() as cursor, _without_sync(cursor):
+                behind.update(synced_offset=upto)
+        except Exception:  # noqa: BLE001 (only a reboot before the next sync would miss it)
+            logger.exception("Marking upload %s synced up to %d failed", upload_id, upto)
+        finally:
+            close_old_connections()
+
+
+_syncs = _Syncs()
+
+
+def wait_for_syncs(timeout: float | None = None) -> bool:
+    """
+    Wait until the bytes of every PATCH this process answered so far are
+    fsync'd and marked so; whether they all were within `timeout`.
+    """
+    return _syncs.wait(timeout)
 
 
 def check_version(value: str | None) -> None:
@@ -260,7 +360,50 @@ def find_upload(session: Session, upload_id: str) -> ResumableUpload:
     if upload.expires_at <= timezone.now():
         terminate(upload)
         raise UploadExpired()
+    _settle(upload)
     return upload
+
+
+def _unsynced_elsewhere(upload: ResumableUpload) -> bool:
+    """Whether bytes below the upload's offset are only in another boot's page cache."""
+    return upload.synced_offset < upload.offset and upload.unsynced_on != holders.this_boot()
+
+
+def _last_moved(upload: ResumableUpload) -> Any:
+    # Each move of the offset sets the expiry TUS_EXPIRY after it.
+    return upload.expires_at - timedelta(seconds=conf.TUS_EXPIRY)
+
+
+def _settle(upload: ResumableUpload) -> None:
+    """
+    Move the offset back to the synced one when the bytes past it were
+    only in the page cache of a boot that is gone: after a reboot, or when
+    another host wrote them and has not synced them within a lease (it
+    would have, alive, in milliseconds). Until then a PATCH reaching this
+    host is told to retry (`_refusal`).
+    """
+    if not _unsynced_elsewhere(upload):
+        return
+    now = timezone.now()
+    if now - _last_moved(upload) < _lease_span():
+        return
+    settled = (
+        ResumableUpload.objects.filter(
+            pk=upload.pk, offset=upload.offset, unsynced_on=upload.unsynced_on
+        )
+        .filter(Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lte=now))
+        .update(offset=F("synced_offset"), unsynced_on="")
+    )
+    if settled:
+        logger.warning(
+            "Upload %s resumes at its synced offset %d, not %d: the bytes between were not "
+            "synced by the boot that wrote them (%s).",
+            upload.upload_id,
+            upload.synced_offset,
+            upload.offset,
+            upload.unsynced_on,
+        )
+        upload.offset, upload.unsynced_on = upload.synced_offset, ""
 
 
 def response_headers(upload: ResumableUpload) -> dict[str, str]:
@@ -443,10 +586,16 @@ def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
         return quote(meta.get_field(name).column)
 
     if kind == "move":
+        # The synced offset only grows: a sync that ended meanwhile may have moved it.
+        greatest = "GREATEST" if vendor == "postgresql" else "MAX"
+        synced = column("synced_offset")
         sql = (
-            f"UPDATE {table} SET {column('offset')} = %s, {column('expires_at')} = %s, "
+            f"UPDATE {table} SET {column('offset')} = %s, "
+            f"{synced} = {greatest}({synced}, %s), {column('unsynced_on')} = %s, "
+            f"{column('expires_at')} = %s, "
             f"{column('lease_token')} = %s, {column('lease_expires_at')} = %s "
-            f"WHERE {quote(meta.pk.column)} = %s AND {column('lease_token')} = %s"
+            f"WHERE {quote(meta.pk.column)} = %s AND {column('lease_token')} = %s "
+            f"AND {column('offset')} = %s"
         )
         return sql, []
     conditions = [
@@ -458,6 +607,10 @@ def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
     if kind == "take_at_offset":
         conditions.append(f"{column('offset')} = %s")
         conditions.append(f"({column('offset')} < {column('length')} OR {column('length')} = 0)")
+        # Bytes past the synced offset count only on the boot whose page cache holds them.
+        conditions.append(
+            f"({column('synced_offset')} >= {column('offset')} OR {column('unsynced_on')} = %s)"
+        )
     fields = list(meta.concrete_fields)
     sql = (
         f"UPDATE {table} SET {column('lease_token')} = %s, "
@@ -472,11 +625,13 @@ def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
 def _without_sync(cursor: Any) -> Iterator[None]:
     """
     On SQLite (WAL, synchronous=FULL), the statements inside commit without
-    the WAL's fsync (synchronous=NORMAL): for taking a lease, which only
-    matters while this host's processes run. A crash of the host that
-    loses it also ends the PATCH that held it, and the PATCH's offset move,
-    a FULL commit, syncs the WAL up to it, lease included. Elsewhere, and
-    inside a transaction, a no-op.
+    the WAL's fsync (synchronous=NORMAL): for what only matters while this
+    host runs, or may be lost with the host. A lease: a crash of the host
+    that loses it also ends the PATCH that held it. An offset over bytes
+    not yet synced, and the synced offset itself: a power loss that takes
+    the commit leaves an earlier offset, over bytes that are there. The
+    last byte's offset move is a FULL commit, and syncs the WAL up to it.
+    Elsewhere, and inside a transaction, a no-op.
     """
     if connection.vendor != "sqlite" or not connection.get_autocommit():
         yield
@@ -512,7 +667,7 @@ def _take_lease(
         params: list[Any] = [token, adapt(now + _lease_span()), holders.this_process()]
         params += [session.pk, upload_id, adapt(now), adapt(now)]
         if offset is not None:
-            params.append(offset)
+            params += [offset, holders.this_boot() or "-"]
         with connection.cursor() as cursor, _without_sync(cursor):
             cursor.execute(sql, params)
             return cursor.fetchall()
@@ -577,6 +732,12 @@ def _refusal(session: Session, upload_id: str, offset: int) -> ApiError:
     if offset != upload.offset:
         return OffsetMismatch(
             f"Upload-Offset is {offset}, the upload is at {upload.offset}.", offset=upload.offset
+        )
+    if _unsynced_elsewhere(upload):
+        waited = (now - _last_moved(upload)).total_seconds()
+        return UploadLocked(
+            "The bytes before this offset are still being synced by the host that took them.",
+            retry_after=max(1, math.ceil(conf.TUS_LEASE - waited)),
         )
     return UploadLocked()  # freed or moved in between: the client retries
 
@@ -702,15 +863,21 @@ class PatchWriter:
         if checkpoint:
             assert self._file is not None
             os.fsync(self._file.fd)  # the bytes before the offset that says they are there
-            fields.update(offset=written, expires_at=now + timedelta(seconds=conf.TUS_EXPIRY))
-        renewed = ResumableUpload.objects.filter(pk=self.upload.pk, lease_token=self.token).update(
-            **fields
-        )
+            fields.update(
+                offset=written,
+                synced_offset=written,
+                unsynced_on="",
+                expires_at=now + timedelta(seconds=conf.TUS_EXPIRY),
+            )
+        renewed = ResumableUpload.objects.filter(
+            pk=self.upload.pk, lease_token=self.token, offset=self.upload.offset
+        ).update(**fields)
         if not renewed:
             self.token = None
             raise UploadLocked("Another request took this upload over; resume from its offset.")
         if checkpoint:
             self.upload.offset, self.upload.expires_at = written, fields["expires_at"]
+            self.upload.synced_offset, self.upload.unsynced_on = written, ""
         self._lease_taken = asked
 
     def _check_lease(self) -> None:
@@ -770,11 +937,15 @@ class PatchWriter:
 
     def close(self, whole_body: bool) -> int:
         """
-        Make the received bytes durable and move the offset; the new offset.
-        With a checksum, a chunk that did not arrive whole or does not match
-        is discarded (ChecksumMismatch for a whole one). The one database
+        Write what is buffered and move the offset; the new offset. With a
+        checksum, a chunk that did not arrive whole or does not match is
+        discarded (ChecksumMismatch for a whole one). The one database
         round trip moves the offset and ends the lease together, unless the
         upload is complete: then the lease is held until it is recorded.
+
+        The commit point is that UPDATE. The last byte's PATCH fsyncs the
+        file before it; any other PATCH leaves the fsync to `_Syncs`, after
+        its answer, and marks its bytes as in this boot's page cache.
         """
         assert self._file is not None
         try:
@@ -793,31 +964,18 @@ class PatchWriter:
                 self.digest = None
             else:
                 self._file.flush()
-            os.fsync(self._file.fd)
             new_offset = self.start + keep
             complete = new_offset == self.upload.length
-            now = timezone.now()
-            expires_at = now + timedelta(seconds=conf.TUS_EXPIRY)
-            adapt = connection.ops.adapt_datetimefield_value
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    _statement("move")[0],
-                    [
-                        new_offset,
-                        adapt(expires_at),
-                        self.token if complete else "",
-                        adapt(now + _lease_span()) if complete else None,
-                        self.upload.pk,
-                        self.token,
-                    ],
-                )
-                moved = cursor.rowcount
-            if not moved:
-                self.token = None
-                raise UploadLocked("Another request took this upload over; resume from its offset.")
-            if not complete:
-                self.token = None  # released by the same UPDATE
-            self.upload.offset, self.upload.expires_at = new_offset, expires_at
+            boot = holders.this_boot()
+            defer = bool(boot) and not complete and new_offset > self.upload.synced_offset
+            if defer and not _syncs.has_room():
+                defer = False
+            if not defer and new_offset > self.upload.synced_offset:
+                os.fsync(self._file.fd)
+            synced = self.upload.synced_offset if defer else new_offset
+            self._move(new_offset, synced, boot if defer else "", complete)
+            if defer:
+                _syncs.start(self.upload, new_offset, os.dup(self._file.fd))
             if self.digest is not None:
                 _digests.keep(self.upload.upload_id, new_offset, self.digest)
             if mismatch:
@@ -825,6 +983,40 @@ class PatchWriter:
             return new_offset
         finally:
             self._file.close()
+
+    def _move(self, offset: int, synced: int, unsynced_on: str, complete: bool) -> None:
+        """The commit point: the offset moved and the lease ended (kept if `complete`)."""
+        now = timezone.now()
+        expires_at = now + timedelta(seconds=conf.TUS_EXPIRY)
+        adapt = connection.ops.adapt_datetimefield_value
+        with connection.cursor() as cursor, contextlib.ExitStack() as stack:
+            if unsynced_on:
+                # Bytes a power loss would take anyway: the offset that
+                # names them need not survive one either (SQLite).
+                stack.enter_context(_without_sync(cursor))
+            cursor.execute(
+                _statement("move")[0],
+                [
+                    offset,
+                    synced,
+                    unsynced_on,
+                    adapt(expires_at),
+                    self.token if complete else "",
+                    adapt(now + _lease_span()) if complete else None,
+                    self.upload.pk,
+                    self.token,
+                    self.upload.offset,
+                ],
+            )
+            moved = cursor.rowcount
+        if not moved:
+            self.token = None
+            raise UploadLocked("Another request took this upload over; resume from its offset.")
+        if not complete:
+            self.token = None  # released by the same UPDATE
+        upload = self.upload
+        upload.offset, upload.expires_at, upload.unsynced_on = offset, expires_at, unsynced_on
+        upload.synced_offset = max(upload.synced_offset, synced)
 
     @property
     def complete(self) -> bool:

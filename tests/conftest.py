@@ -118,3 +118,17 @@ def fresh_channel_layer():
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
+def synced_uploads():
+    """
+    Every tus PATCH a test sent in this process synced and marked before
+    the next test: their threads write to the database this test used.
+    """
+    yield
+    import sys
+
+    resumable = sys.modules.get("attachments.resumable")
+    if resumable is not None:
+        assert resumable.wait_for_syncs(timeout=30), "a tus PATCH's sync did not end"

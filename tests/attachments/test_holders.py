@@ -27,6 +27,18 @@ def test_this_process_is_alive():
     assert not holders.has_died(holders.this_process())
 
 
+def test_every_process_of_this_boot_names_the_same_boot():
+    # The page cache that a tus PATCH's unsynced bytes live in is the kernel's.
+    child = subprocess.run(
+        [sys.executable, "-c", "from attachments import holders; print(holders.this_boot())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert child.stdout.strip() == holders.this_boot() != ""
+    assert holders.this_process().startswith(holders.this_boot() + "/")
+
+
 def test_a_process_that_exited_has_died():
     holder = name_of_a_dead_process()
     assert holder != holders.this_process()

@@ -320,6 +320,88 @@ def test_a_checksummed_chunk_moves_the_offset_only_once_verified(client, session
     assert client.head(location, **TUS)["Upload-Offset"] == "0"
 
 
+def test_a_patch_is_synced_after_its_answer_and_the_last_one_before(client, session):
+    data = os.urandom(300_000)
+    location = create(client, session, len(data))["Location"]
+    assert patch(client, location, 0, data[:100_000]).status_code == 204
+    assert resumable.wait_for_syncs(timeout=10)
+    upload = ResumableUpload.objects.get()
+    assert (upload.offset, upload.synced_offset) == (100_000, 100_000)
+    # The last byte's answer waits for its sync: a complete upload is recorded.
+    assert patch(client, location, 100_000, data[100_000:]).status_code == 204
+    upload = ResumableUpload.objects.get()
+    assert (upload.offset, upload.synced_offset, upload.unsynced_on) == (len(data), len(data), "")
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def written_but_not_synced(client, session, data: bytes, upto: int, synced: int, boot: str):
+    """An upload accepted up to `upto` but synced only up to `synced`, by `boot`."""
+    location = create(client, session, len(data))["Location"]
+    assert patch(client, location, 0, data[:upto]).status_code == 204
+    assert resumable.wait_for_syncs(timeout=10)
+    ResumableUpload.objects.update(synced_offset=synced, unsynced_on=boot)
+    return location
+
+
+def last_moved_ago(seconds: float) -> None:
+    """The offset last moved `seconds` ago (an upload's expiry runs from its last move)."""
+    moved = timezone.now() - timedelta(seconds=seconds)
+    ResumableUpload.objects.update(expires_at=moved + timedelta(seconds=resumable.conf.TUS_EXPIRY))
+
+
+def test_bytes_not_synced_yet_count_on_the_boot_that_wrote_them(client, session):
+    # A worker killed between a PATCH's answer and its sync: the bytes are
+    # in this boot's page cache, where the next PATCH, on any worker, finds them.
+    data = os.urandom(200_000)
+    location = written_but_not_synced(client, session, data, 150_000, 0, holders.this_boot())
+    assert client.head(location, **TUS)["Upload-Offset"] == "150000"
+    assert patch(client, location, 150_000, data[150_000:]).status_code == 204
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_after_a_reboot_an_upload_resumes_from_its_synced_offset(client, session, caplog):
+    data = os.urandom(200_000)
+    location = written_but_not_synced(client, session, data, 150_000, 60_000, "a-boot-before")
+    last_moved_ago(resumable.conf.TUS_LEASE + 1)
+    # The client resumes where the upload said it was: those bytes may be gone.
+    reply = patch(client, location, 150_000, data[150_000:])
+    assert reply.status_code == 409 and reply.json()["offset"] == 60_000
+    assert client.head(location, **TUS)["Upload-Offset"] == "60000"
+    assert "resumes at its synced offset 60000, not 150000" in caplog.text
+    assert patch(client, location, 60_000, data[60_000:]).status_code == 204
+    attachment = Attachment.objects.get()
+    assert attachment.size == len(data)
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_bytes_another_host_has_not_synced_yet_are_waited_for(client, session, settings):
+    settings.ATTACHMENTS_TUS_LEASE = 30
+    data = os.urandom(200_000)
+    location = written_but_not_synced(client, session, data, 150_000, 60_000, "another-host")
+    last_moved_ago(10)
+    # Alive, that host syncs them in moments; HEAD still says where they end.
+    assert client.head(location, **TUS)["Upload-Offset"] == "150000"
+    reply = patch(client, location, 150_000, data[150_000:])
+    assert reply.status_code == 423 and reply.json()["code"] == "upload_locked"
+    assert 15 <= int(reply["Retry-After"]) <= 20
+    # A lease's time later it is taken for dead, and its unsynced bytes with it.
+    last_moved_ago(31)
+    assert client.head(location, **TUS)["Upload-Offset"] == "60000"
+
+
+def test_a_sync_that_fails_takes_the_upload_back_to_its_synced_offset(client, session, caplog):
+    data = os.urandom(200_000)
+    location = written_but_not_synced(client, session, data, 150_000, 60_000, holders.this_boot())
+    readable, writable = os.pipe()
+    os.close(writable)
+    resumable._syncs.start(ResumableUpload.objects.get(), 150_000, readable)  # fsync: EINVAL
+    assert resumable.wait_for_syncs(timeout=10)
+    assert "Syncing upload" in caplog.text
+    assert client.head(location, **TUS)["Upload-Offset"] == "60000"
+    assert patch(client, location, 60_000, data[60_000:]).status_code == 204
+    assert Attachment.objects.get().sha256 == hashlib.sha256(data).hexdigest()
+
+
 def held_by(holder: str) -> None:
     """The upload leased, for the next 30 s, by a PATCH of the process `holder`."""
     ResumableUpload.objects.update(
