@@ -232,7 +232,6 @@ class _Syncs:
 
     @staticmethod
     def _sync(pk: int, upload_id: str, upto: int, fd: int) -> None:
-        behind = ResumableUpload.objects.filter(pk=pk, synced_offset__lt=upto, offset__gte=upto)
         try:
             try:
                 os.fsync(fd)
@@ -245,6 +244,7 @@ class _Syncs:
                 upto,
             )
             _digests.forget(upload_id)
+            behind = ResumableUpload.objects.filter(pk=pk, synced_offset__lt=upto, offset__gte=upto)
             try:
                 behind.update(offset=F("synced_offset"), unsynced_on="")
             except Exception:  # noqa: BLE001 (logged; HEAD after a reboot still settles it)
@@ -254,7 +254,7 @@ class _Syncs:
             return
         try:
             with connection.cursor() as cursor, _without_sync(cursor):
-                behind.update(synced_offset=upto)
+                cursor.execute(_statement("synced")[0], [upto, pk, upto, upto])
         except Exception:  # noqa: BLE001 (only a reboot before the next sync would miss it)
             logger.exception("Marking upload %s synced up to %d failed", upload_id, upto)
         finally:
@@ -573,9 +573,9 @@ def _statement(kind: str) -> tuple[str, list[Any]]:
     return _statement_for(connection.vendor, kind)
 
 
-# A PATCH's two statements (take the lease, then move the offset and free
-# it) are written once per database vendor, not built by the ORM per
-# request: building them cost more than running them.
+# A PATCH's statements (take the lease, move the offset and free it, mark
+# its bytes synced) are written once per database vendor, not built by the
+# ORM per request: building them cost more than running them.
 @functools.cache
 def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
     meta = ResumableUpload._meta
@@ -585,6 +585,14 @@ def _statement_for(vendor: str, kind: str) -> tuple[str, list[Any]]:
     def column(name: str) -> str:
         return quote(meta.get_field(name).column)
 
+    if kind == "synced":
+        # Forward only, and never past the offset (one taken back to the synced one).
+        synced = column("synced_offset")
+        sql = (
+            f"UPDATE {table} SET {synced} = %s WHERE {quote(meta.pk.column)} = %s "
+            f"AND {synced} < %s AND {column('offset')} >= %s"
+        )
+        return sql, []
     if kind == "move":
         # The synced offset only grows: a sync that ended meanwhile may have moved it.
         greatest = "GREATEST" if vendor == "postgresql" else "MAX"
@@ -734,10 +742,9 @@ def _refusal(session: Session, upload_id: str, offset: int) -> ApiError:
             f"Upload-Offset is {offset}, the upload is at {upload.offset}.", offset=upload.offset
         )
     if _unsynced_elsewhere(upload):
-        waited = (now - _last_moved(upload)).total_seconds()
+        # A live host syncs them in milliseconds; a lost one is given up on a lease after.
         return UploadLocked(
-            "The bytes before this offset are still being synced by the host that took them.",
-            retry_after=max(1, math.ceil(conf.TUS_LEASE - waited)),
+            "The bytes before this offset are still being synced by the host that took them."
         )
     return UploadLocked()  # freed or moved in between: the client retries
 
