@@ -2,7 +2,9 @@
 Resumable uploads written through several server processes sharing
 PostgreSQL, as in production: the lease in the upload's row makes one PATCH
 at a time the writer whichever process it reaches, and a writer killed with
-SIGKILL frees the upload once its lease has run out.
+SIGKILL frees the upload once its lease has run out. Each PATCH is answered
+before its bytes are fsync'd; the next one, on another process of the same
+machine, finds them in the page cache they share.
 """
 
 from __future__ import annotations
@@ -107,6 +109,27 @@ def test_two_patches_through_two_processes_one_writes_the_other_is_refused(serve
         assert (late.status_code, late.json()["offset"]) == (409, CHUNK)
         assert patch(b.url, path, auth, CHUNK, data[CHUNK:]).status_code == 204
         assert finished_sha256(b.url, path, auth) == hashlib.sha256(data).hexdigest()
+
+
+def test_patches_alternating_between_processes_at_once_build_the_file(server):
+    data = os.urandom(16 * CHUNK + 777)
+    headers = {**TUS, "Content-Type": "application/offset+octet-stream"}
+    with server() as a, server() as b, httpx.Client() as to_a, httpx.Client() as to_b:
+        path, auth = create_upload(a.url, len(data))
+        for number, offset in enumerate(range(0, len(data), CHUNK)):
+            # Each sent the moment the previous answer came, on a connection
+            # already open to the other process, while that one syncs.
+            to, base = ((to_a, a.url), (to_b, b.url))[number % 2]
+            reply = to.patch(
+                base + path,
+                content=data[offset : offset + CHUNK],
+                headers={**auth, **headers, "Upload-Offset": str(offset)},
+                timeout=60,
+            )
+            assert reply.status_code == 204, reply.text
+        assert finished_sha256(b.url, path, auth) == hashlib.sha256(data).hexdigest()
+    upload = ResumableUpload.objects.get()
+    assert (upload.offset, upload.synced_offset, upload.unsynced_on) == (len(data),) * 2 + ("",)
 
 
 def test_a_writer_killed_mid_patch_on_this_machine_is_taken_over_at_once(server):
