@@ -117,6 +117,27 @@ def test_upload_in_chunks_becomes_an_attachment(client, session):
         assert (again.status_code, again.json()["offset"]) == (409, 300_000)
 
 
+def test_creation_makes_the_names_leading_to_the_file_durable(client, session, monkeypatch):
+    synced = []
+    real = resumable.sync_directory
+
+    def sync_directory(directory):
+        synced.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(resumable, "sync_directory", sync_directory)
+    first = ResumableUpload.objects.get(
+        upload_id=create(client, session, 10)["Location"].rstrip("/").rsplit("/", 1)[1]
+    )
+    staging = first.directory.parent
+    # The first upload made the staging directory too, named in its parent's.
+    assert synced == [first.directory, staging, staging.parent]
+    synced.clear()
+    second = ResumableUpload.objects.exclude(pk=first.pk)
+    create(client, session, 10)
+    assert synced == [second.get().directory, staging]
+
+
 def test_creation_with_upload_and_an_empty_file(client, session):
     data = b"all at once"
     reply = client.post(
