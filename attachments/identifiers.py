@@ -40,4 +40,3 @@ def new_session_token() -> str:
 def hash_token(token: str) -> str:
     """What is stored of a session token: its sha256, hex."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-

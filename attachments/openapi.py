@@ -15,9 +15,7 @@ class ErrorSerializer(serializers.Serializer):
 
     detail = serializers.CharField()
     code = serializers.CharField()
-    errors = serializers.DictField(
-        required=False, help_text="Per-field errors of an invalid body."
-    )
+    errors = serializers.DictField(required=False, help_text="Per-field errors of an invalid body.")
 
 
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
@@ -52,7 +50,6 @@ def describe_identifiers(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
                 if pattern:
                     parameter.setdefault("schema", {"type": "string"})["pattern"] = pattern
     return result
-
 
 
 class SessionCredentialsScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]

@@ -172,9 +172,7 @@ def has_unsafe_characters(name: str) -> bool:
     control or format character, or bytes that are not UTF-8 (surrogates).
     Such a name is never recorded as it is, nor used as a zip entry.
     """
-    return "\\" in name or any(
-        unicodedata.category(ch) in {"Cc", "Cf", "Cs"} for ch in name
-    )
+    return "\\" in name or any(unicodedata.category(ch) in {"Cc", "Cf", "Cs"} for ch in name)
 
 
 def safe_component(name: str) -> str:

@@ -53,9 +53,7 @@ def counted_usage(session: Session) -> Usage:
 def reset_usage(session: Session) -> Usage:
     """Set the counters from the rows. Call it in the transaction that changed them."""
     current = counted_usage(session)
-    Session.objects.filter(pk=session.pk).update(
-        used_files=current.files, used_bytes=current.bytes
-    )
+    Session.objects.filter(pk=session.pk).update(used_files=current.files, used_bytes=current.bytes)
     return current
 
 

@@ -11,9 +11,7 @@ urlpatterns = [
     path("sessions", views.SessionListView.as_view(), name="sessions"),
     path("sessions/<str:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
     path("uploads/<str:session_id>", views.UploadView.as_view(), name="uploads"),
-    path(
-        "uploads/<str:session_id>/tus/", views.ResumableUploadsView.as_view(), name="tus-uploads"
-    ),
+    path("uploads/<str:session_id>/tus/", views.ResumableUploadsView.as_view(), name="tus-uploads"),
     path(
         "uploads/<str:session_id>/tus/<str:upload_id>",
         views.ResumableUploadView.as_view(),

@@ -61,7 +61,6 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-
 class RawHTTP:
     """
     A minimal keep-alive HTTP/1.1 GET client on asyncio streams. On a small

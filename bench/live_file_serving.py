@@ -77,7 +77,6 @@ http {{
 """
 
 
-
 def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while True:

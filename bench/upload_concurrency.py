@@ -57,7 +57,6 @@ FILE_BYTES = 10 * 1024
 BOUNDARY = "benchboundary7d3a9"
 
 
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -67,7 +66,8 @@ def upload_request(host: str, session_id: str, token: str, index: int) -> bytes:
     content = (f"upload {index} ".encode() * (FILE_BYTES // 8))[:FILE_BYTES]
     body = (
         (
-            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="f{index}.txt"\r\n'
+            f"--{BOUNDARY}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="f{index}.txt"\r\n'
             f"Content-Type: text/plain\r\n\r\n"
         ).encode()
         + content
@@ -175,9 +175,7 @@ PROFILE_DIR: Path | None = None
 
 
 @contextlib.contextmanager
-def app_server(
-    env: dict[str, str], workers: int, work: Path, profile: str = ""
-) -> Iterator[int]:
+def app_server(env: dict[str, str], workers: int, work: Path, profile: str = "") -> Iterator[int]:
     port = free_port()
     log = open(work / f"server-{port}.log", "wb")
     command = [
@@ -293,7 +291,8 @@ http {{
 def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None) -> str:
     share = ""
     if ceiling is not None:
-        share = f"  ({figures['per_second'] / ceiling['per_second']:.2f} of {ceiling['per_second']:.0f}/s no-work nginx)"
+        of_ceiling = figures["per_second"] / ceiling["per_second"]
+        share = f"  ({of_ceiling:.2f} of {ceiling['per_second']:.0f}/s no-work nginx)"
     statuses = ", ".join(f"{count} x {status}" for status, count in figures["failures"].items())
     failed = f"  FAILED {figures['failed']} ({statuses})" if figures["failed"] else ""
     cpu = f"  server CPU {figures['cpu_ms']:5.1f} ms/upload" if figures["cpu_ms"] else ""
@@ -341,9 +340,8 @@ def run_config(
         files = n(10_000)
         print(line("1 client, session with 100 files", at_100, None))
         print(line(f"1 client, session with {files} files", at_10k, None))
-        print(
-            f"  cost ratio {files} : 100 files (p50)          {at_10k['p50_ms'] / at_100['p50_ms']:.2f}  (target <= 1.25)"
-        )
+        ratio = at_10k["p50_ms"] / at_100["p50_ms"]
+        print(f"  cost ratio {files} : 100 files (p50)          {ratio:.2f}  (target <= 1.25)")
 
 
 def workers_on_pg(pg: dict[str, str], work: Path, scale: float, ceilings: dict) -> None:

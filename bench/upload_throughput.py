@@ -266,7 +266,6 @@ class RssSampler:
 # ---------------------------------------------------------------- server and client
 
 
-
 BENCH_SECRET_KEY = secrets.token_urlsafe(50)
 
 

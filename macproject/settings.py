@@ -279,7 +279,7 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Session attachments and artifact events",
     "DESCRIPTION": (
         "Per-session attachments and live artifact events for workflow and agent platforms. "
-        "Every error is JSON: {\"detail\": <sentence>, \"code\": <machine code>}."
+        'Every error is JSON: {"detail": <sentence>, "code": <machine code>}.'
     ),
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,

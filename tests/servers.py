@@ -28,10 +28,22 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {
     # Uvicorn as scripts/serve runs it: with macproject.server's connection limits.
     "uvicorn": [
-        sys.executable, "-m", "macproject.server", "--host", "127.0.0.1", "--port", "{port}",
+        sys.executable,
+        "-m",
+        "macproject.server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
     ],
     "daphne": [
-        sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", "{port}",
+        sys.executable,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        "{port}",
         "macproject.asgi:application",
     ],
 }
@@ -41,10 +53,21 @@ SERVER_KINDS = list(COMMANDS)
 # tests of what must work whatever the command line.
 PLAIN_COMMANDS = {
     "uvicorn-plain": [
-        sys.executable, "-m", "uvicorn", "macproject.asgi:application", "--port", "{port}",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "macproject.asgi:application",
+        "--port",
+        "{port}",
     ],
     "granian": [
-        sys.executable, "-m", "granian", "--interface", "asgi", "--port", "{port}",
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--port",
+        "{port}",
         "macproject.asgi:application",
     ],
 }
@@ -107,7 +130,11 @@ def run_server(
     log_path = log_dir / f"{kind}-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     server = ServerProcess(kind, f"http://127.0.0.1:{port}", process, log_path)

@@ -67,7 +67,10 @@ schemathesis.serializer.alias("application/offset+octet-stream", "application/oc
 def live_api(django_db_setup, django_db_blocker, tmp_path_factory):
     """One real server for the module's tests, which are transactional: their rows are flushed."""
     root = tmp_path_factory.mktemp("fuzz")
-    with django_db_blocker.unblock(), run_server("uvicorn", root / "WareHouse", root / "logs") as server:
+    with (
+        django_db_blocker.unblock(),
+        run_server("uvicorn", root / "WareHouse", root / "logs") as server,
+    ):
         yield server
 
 
@@ -82,7 +85,9 @@ def test_schema_and_reference_page_are_served(live_api):
     # Everything the page loads comes from this server: no CDN, no web fonts.
     assert "http://" not in docs.text and "https://" not in docs.text
     assert "swagger-ui-bundle.js" in docs.text
-    bundle = httpx.get(live_api.url + "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+    bundle = httpx.get(
+        live_api.url + "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js"
+    )
     assert bundle.status_code == 200
 
 

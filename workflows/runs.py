@@ -259,4 +259,3 @@ def ensure_recovered() -> None:
         if not _recovered:
             fail_interrupted_runs()
             _recovered = True
-

@@ -33,7 +33,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str | None = None) -> tuple[bytes, str]:
+def multipart(
+    parts: list[tuple[str, str | None, bytes]], boundary: str | None = None
+) -> tuple[bytes, str]:
     """A multipart/form-data body from (field, filename or None, content) parts."""
     boundary = boundary or uuid.uuid4().hex
     chunks = []
@@ -93,13 +95,17 @@ class StreamingPath:
 
         async def run() -> httpx.Response:
             transport = httpx.ASGITransport(app=application)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            async with httpx.AsyncClient(
+                transport=transport, base_url="http://testserver"
+            ) as client:
                 headers = dict(self.headers)
                 if content_type:
                     headers["content-type"] = content_type
                 if body:
                     headers["content-length"] = str(len(body))
-                return await client.request(method, url, content=stream() if body else None, headers=headers)
+                return await client.request(
+                    method, url, content=stream() if body else None, headers=headers
+                )
 
         response = asyncio.run(run())
         return Reply(response.status_code, response.json() if response.content else None)
@@ -118,7 +124,11 @@ def new_session(session_id: str | None = None, owner: Any = None) -> Session:
 
 def files_on_disk(session: Session) -> list[Path]:
     root = session.directory / "code_workspace" / "attachments"
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")) if root.exists() else []
+    return (
+        sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if root.exists()
+        else []
+    )
 
 
 def uploaded_files(session: Session) -> list[Path]:

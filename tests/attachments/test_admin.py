@@ -32,7 +32,9 @@ def test_attachment_list_shows_useful_columns(admin_client, uploaded):
     assert "9\xa0bytes" in page
 
 
-@pytest.mark.parametrize("query", ["kind__exact=file", "source__exact=user_upload", "mime=text/markdown"])
+@pytest.mark.parametrize(
+    "query", ["kind__exact=file", "source__exact=user_upload", "mime=text/markdown"]
+)
 def test_attachment_filters(admin_client, uploaded, query):
     page = admin_client.get(f"/admin/attachments/attachment/?{query}").content.decode()
     assert "report.md" in page
@@ -50,7 +52,9 @@ def test_attachment_search(admin_client, uploaded, term):
 
 
 def test_search_by_attachment_id(admin_client, uploaded):
-    page = admin_client.get(f"/admin/attachments/attachment/?q={uploaded['attachment_id']}").content.decode()
+    page = admin_client.get(
+        f"/admin/attachments/attachment/?q={uploaded['attachment_id']}"
+    ).content.decode()
     assert "report.md" in page
 
 
@@ -75,13 +79,18 @@ def test_images_get_a_thumbnail_and_every_file_a_download_link(admin_client, upl
     page = admin_client.get("/admin/attachments/attachment/").content.decode()
     stream = f"/api/sessions/admin-demo/artifacts/{image['attachment_id']}?mode=stream"
     assert f'<img src="{stream}"' in page
-    assert f'href="/api/sessions/admin-demo/artifacts/{uploaded["attachment_id"]}?mode=stream&amp;download=true"' in page
+    assert (
+        f'href="/api/sessions/admin-demo/artifacts/{uploaded["attachment_id"]}?mode=stream&amp;download=true"'
+        in page
+    )
 
 
 def test_the_thumbnail_url_serves_the_image(admin_client):
     new_session("thumbs")
     image = upload_png("thumbs")
-    response = admin_client.get(f"/api/sessions/thumbs/artifacts/{image['attachment_id']}?mode=stream")
+    response = admin_client.get(
+        f"/api/sessions/thumbs/artifacts/{image['attachment_id']}?mode=stream"
+    )
     assert response.status_code == 200
     assert response["Content-Type"] == "image/png"
 
@@ -90,7 +99,9 @@ def test_filter_by_session(admin_client, uploaded):
     new_session("other")
     body, content_type = multipart([("file", "elsewhere.md", b"# Other\n")])
     DjangoPath().post("/api/uploads/other", body, content_type)
-    page = admin_client.get("/admin/attachments/attachment/?session__session_id__exact=admin-demo").content.decode()
+    page = admin_client.get(
+        "/admin/attachments/attachment/?session__session_id__exact=admin-demo"
+    ).content.decode()
     assert "report.md" in page and "elsewhere.md" not in page
 
 

@@ -25,11 +25,15 @@ STREAM_MAX = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def clamd(tmp_path_factory) -> str:
-    binary = shutil.which("clamd") or ("/usr/sbin/clamd" if os.path.exists("/usr/sbin/clamd") else None)
+    binary = shutil.which("clamd") or (
+        "/usr/sbin/clamd" if os.path.exists("/usr/sbin/clamd") else None
+    )
     if binary is None:
         if os.environ.get("MAC_REQUIRE_SERVICES") == "1":
             pytest.fail("clamd is not installed (Debian: clamav-daemon)")
-        pytest.skip("clamd is not installed (Debian: clamav-daemon); scripts/test installs it as root")
+        pytest.skip(
+            "clamd is not installed (Debian: clamav-daemon); scripts/test installs it as root"
+        )
     root = tmp_path_factory.mktemp("clamd")
     (root / "db").mkdir()
     (root / "db" / "test.ndb").write_text(f"{SIGNATURE_NAME}:0:*:{MARKER.hex()}\n")
@@ -38,7 +42,11 @@ def clamd(tmp_path_factory) -> str:
         f"LocalSocket {socket_path}\nDatabaseDirectory {root / 'db'}\nForeground yes\n"
         f"LogFile {root / 'clamd.log'}\nStreamMaxLength {STREAM_MAX}\n"
     )
-    process = subprocess.Popen([binary, "-c", str(root / "clamd.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [binary, "-c", str(root / "clamd.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while not socket_path.exists():
         if process.poll() is not None or time.monotonic() > deadline:

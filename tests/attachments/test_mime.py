@@ -8,7 +8,10 @@ import pytest
 
 from attachments.mime import detect_mime, kind_for_mime
 
-PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+PNG = (
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
+    b"\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
+)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +111,8 @@ def test_a_zip_archive_renamed_to_text_stays_a_zip():
         ((b"upload 5 " * 1200)[:10240], "upload.bin", "text/plain"),
     ],
 )
-def test_textual_types_come_from_the_content_of_a_10_kib_head(head: bytes, name: str, expected: str):
+def test_textual_types_come_from_the_content_of_a_10_kib_head(
+    head: bytes, name: str, expected: str
+):
     assert len(head) > 8192
     assert detect_mime(head, name) == expected

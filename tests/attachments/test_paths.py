@@ -56,7 +56,9 @@ class TestSafeJoin:
     def test_resolve_inside_accepts_link_within(self, tmp_path: Path):
         (tmp_path / "real.txt").write_text("x")
         (tmp_path / "link").symlink_to(tmp_path / "real.txt")
-        assert paths.resolve_inside(tmp_path, tmp_path / "link") == (tmp_path / "real.txt").resolve()
+        assert (
+            paths.resolve_inside(tmp_path, tmp_path / "link") == (tmp_path / "real.txt").resolve()
+        )
 
 
 class TestSessionDir:

@@ -31,7 +31,17 @@ def snapshot(session) -> list[tuple]:
     return list(
         Attachment.objects.filter(session=session)
         .order_by("attachment_id")
-        .values_list("attachment_id", "name", "path", "mime", "kind", "size", "sha256", "source", "created_at")
+        .values_list(
+            "attachment_id",
+            "name",
+            "path",
+            "mime",
+            "kind",
+            "size",
+            "sha256",
+            "source",
+            "created_at",
+        )
     )
 
 
@@ -60,7 +70,9 @@ def test_removes_rows_whose_entry_and_file_are_gone():
         document.remove(dropped["attachment_id"])
     (session.directory / dropped["path"]).unlink()
     assert "1 removed" in rebuild(session.session_id)
-    assert list(Attachment.objects.values_list("attachment_id", flat=True)) == [kept["attachment_id"]]
+    assert list(Attachment.objects.values_list("attachment_id", flat=True)) == [
+        kept["attachment_id"]
+    ]
 
 
 def test_writes_back_the_entry_of_a_row_whose_file_is_there():

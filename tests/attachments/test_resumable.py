@@ -259,9 +259,7 @@ def test_an_unknown_checksum_algorithm_is_400(client, session):
     assert reply.status_code == 400 and reply.json()["header"] == "Upload-Checksum"
 
 
-def test_a_second_writer_at_once_gets_423_saying_when_the_lease_lapses(
-    client, session, settings
-):
+def test_a_second_writer_at_once_gets_423_saying_when_the_lease_lapses(client, session, settings):
     settings.ATTACHMENTS_TUS_LEASE = 20
     location = create(client, session, 100)["Location"]
     upload = ResumableUpload.objects.get()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from .builders import DjangoPath, StreamingPath, manifest_ids, multipart, new_session, row_ids, uploaded_files
+from .builders import (
+    DjangoPath,
+    StreamingPath,
+    manifest_ids,
+    multipart,
+    new_session,
+    row_ids,
+    uploaded_files,
+)
 from .scanners import MARKER
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -27,7 +27,9 @@ class TestCreate:
         assert body["status"] == "created"
         assert body["created_at"]
         assert len(body["session_id"]) >= 16
-        assert (warehouse / f"session_{body['session_id']}" / "code_workspace" / "attachments").is_dir()
+        assert (
+            warehouse / f"session_{body['session_id']}" / "code_workspace" / "attachments"
+        ).is_dir()
 
     def test_empty_body_is_fine(self, api):
         response = api.post("/api/sessions")

@@ -81,7 +81,10 @@ class TestUpload:
         listing = client.get(f"/api/uploads/{session.session_id}")
         assert listing.status == 200
         items = listing.body["attachments"]
-        assert [a["attachment_id"] for a in items] == [first["attachment_id"], second["attachment_id"]]
+        assert [a["attachment_id"] for a in items] == [
+            first["attachment_id"],
+            second["attachment_id"],
+        ]
         assert {a["source"] for a in items} == {"user_upload"}
         assert items[1]["kind"] == "image" and items[1]["mime"] == "image/png"
 
@@ -116,7 +119,9 @@ class TestHostileNames:
             (" .hidden. ", " .hidden. ", "hidden"),
         ],
     )
-    def test_disk_name_is_sanitised_and_display_name_kept(self, client, session, given, shown, on_disk):
+    def test_disk_name_is_sanitised_and_display_name_kept(
+        self, client, session, given, shown, on_disk
+    ):
         body, content_type = multipart([("file", "PLACEHOLDER", b"x")])
         body = body.replace(b"PLACEHOLDER", given.encode("utf-8"))
         reply = client.post(f"/api/uploads/{session.session_id}", body, content_type)
@@ -198,7 +203,9 @@ class TestBadInput:
         settings.ATTACHMENTS_MAX_UPLOAD_BYTES = 1000
         assert upload(client, session.session_id, b"x" * 1000).status == 201
 
-    def test_declared_length_far_over_the_limit_is_refused_before_reading(self, client, session, settings):
+    def test_declared_length_far_over_the_limit_is_refused_before_reading(
+        self, client, session, settings
+    ):
         settings.ATTACHMENTS_MAX_UPLOAD_BYTES = 10
         reply = upload(client, session.session_id, b"x" * (2 << 20))
         assert reply.status == 413

@@ -33,8 +33,14 @@ pytestmark = [
 CSV = "city,population,area\nParis,2148000,105.4\nLyon,516000,47.9\nNice,342000,71.9\n"
 SCREENSHOTS = ROOT / "test-output" / "dashboard"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 TIMEOUT_MS = 20_000
 HOSTILE_NAME = "<img src=x onerror=window.pwned=1>page.html"
@@ -187,7 +193,8 @@ def test_upload_run_and_download_all(server, page, tmp_path):
         page.select_option("#filter-type", "")
         page.fill("#filter-ext", "json, .csv")
         assert sorted(page.locator("#feed .event:visible .event-name").all_inner_texts()) == [
-            "cities.csv", "result.json"
+            "cities.csv",
+            "result.json",
         ]
         page.fill("#filter-ext", "")
 
@@ -386,7 +393,9 @@ def test_a_large_file_goes_by_tus_through_a_cut_connection_and_a_reload(server, 
         item.wait_for()
         # Pause once the first chunk is in, then reload the page: the upload is
         # remembered and, given the same file again, resumes from the server's offset.
-        page.wait_for_function("() => (document.querySelector('#uploads .upload progress') || {}).value > 0")
+        page.wait_for_function(
+            "() => (document.querySelector('#uploads .upload progress') || {}).value > 0"
+        )
         item.locator(".upload-pause").click()
         page.wait_for_selector("#uploads .upload[data-state=paused]")
         shot(page, "20-tus-paused")
@@ -399,7 +408,9 @@ def test_a_large_file_goes_by_tus_through_a_cut_connection_and_a_reload(server, 
         shot(page, "21-tus-done")
 
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        listed = httpx.get(f"{s.url}/api/uploads/{session_id}", headers=headers).json()["attachments"]
+        listed = httpx.get(f"{s.url}/api/uploads/{session_id}", headers=headers).json()[
+            "attachments"
+        ]
         (attachment,) = [a for a in listed if a["name"] == "big.bin"]
         assert attachment["sha256"] == hashlib.sha256(data).hexdigest()
         assert seen["POST"] == 1, seen  # one upload, resumed, never started again

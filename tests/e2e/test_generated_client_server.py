@@ -43,11 +43,18 @@ def generate(server_url: str, directory: Path) -> Path:
     (directory / "config.yaml").write_text(CONFIG)
     result = subprocess.run(
         [
-            sys.executable, "-m", "openapi_python_client", "generate",
-            "--path", str(directory / "schema.json"),
-            "--config", str(directory / "config.yaml"),
-            "--output-path", str(directory / PACKAGE),
-            "--meta", "none",
+            sys.executable,
+            "-m",
+            "openapi_python_client",
+            "generate",
+            "--path",
+            str(directory / "schema.json"),
+            "--config",
+            str(directory / "config.yaml"),
+            "--output-path",
+            str(directory / PACKAGE),
+            "--meta",
+            "none",
         ],
         capture_output=True,
         text=True,

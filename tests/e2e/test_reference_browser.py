@@ -74,9 +74,7 @@ def test_event_source_reads_a_filtered_stream(server, page):
         session_id = response.json()["session_id"]
         for name in ("a.png", "b.txt", "c.txt", "d.png", "e.txt"):
             data = PNG_1x1 if name.endswith(".png") else b"text"
-            upload = httpx.post(
-                f"{s.url}/api/uploads/{session_id}", files={"file": (name, data)}
-            )
+            upload = httpx.post(f"{s.url}/api/uploads/{session_id}", files={"file": (name, data)})
             assert upload.status_code == 201
         page.goto(s.url + "/api/limits")  # this origin, no page script
         url = f"/api/sessions/{session_id}/artifact-events/stream?after=0&include_ext=png"

@@ -29,7 +29,9 @@ HOST_SETTINGS = """
         "attachments",
     ]
     ROOT_URLCONF = "hosturls"
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "host.sqlite3"}}
+    DATABASES = {
+        "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "host.sqlite3"}
+    }
     USE_TZ = True
     ATTACHMENTS_WAREHOUSE_DIR = BASE_DIR / "files"
     ATTACHMENTS_MAX_UPLOAD_BYTES = 1000
@@ -85,8 +87,17 @@ def test_a_host_project_installs_migrates_and_uploads(tmp_path: Path):
 
     # Only the installed copy and the host are importable: not this checkout.
     result = subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path[:0] = [{str(host)!r}, {str(site)!r}]; exec(open('run.py').read())"],
-        cwd=host, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            f"import sys; sys.path[:0] = [{str(host)!r}, {str(site)!r}]; "
+            "exec(open('run.py').read())",
+        ],
+        cwd=host,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
