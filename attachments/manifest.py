@@ -565,7 +565,7 @@ class Manifest:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the inter-process lock; waiting blocks in the kernel."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_directories(self.directory)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -732,3 +732,20 @@ def sync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directories(directory: Path) -> None:
+    """
+    `mkdir -p` whose new directories survive a crash. A directory's name is
+    durable once the directory that holds it is fsync'd, and an fsync of the
+    files written into it later does not do that: each directory that holds
+    a new one is synced before this returns.
+    """
+    missing = [directory]
+    while not missing[-1].is_dir():
+        missing.append(missing[-1].parent)
+    if len(missing) == 1:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for holder in missing[1:]:
+        sync_directory(holder)

@@ -78,7 +78,7 @@ from . import holders, paths
 from .conf import conf
 from .exceptions import ApiError, InsufficientStorage
 from .identifiers import new_attachment_id
-from .manifest import sync_directory
+from .manifest import make_directories, sync_directory
 from .mime import SNIFF_BYTES
 from .models import Attachment, ResumableUpload, Session
 from .quotas import upload_allowance
@@ -337,17 +337,13 @@ def create_upload(session: Session, length: int, metadata: dict[str, str]) -> Re
         length=length,
         expires_at=timezone.now() + timedelta(seconds=conf.TUS_EXPIRY),
     )
-    # A PATCH fsyncs the file's bytes, not the names that lead to it: those
-    # are made durable once, here, before the 201 hands out the upload's URL.
-    named_in = [upload.directory]
-    while not named_in[-1].is_dir():
-        named_in.append(named_in[-1].parent)
     try:
-        upload.directory.mkdir(parents=True)
+        # A PATCH fsyncs the file's bytes, not the names that lead to them:
+        # those are made durable here, before the 201 hands out the URL.
+        make_directories(upload.directory)
         with open(upload.file_path, "xb"):
             pass
-        for directory in named_in:
-            sync_directory(directory)
+        sync_directory(upload.directory)
     except OSError as exc:
         shutil.rmtree(upload.directory, ignore_errors=True)
         if is_disk_full(exc):

@@ -11,6 +11,7 @@ from django.utils import timezone
 from . import paths
 from .exceptions import InvalidSessionId, SessionExists, SessionNotFound
 from .identifiers import hash_token, new_session_id, new_session_token
+from .manifest import make_directories
 from .models import Session
 
 
@@ -49,7 +50,7 @@ def create_session(session_id: str | None = None, owner: Any = None) -> Session:
             )
     except IntegrityError:
         raise SessionExists() from None
-    paths.attachments_dir(session.directory).mkdir(parents=True, exist_ok=True)
+    make_directories(paths.attachments_dir(session.directory))
     session.token = token
     return session
 

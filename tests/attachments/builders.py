@@ -19,7 +19,7 @@ import httpx
 import pytest
 from rest_framework.test import APIClient
 
-from attachments import holders
+from attachments import holders, manifest, resumable
 from attachments.models import Attachment, Session
 from attachments.sessions import create_session
 
@@ -120,6 +120,20 @@ class StreamingPath:
 def new_session(session_id: str | None = None, owner: Any = None) -> Session:
     """A session as `create_session` makes it; its `token` is on the returned instance."""
     return create_session(session_id, owner=owner)
+
+
+def record_directory_syncs(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The directories fsync'd from now on, in order (each still fsync'd)."""
+    synced: list[Path] = []
+    real = manifest.sync_directory
+
+    def sync_directory(directory: Path) -> None:
+        synced.append(directory)
+        real(directory)
+
+    for module in (manifest, resumable):
+        monkeypatch.setattr(module, "sync_directory", sync_directory)
+    return synced
 
 
 def files_on_disk(session: Session) -> list[Path]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from attachments.manifest import AttachmentEntry, Manifest, ManifestError
+from attachments import manifest as manifest_module
+from attachments.manifest import AttachmentEntry, Manifest, ManifestError, make_directories
 
 
 def entry(attachment_id: str, **changes) -> AttachmentEntry:
@@ -356,3 +357,18 @@ def test_processes_appending_to_a_large_manifest_lose_no_entry_and_write_whole_f
     _assert_whole(manifest)
     # The processes removed their spares when they exited; this one's is left.
     assert len(_temp_files(manifest)) <= 1
+
+
+def test_make_directories_syncs_each_directory_that_holds_a_new_one(tmp_path: Path, monkeypatch):
+    synced = []
+    real = manifest_module.sync_directory
+    monkeypatch.setattr(
+        manifest_module, "sync_directory", lambda path: synced.append(path) or real(path)
+    )
+    make_directories(tmp_path / "a" / "b" / "c")
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+    assert synced == [tmp_path / "a" / "b", tmp_path / "a", tmp_path]
+    synced.clear()
+    make_directories(tmp_path / "a" / "b" / "c")  # nothing new: nothing to sync
+    make_directories(tmp_path / "a" / "d")
+    assert synced == [tmp_path / "a"]

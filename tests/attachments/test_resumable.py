@@ -20,7 +20,13 @@ from rest_framework.test import APIClient
 from attachments import holders, paths, resumable
 from attachments.models import Attachment, ResumableUpload
 
-from .builders import manifest_ids, name_of_a_dead_process, new_session, uploaded_files
+from .builders import (
+    manifest_ids,
+    name_of_a_dead_process,
+    new_session,
+    record_directory_syncs,
+    uploaded_files,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TUS = {"HTTP_TUS_RESUMABLE": "1.0.0"}
@@ -118,24 +124,17 @@ def test_upload_in_chunks_becomes_an_attachment(client, session):
 
 
 def test_creation_makes_the_names_leading_to_the_file_durable(client, session, monkeypatch):
-    synced = []
-    real = resumable.sync_directory
-
-    def sync_directory(directory):
-        synced.append(directory)
-        real(directory)
-
-    monkeypatch.setattr(resumable, "sync_directory", sync_directory)
+    synced = record_directory_syncs(monkeypatch)
     first = ResumableUpload.objects.get(
         upload_id=create(client, session, 10)["Location"].rstrip("/").rsplit("/", 1)[1]
     )
     staging = first.directory.parent
-    # The first upload made the staging directory too, named in its parent's.
-    assert synced == [first.directory, staging, staging.parent]
+    # The first upload made the staging directory too, named in its parent.
+    assert synced == [staging, staging.parent, first.directory]
     synced.clear()
-    second = ResumableUpload.objects.exclude(pk=first.pk)
     create(client, session, 10)
-    assert synced == [second.get().directory, staging]
+    second = ResumableUpload.objects.exclude(pk=first.pk).get()
+    assert synced == [staging, second.directory]
 
 
 def test_creation_with_upload_and_an_empty_file(client, session):

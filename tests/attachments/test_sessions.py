@@ -5,7 +5,7 @@ from rest_framework.test import APIClient
 
 from attachments.models import Attachment, Session
 
-from .builders import multipart
+from .builders import multipart, record_directory_syncs
 
 pytestmark = pytest.mark.django_db
 
@@ -30,6 +30,13 @@ class TestCreate:
         assert (
             warehouse / f"session_{body['session_id']}" / "code_workspace" / "attachments"
         ).is_dir()
+
+    def test_the_new_directories_are_named_durably(self, api, warehouse, monkeypatch):
+        warehouse.mkdir(parents=True, exist_ok=True)
+        synced = record_directory_syncs(monkeypatch)
+        session = warehouse / f"session_{create(api).json()['session_id']}"
+        # Each new directory's name is in its parent: a crash cannot lose one.
+        assert synced == [session / "code_workspace", session, warehouse]
 
     def test_empty_body_is_fine(self, api):
         response = api.post("/api/sessions")
