@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -427,6 +428,26 @@ def held_by(holder: str) -> None:
         lease_expires_at=timezone.now() + timedelta(seconds=30),
         lease_holder=holder,
     )
+
+
+@pytest.mark.services
+def test_on_postgresql_lazy_commits_stay_in_their_own_transaction(client, session):
+    location = create(client, session, 10)["Location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[1]
+
+    def synchronous_commit() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            return cursor.fetchone()[0]
+
+    # A lease needs no flush of the WAL; the connection keeps its setting.
+    assert resumable._take_lease(session, upload_id, 0, "first") is not None
+    assert synchronous_commit() == "on"
+    resumable._release_lease(ResumableUpload.objects.get(upload_id=upload_id), "first")
+    # Inside a caller's transaction its COMMIT, which may matter, stays durable.
+    with transaction.atomic():
+        assert resumable._take_lease(session, upload_id, 0, "second") is not None
+        assert synchronous_commit() == "on"
 
 
 def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(client, session):
