@@ -12,19 +12,52 @@ import json
 import os
 from typing import Any
 
+import django
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-from django.core.asgi import get_asgi_application
 from django.core.exceptions import SuspiciousOperation
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
-from django.urls import re_path
+from django.urls import Resolver404, get_resolver, re_path
 
 # Collections of the youngest generation, then of the next, that trigger
 # the next one up (Python's defaults: 700, 10, 10); see the end of the module.
 GC_THRESHOLDS = (20_000, 10, 10)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "macproject.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+
+class DjangoHandler(ASGIHandler):  # type: ignore[misc]
+    """
+    Django's ASGI handler, except that a request for a sync view (all but
+    the event feed's) runs the middleware and the view in one hop to a
+    thread. Django runs each sync middleware's request and response hooks
+    in a hop of its own under ASGI, a dozen per request here: 8-10 ms of
+    CPU for a HEAD that costs 1.7 ms in one thread. Async views keep
+    Django's async chain, holding no thread while they wait.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sync_handler = BaseHandler()
+        self._sync_handler.load_middleware(is_async=False)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            view = get_resolver().resolve(request.path_info).func
+        except Resolver404:
+            view = None  # answered by the sync chain's 404
+        if view is not None and iscoroutinefunction(view):
+            response: HttpResponseBase = await super().get_response_async(request)
+        else:
+            response = await sync_to_async(self._sync_handler.get_response)(request)
+        return response
+
+
+django_asgi_app = DjangoHandler()
 
 
 class StaticFilesHandler(ASGIStaticFilesHandler):  # type: ignore[misc]
