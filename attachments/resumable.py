@@ -940,9 +940,11 @@ class PatchWriter:
         hashed = None
         if size >= PARALLEL_HASH_MIN_BYTES:
             hashed = hash_workers.submit(self._hash, chunks)
+        failed = True
         try:
             for chunk in chunks:
                 self._file.write(chunk)
+            failed = False
         except OSError as exc:
             if is_disk_full(exc):
                 raise InsufficientStorage() from exc
@@ -950,6 +952,10 @@ class PatchWriter:
         finally:
             if hashed is not None:
                 hashed.exception()  # wait: the caller may reuse the buffers
+            if failed:
+                # The file holds less than was hashed (a buffer that could
+                # not be written is dropped): `close` keeps what reached it.
+                self.digest = None
         if hashed is None:
             self._hash(chunks)
         else:
@@ -988,11 +994,22 @@ class PatchWriter:
             if self.renewal_due:
                 self.renew()  # before touching the file again
             self._check_lease()
-            if keep != self.written:
-                self._file.truncate(self.start)
+            full = None
+            if keep:
+                try:
+                    self._file.flush()
+                except OSError as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    full, self.digest = exc, None
+                if self.digest is None:
+                    # A write failed (a full disk): the bytes that reached
+                    # the file are kept, and hashed again by the next PATCH;
+                    # a checksummed chunk is kept whole or not at all.
+                    keep = 0 if self.chunk_digest is not None else self._file.position - self.start
+            if keep != self._file.position - self.start:
+                self._file.truncate(self.start + keep)
                 self.digest = None
-            else:
-                self._file.flush()
             new_offset = self.start + keep
             complete = new_offset == self.upload.length
             boot = holders.this_boot()
@@ -1009,6 +1026,8 @@ class PatchWriter:
                 _digests.keep(self.upload.upload_id, new_offset, self.digest)
             if mismatch:
                 raise ChecksumMismatch()
+            if full is not None and whole_body:
+                raise InsufficientStorage() from full
             return new_offset
         finally:
             self._file.close()

@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from attachments import holders, paths, resumable
 from attachments.models import Attachment, ResumableUpload
+from tests.faults import grow, small_filesystem
 
 from .builders import (
     manifest_ids,
@@ -448,6 +449,28 @@ def test_on_postgresql_lazy_commits_stay_in_their_own_transaction(client, sessio
     with transaction.atomic():
         assert resumable._take_lease(session, upload_id, 0, "second") is not None
         assert synchronous_commit() == "on"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_patch_that_fills_the_disk_keeps_exactly_the_bytes_that_reached_it(
+    client, settings, tmp_path
+):
+    data = os.urandom(3 * 1024 * 1024)
+    with small_filesystem(tmp_path / "small", "2m") as warehouse:
+        settings.ATTACHMENTS_WAREHOUSE_DIR = warehouse
+        session = new_session()
+        location = create(client, session, len(data))["Location"]
+        full = patch(client, location, 0, data)
+        assert full.status_code == 507 and full.json()["code"] == "insufficient_storage"
+        kept = int(client.head(location, **TUS)["Upload-Offset"])
+        assert 0 < kept < len(data)
+        assert ResumableUpload.objects.get().file_path.read_bytes() == data[:kept]
+        grow(warehouse, "8m")
+        rest = patch(client, location, kept, data[kept:])
+        assert (rest.status_code, rest["Upload-Offset"]) == (204, str(len(data)))
+        attachment = Attachment.objects.get()
+        assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+        assert (session.directory / attachment.path).read_bytes() == data
 
 
 def test_a_lease_whose_holder_died_on_this_machine_is_taken_over_at_once(client, session):

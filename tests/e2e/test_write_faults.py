@@ -6,12 +6,10 @@ stored; nothing else is left once the next worker has reconciled.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ import httpx
 import pytest
 
 from attachments.models import Attachment
+from tests.faults import grow, small_filesystem
 from tests.servers import run_server
 
 from .event_clients import create_session_with_auth
@@ -111,20 +110,6 @@ def test_a_worker_killed_mid_upload_loses_no_acknowledged_file_and_leaves_nothin
     assert set(entries) == rows == set(directories) == set(listed_ids)
 
 
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str):
-    path.mkdir(parents=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
 def test_a_full_disk_is_a_json_507_and_leaves_nothing(tmp_path):
     with small_filesystem(tmp_path / "small", "4m") as warehouse:
@@ -150,3 +135,49 @@ def test_a_full_disk_is_a_json_507_and_leaves_nothing(tmp_path):
             )
             assert small.status_code == 201
             assert list(session_state(warehouse, session_id)[0]) == [small.json()["attachment_id"]]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_tus_patch_that_fills_the_disk_is_a_json_507_and_the_upload_resumes_once_there_is_room(
+    tmp_path,
+):
+    data = os.urandom(6 * 1024 * 1024)
+    tus = {"Tus-Resumable": "1.0.0"}
+    with small_filesystem(tmp_path / "small", "4m") as warehouse:
+        with run_server("uvicorn", warehouse, tmp_path / "logs") as s:
+            session_id, auth = create_session_with_auth(s.url)
+            with httpx.Client(headers={**auth, **tus}, timeout=30) as http:
+                created = http.post(
+                    f"{s.url}/api/uploads/{session_id}/tus/",
+                    headers={
+                        "Upload-Length": str(len(data)),
+                        "Upload-Metadata": "filename YS5iaW4=",
+                    },
+                )
+                assert created.status_code == 201
+                location = created.headers["location"]
+
+                def patch(offset: int) -> httpx.Response:
+                    return http.patch(
+                        location,
+                        content=data[offset:],
+                        headers={
+                            "Content-Type": "application/offset+octet-stream",
+                            "Upload-Offset": str(offset),
+                        },
+                    )
+
+                full = patch(0)
+                assert full.status_code == 507
+                assert full.headers["content-type"] == "application/json"
+                assert full.json()["code"] == "insufficient_storage"
+                # What was written before the disk filled is kept, and said.
+                kept = int(http.head(location).headers["upload-offset"])
+                assert 0 < kept < len(data)
+                assert Attachment.objects.count() == 0
+                grow(warehouse, "16m")
+                rest = patch(kept)
+                assert (rest.status_code, rest.headers["upload-offset"]) == (204, str(len(data)))
+                [entry] = session_state(warehouse, session_id)[0].values()
+                assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+                assert entry["size"] == len(data)
