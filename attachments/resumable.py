@@ -568,6 +568,12 @@ class _Appender:
             self._buffer = None
 
 
+_FULL_DISK_DURING_PATCH = (
+    "The server's storage is full. The bytes that reached it are kept: "
+    "ask HEAD for the offset, and resume from there later."
+)
+
+
 def _lease_span() -> timedelta:
     return timedelta(seconds=conf.TUS_LEASE)
 
@@ -947,7 +953,7 @@ class PatchWriter:
             failed = False
         except OSError as exc:
             if is_disk_full(exc):
-                raise InsufficientStorage() from exc
+                raise InsufficientStorage(_FULL_DISK_DURING_PATCH) from exc
             raise
         finally:
             if hashed is not None:
@@ -1027,7 +1033,7 @@ class PatchWriter:
             if mismatch:
                 raise ChecksumMismatch()
             if full is not None and whole_body:
-                raise InsufficientStorage() from full
+                raise InsufficientStorage(_FULL_DISK_DURING_PATCH) from full
             return new_offset
         finally:
             self._file.close()

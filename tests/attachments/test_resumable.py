@@ -462,6 +462,7 @@ def test_a_patch_that_fills_the_disk_keeps_exactly_the_bytes_that_reached_it(
         location = create(client, session, len(data))["Location"]
         full = patch(client, location, 0, data)
         assert full.status_code == 507 and full.json()["code"] == "insufficient_storage"
+        assert "HEAD" in full.json()["detail"]
         kept = int(client.head(location, **TUS)["Upload-Offset"])
         assert 0 < kept < len(data)
         assert ResumableUpload.objects.get().file_path.read_bytes() == data[:kept]
