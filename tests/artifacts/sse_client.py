@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 # transaction), which leaks the connections of the feed's thread pool.
 from asgiref.testing import ApplicationCommunicator
 
+from tests.scopes import http_scope
+
 
 @dataclass
 class Message:
@@ -49,20 +51,12 @@ class SSEClient:
         from macproject.asgi import application
 
         parts = urlsplit(url)
-        scope = {
-            "type": "http",
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": parts.path,
-            "raw_path": parts.path.encode(),
-            "root_path": "",
-            "query_string": parts.query.encode(),
-            "headers": [(b"host", b"localhost")]
+        scope = http_scope(
+            parts.path,
+            query=parts.query,
+            headers=[(b"host", b"localhost")]
             + [(k.lower().replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
-            "client": ("127.0.0.1", 1),
-            "server": ("localhost", 80),
-        }
+        )
         self.communicator = ApplicationCommunicator(application, scope)
         self.status: int | None = None
         self.headers: dict[str, str] = {}

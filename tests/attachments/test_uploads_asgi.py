@@ -9,45 +9,34 @@ import pytest
 from django.urls import reverse
 
 from attachments.uploads_asgi import StreamingUploadMiddleware, upload_session_id
+from tests.scopes import http_scope
 
 from .builders import manifest_ids, multipart, new_session, row_ids, uploaded_files
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def http_scope(path: str, body_length: int, content_type: str, method: str = "POST") -> dict:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"content-type", content_type.encode()),
-            (b"content-length", str(body_length).encode()),
-        ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
+def upload_scope(path: str, body_length: int, content_type: str, method: str = "POST") -> dict:
+    headers = [
+        (b"host", b"testserver"),
+        (b"content-type", content_type.encode()),
+        (b"content-length", str(body_length).encode()),
+    ]
+    return http_scope(path, method, headers=headers)
 
 
 class TestRouteMatching:
     def test_matches_upload_posts(self):
         path = reverse("attachments:uploads", kwargs={"session_id": "abc"})
-        assert upload_session_id(http_scope(path, 0, "x")) == "abc"
+        assert upload_session_id(upload_scope(path, 0, "x")) == "abc"
 
     def test_ignores_listing(self):
         path = reverse("attachments:uploads", kwargs={"session_id": "abc"})
-        assert upload_session_id(http_scope(path, 0, "x", method="GET")) is None
+        assert upload_session_id(upload_scope(path, 0, "x", method="GET")) is None
 
     @pytest.mark.parametrize("path", ["/api/sessions", "/api/uploads/a/b", "/nowhere"])
     def test_ignores_other_routes(self, path):
-        assert upload_session_id(http_scope(path, 0, "x")) is None
+        assert upload_session_id(upload_scope(path, 0, "x")) is None
 
 
 async def run_app(app, scope, messages):
@@ -70,7 +59,7 @@ async def run_app(app, scope, messages):
 def test_a_client_that_disconnects_mid_upload_leaves_nothing():
     session = new_session()
     body, content_type = multipart([("file", "big.bin", b"x" * 300_000)])
-    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
     messages = [
         {"type": "http.request", "body": body[:100_000], "more_body": True},
         {"type": "http.request", "body": body[100_000:200_000], "more_body": True},
@@ -95,7 +84,7 @@ def test_django_sees_an_empty_body_and_the_streamed_file():
     session = new_session()
     content = b"y" * 50_000
     body, content_type = multipart([("file", "y.txt", content)])
-    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
     messages = [
         {"type": "http.request", "body": body[i : i + 4096], "more_body": i + 4096 < len(body)}
         for i in range(0, len(body), 4096)
@@ -123,7 +112,7 @@ def _comparable(headers: dict[bytes, bytes]) -> dict[bytes, bytes]:
 def upload_through(app, session, content: bytes, content_type: str | None = None):
     """(status, headers, JSON body) of an upload of `content` sent through `app`."""
     body, multipart_type = multipart([("file", "h.txt", content)])
-    scope = http_scope(
+    scope = upload_scope(
         f"/api/uploads/{session.session_id}", len(body), content_type or multipart_type
     )
     scope["headers"].append((b"origin", b"http://elsewhere.example"))
@@ -217,7 +206,7 @@ def test_an_upload_answered_on_an_upload_thread_sends_the_request_signals_on_tha
     try:
         app = StreamingUploadMiddleware(get_asgi_application(), upload_app=UploadRequestHandler())
         body, content_type = multipart([("file", "t.txt", b"threads")])
-        scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+        scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
         sent = asyncio.run(run_app(app, scope, [{"type": "http.request", "body": body}]))
     finally:
         signals.request_started.disconnect(started)
@@ -231,7 +220,7 @@ def test_an_upload_answered_on_an_upload_thread_sends_the_request_signals_on_tha
 
 def tus_patch_scope(session, upload_id: str, offset: int, length: int) -> dict:
     path = reverse("attachments:tus-upload", args=[session.session_id, upload_id])
-    scope = http_scope(path, length, "application/offset+octet-stream", method="PATCH")
+    scope = upload_scope(path, length, "application/offset+octet-stream", method="PATCH")
     scope["headers"] += [
         (b"tus-resumable", b"1.0.0"),
         (b"upload-offset", str(offset).encode()),
@@ -371,7 +360,7 @@ def test_a_small_upload_without_the_sessions_credentials_is_refused_and_leaves_n
 
     session = new_session()
     body, content_type = multipart([("file", "small.txt", b"s" * 1000)])
-    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
     if token is not None:
         scope["headers"].append((b"authorization", f"Bearer {token}".encode()))
     sent = asyncio.run(run_app(application, scope, [{"type": "http.request", "body": body}]))
@@ -388,7 +377,7 @@ def test_a_small_upload_with_the_sessions_token_is_recorded_in_one_call():
 
     session = new_session()
     body, content_type = multipart([("file", "small.txt", b"s" * 1000)])
-    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
     scope["headers"].append((b"authorization", f"Bearer {session.token}".encode()))
     messages = [
         {"type": "http.request", "body": body[:300], "more_body": True},
@@ -406,7 +395,7 @@ def test_a_small_upload_whose_client_leaves_mid_body_leaves_nothing():
 
     session = new_session()
     body, content_type = multipart([("file", "small.txt", b"s" * 1000)])
-    scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+    scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
     messages = [
         {"type": "http.request", "body": body[:300], "more_body": True},
         {"type": "http.disconnect"},

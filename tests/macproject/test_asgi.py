@@ -16,6 +16,7 @@ from django.test import override_settings
 from django.utils.deprecation import MiddlewareMixin
 
 from macproject.asgi import DjangoHandler
+from tests.scopes import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,20 +31,7 @@ class RecordMode(MiddlewareMixin):
 
 
 async def status_of(path: str) -> tuple[int, dict[bytes, bytes]]:
-    scope = {
-        "type": "http",
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"localhost")],
-        "client": ("127.0.0.1", 1),
-        "server": ("localhost", 80),
-    }
-    communicator = ApplicationCommunicator(DjangoHandler(), scope)
+    communicator = ApplicationCommunicator(DjangoHandler(), http_scope(path))
     await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
     start = await communicator.receive_output(10)
     while (await communicator.receive_output(10)).get("more_body"):

@@ -16,6 +16,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from tests.attachments.builders import attach, multipart, new_session
+from tests.scopes import http_scope
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.access_policy("token")]
 
@@ -98,20 +99,7 @@ def asgi_request(method: str, url: str, token: str) -> tuple[int, bytes]:
             (b"content-type", content_type.encode()),
             (b"content-length", b"%d" % len(body)),
         ]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": unquote(raw_path),
-        "raw_path": raw_path.encode(),
-        "root_path": "",
-        "query_string": query.encode(),
-        "headers": headers,
-        "client": ("127.0.0.1", 5000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(unquote(raw_path), method, query=query, headers=headers, raw_path=raw_path)
     messages = [{"type": "http.request", "body": body if method == "POST" else b""}]
     sent: list[dict] = []
 
