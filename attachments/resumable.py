@@ -254,8 +254,7 @@ class _Syncs:
                 close_old_connections()
             return
         try:
-            with connection.cursor() as cursor, _without_sync(cursor):
-                cursor.execute(_statement("synced", lazy=True)[0], [upto, pk, upto, upto])
+            _run("synced", [upto, pk, upto, upto], lazy=True)
         except Exception:  # noqa: BLE001 (only a reboot before the next sync would miss it)
             logger.exception("Marking upload %s synced up to %d failed", upload_id, upto)
         finally:
@@ -655,6 +654,19 @@ def _statement_for(vendor: str, kind: str, lazy: bool = False) -> tuple[str, lis
     return sql, fields
 
 
+def _run(kind: str, params: list[Any], lazy: bool = False) -> tuple[list[Any], int]:
+    """
+    Run the statement of `kind`: the rows it returns and how many it
+    changed. `lazy`: its commit does not wait for the disk, on either
+    database (SQLite: `_without_sync`; PostgreSQL: the statement itself).
+    """
+    sql, fields = _statement(kind, lazy)
+    with connection.cursor() as cursor, _without_sync(cursor) if lazy else contextlib.nullcontext():
+        cursor.execute(sql, params)
+        # Read before `_without_sync` runs its PRAGMA on the same cursor.
+        return (cursor.fetchall() if fields else []), cursor.rowcount
+
+
 @contextlib.contextmanager
 def _without_sync(cursor: Any) -> Iterator[None]:
     """
@@ -666,8 +678,8 @@ def _without_sync(cursor: Any) -> Iterator[None]:
     the commit leaves an earlier offset, over bytes that are there. The
     last byte's offset move is a FULL commit, and syncs the WAL up to it.
     Elsewhere, and inside a transaction, a no-op: on PostgreSQL the same
-    statements ask for it themselves (`_statement(kind, lazy=True)`), where
-    a crash of the database alone may lose them too, to the same effect.
+    statements ask for it themselves (`_run(kind, params, lazy=True)`),
+    where a crash of the database alone may lose them too, to the same effect.
     """
     if connection.vendor != "sqlite" or not connection.get_autocommit():
         yield
@@ -695,7 +707,8 @@ def _take_lease(
     returned by the same statement (RETURNING), so a PATCH starts with one
     round trip to the database.
     """
-    sql, fields = _statement("take" if offset is None else "take_at_offset", lazy=True)
+    kind = "take" if offset is None else "take_at_offset"
+    fields = _statement(kind)[1]
     adapt = connection.ops.adapt_datetimefield_value
 
     def take() -> list[Any]:
@@ -704,9 +717,7 @@ def _take_lease(
         params += [session.pk, upload_id, adapt(now), adapt(now)]
         if offset is not None:
             params += [offset, holders.this_boot() or "-"]
-        with connection.cursor() as cursor, _without_sync(cursor):
-            cursor.execute(sql, params)
-            return cursor.fetchall()
+        return _run(kind, params, lazy=True)[0]
 
     rows = take()
     if not rows and _free_lease_of_dead_holder(session, upload_id):
@@ -1043,26 +1054,23 @@ class PatchWriter:
         now = timezone.now()
         expires_at = now + timedelta(seconds=conf.TUS_EXPIRY)
         adapt = connection.ops.adapt_datetimefield_value
-        with connection.cursor() as cursor, contextlib.ExitStack() as stack:
-            if unsynced_on:
-                # Bytes a power loss would take anyway: the offset that
-                # names them need not survive one either.
-                stack.enter_context(_without_sync(cursor))
-            cursor.execute(
-                _statement("move", lazy=bool(unsynced_on))[0],
-                [
-                    offset,
-                    synced,
-                    unsynced_on,
-                    adapt(expires_at),
-                    self.token if complete else "",
-                    adapt(now + _lease_span()) if complete else None,
-                    self.upload.pk,
-                    self.token,
-                    self.upload.offset,
-                ],
-            )
-            moved = cursor.rowcount
+        _rows, moved = _run(
+            "move",
+            [
+                offset,
+                synced,
+                unsynced_on,
+                adapt(expires_at),
+                self.token if complete else "",
+                adapt(now + _lease_span()) if complete else None,
+                self.upload.pk,
+                self.token,
+                self.upload.offset,
+            ],
+            # Bytes a power loss would take anyway: the offset that names
+            # them need not survive one either.
+            lazy=bool(unsynced_on),
+        )
         if not moved:
             self.token = None
             raise UploadLocked("Another request took this upload over; resume from its offset.")
