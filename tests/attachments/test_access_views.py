@@ -30,7 +30,7 @@ from .builders import (
     response_body,
     uploaded_files,
 )
-from .test_uploads_asgi import http_scope
+from .test_uploads_asgi import upload_scope
 
 pytestmark = [pytest.mark.django_db, pytest.mark.access_policy("token")]
 
@@ -326,7 +326,7 @@ class TestStreamingUploads:
 
     def test_the_body_is_not_read_when_refused(self, session):
         body, content_type = multipart([("file", "x.bin", b"x" * 10_000)])
-        scope = http_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
+        scope = upload_scope(f"/api/uploads/{session.session_id}", len(body), content_type)
         reads = []
         seen = []
 
