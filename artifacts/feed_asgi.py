@@ -30,11 +30,10 @@ from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from django.urls import get_resolver
 
 from attachments.exceptions import server_error_response
 from attachments.header_policy import describe, prepare_headers, through_middleware
-from attachments.uploads_asgi import resolve_http
+from attachments.routes import resolve_http
 
 from . import eager, shutdown
 from .admission import admission
@@ -56,38 +55,12 @@ PAGE_VIEW = "artifacts:events"
 STREAM_VIEW = "artifacts:event-stream"
 
 
-# Routes of GET paths already resolved: Django's resolver tries the
-# project's patterns one by one, which cost more than the rest of a waiting
-# long-poll's arrival. Kept for one URL resolver (a new ROOT_URLCONF
-# resolves afresh) and bounded, since paths carry session and file ids.
-MAX_CACHED_ROUTES = 4096
-_routes: dict[tuple[str, str], tuple[str, str] | None] = {}
-_routes_resolver: object = None
-
-
 def feed_route(scope: Scope) -> tuple[str, str] | None:
     """(view name, session id) if this is a GET for one of the feed views, else None."""
-    global _routes_resolver
-    if scope["type"] != "http" or scope["method"] != "GET":
+    route = resolve_http(scope, "GET")
+    if route is None or route.view_name not in (PAGE_VIEW, STREAM_VIEW):
         return None
-    # Django resolves with ROOT_URLCONF here: nothing has set a per-request urlconf yet.
-    resolver = get_resolver()
-    if resolver is not _routes_resolver:
-        _routes.clear()
-        _routes_resolver = resolver
-    key = (scope.get("root_path", ""), scope["path"])
-    try:
-        return _routes[key]
-    except KeyError:
-        pass
-    match = resolve_http(scope, "GET")
-    route = None
-    if match is not None and match.view_name in (PAGE_VIEW, STREAM_VIEW):
-        route = match.view_name, str(match.kwargs.get("session_id", ""))
-    if len(_routes) >= MAX_CACHED_ROUTES:
-        _routes.clear()
-    _routes[key] = route
-    return route
+    return route.view_name, str(route.kwargs.get("session_id", ""))
 
 
 class EventFeedMiddleware:

@@ -36,7 +36,7 @@ from django.core import signals
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from django.urls import Resolver404, ResolverMatch, resolve, set_script_prefix
+from django.urls import set_script_prefix
 from rest_framework.renderers import JSONRenderer
 
 from . import resumable
@@ -45,6 +45,7 @@ from .conf import conf
 from .exceptions import ApiError, classify_server_error, server_error_response
 from .header_policy import through_middleware
 from .receiving import LimitExceeded
+from .routes import resolve_http
 from .serializers import AttachmentSerializer
 from .uploads import (
     STREAMED_UPLOAD_SCOPE_KEY,
@@ -76,24 +77,6 @@ WHOLE_BODY_BYTES = 64 * 1024
 
 class ClientDisconnected(Exception):
     pass
-
-
-def resolve_http(scope: Scope, method: str) -> ResolverMatch | None:
-    """
-    The URL route of an HTTP request with this method, resolved as Django
-    will resolve it (under the scope's root path), or None. For ASGI
-    middlewares that serve some of Django's routes themselves.
-    """
-    if scope["type"] != "http" or scope["method"] != method:
-        return None
-    path = scope["path"]
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    try:
-        return resolve(path)
-    except Resolver404:
-        return None
 
 
 def upload_session_id(scope: Scope) -> str | None:

@@ -20,7 +20,9 @@ from django.core.exceptions import SuspiciousOperation
 from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.base import BaseHandler
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
-from django.urls import Resolver404, get_resolver, re_path
+from django.urls import re_path
+
+from attachments.routes import route_of
 
 # Collections of the youngest generation, then of the next, that trigger
 # the next one up (Python's defaults: 700, 10, 10); see the end of the module.
@@ -46,11 +48,8 @@ class DjangoHandler(ASGIHandler):  # type: ignore[misc]
         self._sync_handler.load_middleware(is_async=False)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        try:
-            view = get_resolver().resolve(request.path_info).func
-        except Resolver404:
-            view = None  # answered by the sync chain's 404
-        if view is not None and iscoroutinefunction(view):
+        route = route_of(request.path_info)  # None: answered by the sync chain's 404
+        if route is not None and iscoroutinefunction(route.func):
             response: HttpResponseBase = await super().get_response_async(request)
         else:
             response = await sync_to_async(self._sync_handler.get_response)(request)
