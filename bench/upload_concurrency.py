@@ -11,6 +11,8 @@ so the client costs little beside the server on a small machine. Cases:
 - 16 clients into 16 sessions;
 - one client into a session that already holds 100 files, and 10,000 files
   (the cost per upload must not grow with the session);
+- with --cases sweep: 1 to 32 clients, each into a session of its own, and
+  the cores the server used (where more clients stop adding uploads/s);
 - with --postgres: the same on PostgreSQL + Redis, and 16 clients into 16
   sessions on 1 and on 3 worker processes, each on a port of its own as
   docs/DEPLOY.md runs them (and, for comparison, 3 sharing one socket).
@@ -20,7 +22,7 @@ same requests (a server that does no work): the figures read as a share of
 what the client and the loopback allow. nginx comes from Debian's packages
 (installed with apt-get when missing and run as root).
 
-    .venv/bin/python bench/upload_concurrency.py [--postgres] [--quick] [--cases 16x16,16x1]
+    .venv/bin/python bench/upload_concurrency.py [--postgres] [--quick] [--cases 16x16,16x1,sweep]
 
 --postgres uses DATABASE_URL (default postgres://root@127.0.0.1:5432/bench_uploads,
 created if missing) and REDIS_URL (default redis://127.0.0.1:6379/9).
@@ -302,8 +304,11 @@ def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None
     )
 
 
-# The cases `--cases` can pick, in the order they run.
-CASES = ("1", "16x1", "16x16", "size")
+# The cases `--cases` can pick, in the order they run (all but "sweep" by default).
+CASES = ("1", "16x1", "16x16", "size", "sweep")
+DEFAULT_CASES = CASES[:-1]
+# Clients, each into a session of its own, for the sweep.
+SWEEP = (1, 2, 4, 8, 16, 32)
 
 
 def run_config(
@@ -313,7 +318,7 @@ def run_config(
     scale: float,
     ceilings: dict,
     profile: str,
-    cases: tuple[str, ...] = CASES,
+    cases: tuple[str, ...] = DEFAULT_CASES,
 ) -> None:
     n = lambda value: max(16, int(value * scale))  # noqa: E731
     print(f"\n{name}")
@@ -329,6 +334,8 @@ def run_config(
             if case in cases:
                 figures = drive(port, new_sessions(port, sessions), 16, n(1000))
                 print(line(label, figures, ceilings["16"]))
+        if "sweep" in cases:
+            sweep(port, scale, ceilings)
         if "size" not in cases:
             return
         small = new_sessions(port, 1)
@@ -342,6 +349,21 @@ def run_config(
         print(line(f"1 client, session with {files} files", at_10k, None))
         ratio = at_10k["p50_ms"] / at_100["p50_ms"]
         print(f"  cost ratio {files} : 100 files (p50)          {ratio:.2f}  (target <= 1.25)")
+
+
+def sweep(port: int, scale: float, ceilings: dict) -> None:
+    """
+    N clients, each into a session of its own, for N in SWEEP: where the
+    throughput stops growing with the clients, and the server's CPU per
+    upload and in cores (uploads/s x CPU per upload) when it does.
+    """
+    for clients in SWEEP:
+        figures = drive(
+            port, new_sessions(port, clients), clients, max(200, int(60 * clients * scale))
+        )
+        cores = figures["per_second"] * figures["cpu_ms"] / 1000
+        label = f"{clients} client{'s' if clients > 1 else ''}, as many sessions"
+        print(f"{line(label, figures, None)}  = {cores:.2f} cores")
 
 
 def workers_on_pg(pg: dict[str, str], work: Path, scale: float, ceilings: dict) -> None:
@@ -396,10 +418,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--cases",
-        default=",".join(CASES),
+        default=",".join(DEFAULT_CASES),
         help="the embedded cases to run, comma-separated, of: 1 (one client), 16x1 (16 "
-        "clients, one session), 16x16 (16 clients, 16 sessions), size (100 vs 10,000 files); "
-        "all by default",
+        "clients, one session), 16x16 (16 clients, 16 sessions), size (100 vs 10,000 files), "
+        "sweep (1 to 32 clients, a session each, and the cores the server used); all but "
+        "sweep by default",
     )
     args = parser.parse_args()
     cases = tuple(case.strip() for case in args.cases.split(","))
