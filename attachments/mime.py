@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import mimetypes
+import multiprocessing
+import os
+import queue
 import threading
+from multiprocessing.connection import Connection
 
 import magic
+
+logger = logging.getLogger(__name__)
 
 # How much of a file's head libmagic is shown; enough for every binary
 # signature and for its text heuristics.
@@ -63,6 +70,145 @@ def _magic_handle() -> magic.Magic:
     return handle
 
 
+class DetectionProcesses:
+    """
+    libmagic run in processes of their own, each answering one head at a
+    time over a pipe, for a server that keeps its own threads on one CPU
+    (`macproject.cpu`). A Python server is bound by its GIL, and its
+    threads handing the GIL to each other across CPUs cost, on a small
+    machine, about as much as libmagic's C running beside them gains: the
+    server did as many uploads per second pinned to one CPU as on two.
+    Pinned, detection would then take its share of that CPU; here it runs
+    on the others.
+
+    A head that no process answers (one died, or hangs past
+    `ANSWER_SECONDS`) is detected in the calling thread instead, and the
+    process is replaced: detection never fails an upload. The processes
+    end with the server: they are daemons, and they leave when their pipe
+    closes, a server killed with SIGKILL included.
+    """
+
+    ANSWER_SECONDS = 10.0
+    # How long a caller waits for a free process before detecting itself.
+    WAIT_SECONDS = 5.0
+
+    def __init__(self, count: int, cpus: frozenset[int] | None = None) -> None:
+        self.count = count
+        self.cpus = cpus
+        self._context = multiprocessing.get_context("spawn")
+        self._idle: queue.Queue[tuple[Connection, multiprocessing.process.BaseProcess]] = (
+            queue.Queue()
+        )
+        self._processes: set[multiprocessing.process.BaseProcess] = set()
+        self._mutex = threading.Lock()
+        self._closed = False
+        for _ in range(count):
+            self._start_one()
+
+    def _start_one(self) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_serve_detection,
+            args=(child, self.cpus),
+            name="mime-detection",
+            daemon=True,
+        )
+        process.start()
+        child.close()  # the process's end: closing ours is what tells it to leave
+        with self._mutex:
+            if self._closed:
+                parent.close()
+                process.kill()
+                return
+            self._processes.add(process)
+        self._idle.put((parent, process))
+
+    def detect(self, head: bytes) -> str | None:
+        """libmagic's verdict on `head` from one of the processes, or None if none answered."""
+        try:
+            conn, process = self._idle.get(timeout=self.WAIT_SECONDS)
+        except queue.Empty:
+            return None
+        try:
+            conn.send_bytes(head)
+            if not conn.poll(self.ANSWER_SECONDS):
+                raise TimeoutError("no answer from a detection process")
+            answer = conn.recv_bytes().decode()
+        except (OSError, EOFError, TimeoutError):
+            logger.warning("A MIME detection process failed; starting another", exc_info=True)
+            self._retire(conn, process)
+            if not self._closed:
+                self._start_one()
+            return None
+        if self._closed:
+            self._retire(conn, process)
+        else:
+            self._idle.put((conn, process))
+        return answer
+
+    def _retire(self, conn: Connection, process: multiprocessing.process.BaseProcess) -> None:
+        conn.close()
+        process.kill()
+        process.join(1)
+        with self._mutex:
+            self._processes.discard(process)
+
+    def pids(self) -> list[int]:
+        with self._mutex:
+            return [process.pid for process in self._processes if process.pid is not None]
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+        while True:
+            try:
+                conn, process = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            self._retire(conn, process)
+
+
+def _serve_detection(conn: Connection, cpus: frozenset[int] | None) -> None:
+    """A detection process: answer heads until the server closes the pipe."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    handle = magic.Magic(mime=True)
+    while True:
+        try:
+            head = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        conn.send_bytes(handle.from_buffer(head).encode())
+
+
+_processes: DetectionProcesses | None = None
+
+
+def detect_in_processes(count: int, cpus: frozenset[int] | None = None) -> DetectionProcesses:
+    """From now on, detect in `count` processes (on `cpus`, if given) rather than in the caller."""
+    global _processes
+    stop_detection_processes()
+    _processes = DetectionProcesses(count, cpus)
+    return _processes
+
+
+def stop_detection_processes() -> None:
+    """Detect in the calling thread again; the processes are stopped."""
+    global _processes
+    processes, _processes = _processes, None
+    if processes is not None:
+        processes.close()
+
+
+def _libmagic(head: bytes) -> str:
+    processes = _processes
+    if processes is not None:
+        answer = processes.detect(head)
+        if answer is not None:
+            return answer
+    return _magic_handle().from_buffer(head)
+
+
 def _is_textual(mime: str) -> bool:
     return (
         mime.startswith("text/")
@@ -84,7 +230,7 @@ def detect_mime(head: bytes, name: str) -> str:
     verdict into a more precise textual type, so a renamed binary can never
     pass for text and a text file can never pass for an image.
     """
-    detected = _magic_handle().from_buffer(head[:SNIFF_BYTES]) if head else "application/x-empty"
+    detected = _libmagic(head[:SNIFF_BYTES]) if head else "application/x-empty"
     if detected in _UNINFORMATIVE:
         guessed = guess_from_name(name)
         if guessed and _is_textual(guessed):

@@ -2,11 +2,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
+from attachments import mime
 from attachments.mime import detect_mime, kind_for_mime
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PNG = (
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
@@ -116,3 +125,88 @@ def test_textual_types_come_from_the_content_of_a_10_kib_head(
 ):
     assert len(head) > 8192
     assert detect_mime(head, name) == expected
+
+
+class TestDetectionProcesses:
+    """libmagic in processes of their own gives the verdicts it gives in the caller's thread."""
+
+    HEADS = [
+        (PNG, "picture.png"),
+        (b"# Title\n\nSome text.\n", "spec.md"),
+        (b"#include <stdio.h>\nint main(void) { return 0; }\n", "main.c"),
+        (b"hello\n", "noext"),
+        (b"\x00\x01binary\xff", "data.bin"),
+    ]
+
+    @pytest.fixture
+    def processes(self):
+        started = mime.detect_in_processes(2)
+        yield started
+        mime.stop_detection_processes()
+
+    def test_same_verdicts_as_in_the_thread(self):
+        in_thread = [detect_mime(head, name) for head, name in self.HEADS]
+        started = mime.detect_in_processes(2)
+        try:
+            assert [detect_mime(head, name) for head, name in self.HEADS] == in_thread
+            # ...and they came from the processes, not from a fallback.
+            assert [started.detect(head) for head, _name in self.HEADS[:1]] == ["image/png"]
+        finally:
+            mime.stop_detection_processes()
+
+    def test_a_killed_process_is_replaced_and_detection_goes_on(self, processes):
+        assert processes.detect(PNG) == "image/png"
+        victims = processes.pids()
+        assert len(victims) == 2
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        # Each call finds a dead process at most once: detected in the thread, and replaced.
+        for _ in range(4):
+            assert detect_mime(PNG, "x.png") == "image/png"
+        assert processes.detect(PNG) == "image/png"
+        survivors = processes.pids()
+        assert len(survivors) == 2
+        assert not set(survivors) & set(victims)
+
+    def test_they_run_on_the_cpus_they_are_given(self):
+        cpu = min(os.sched_getaffinity(0))
+        started = mime.detect_in_processes(1, frozenset({cpu}))
+        try:
+            assert started.detect(PNG) == "image/png"  # it is running by now
+            (pid,) = started.pids()
+            assert os.sched_getaffinity(pid) == {cpu}
+        finally:
+            mime.stop_detection_processes()
+
+    def test_they_end_when_the_server_is_killed(self, tmp_path):
+        script = (
+            "import sys, time\n"
+            "from attachments import mime\n"
+            "processes = mime.detect_in_processes(2)\n"
+            "assert processes.detect(b'hello') == 'text/plain'\n"
+            "print(*processes.pids(), flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        try:
+            pids = [int(pid) for pid in server.stdout.readline().split()]
+            assert len(pids) == 2
+            server.kill()  # SIGKILL: no atexit, no cleanup
+            server.wait(10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+                time.sleep(0.05)
+            assert not any(_alive(pid) for pid in pids)
+        finally:
+            server.kill()
+            server.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
