@@ -72,6 +72,21 @@ def _apply_limits() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def use_every_cpu() -> None:
+    """
+    Let the node run on every CPU the machine allows. It inherits the CPUs
+    of the server thread that started it, and a server may keep its own
+    threads on one (MAC_SERVER_CPU): the node's work is not the server's.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        # CPUs outside the cgroup's set are left out by the kernel itself.
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except OSError:
+        pass
+
+
 def _die_with_parent() -> None:
     """A server that crashes takes its nodes with it (Linux), instead of leaving them running."""
     if not sys.platform.startswith("linux"):
@@ -91,6 +106,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m workflows.node <context.json> <script.py>")
     _die_with_parent()
     _apply_limits()
+    use_every_cpu()
     context_file, script = argv[1], argv[2]
     os.environ[CONTEXT_ENV] = context_file
     context = load_context()
