@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "macproject.settings")
     limits = limits_from_settings()
+    from django.conf import settings
+
+    from macproject.cpu import pin_server
+
+    # Before Uvicorn starts a thread: threads keep the CPUs of the thread that starts them.
+    pin_server(settings.SERVER_CPU)
     uvicorn.run(
         "macproject.asgi:application",
         host=options.host,

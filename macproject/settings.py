@@ -50,6 +50,10 @@ Environment:
     MAC_KEEP_ALIVE_TIMEOUT   seconds an idle kept-alive connection stays open (5)
     MAC_MAX_HEADER_BYTES     largest request line and headers, in bytes (65536)
                              (the four above: the default server, macproject.server)
+    MAC_SERVER_CPU           auto: the default server (macproject.server) keeps its threads
+                             on one CPU and detects MIME types in processes on the others;
+                             or a CPU number; or off. Default: auto with the in-memory
+                             layer (one process), off with REDIS_URL (macproject.cpu)
     MAC_DEBUG, MAC_ALLOWED_HOSTS, MAC_LOG_LEVEL
     MAC_EVENT_RETENTION      artifact events kept per session (default: keep everything)
     MAC_EVENT_RECHECK_SECONDS   how often event waiters re-check the database (default 1)
@@ -332,6 +336,10 @@ SERVER_HEADER_TIMEOUT = _env_float("MAC_HEADER_TIMEOUT", 10)
 SERVER_BODY_IDLE_TIMEOUT = _env_float("MAC_BODY_IDLE_TIMEOUT", 30)
 SERVER_KEEP_ALIVE_TIMEOUT = _env_float("MAC_KEEP_ALIVE_TIMEOUT", 5)
 SERVER_MAX_HEADER_BYTES = _env_int("MAC_MAX_HEADER_BYTES") or 64 * 1024
+# The default server's CPU (macproject.cpu): "off", "auto" or a CPU number.
+# Pinning is for one server process, which the in-memory layer implies; with
+# Redis there may be several, each to be given a CPU of its own.
+SERVER_CPU = os.environ.get("MAC_SERVER_CPU") or ("off" if REDIS_URL else "auto")
 if os.environ.get("MAC_SANDBOX"):
     WORKFLOWS_SANDBOX = os.environ["MAC_SANDBOX"].strip()
 if os.environ.get("MAC_SANDBOX_USER"):
