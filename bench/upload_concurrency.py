@@ -1,7 +1,10 @@
 """
 The write path at concurrency: uploads/s and latency of small uploads.
 
-Starts the default server (Uvicorn) on a throw-away warehouse, then drives it
+Starts the default server (macproject.server, as scripts/serve runs it:
+Uvicorn, and on the embedded defaults its threads on one CPU with MIME
+detection in processes on the others, MAC_SERVER_CPU=auto; `--server-cpu
+off` to compare) on a throw-away warehouse, then drives it
 from client processes that each hold one keep-alive connection and send
 pre-built multipart bodies over a raw socket (no HTTP library in the loop),
 so the client costs little beside the server on a small machine. Cases:
@@ -180,21 +183,15 @@ PROFILE_DIR: Path | None = None
 def app_server(env: dict[str, str], workers: int, work: Path, profile: str = "") -> Iterator[int]:
     port = free_port()
     log = open(work / f"server-{port}.log", "wb")
-    command = [
-        PYTHON,
-        "-m",
-        "uvicorn",
-        "macproject.asgi:application",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--lifespan",
-        "off",
-    ]
+    # One worker: the default server, as scripts/serve runs it (macproject.server:
+    # connection limits, and MAC_SERVER_CPU's default). Several sharing one
+    # socket: Uvicorn's own --workers.
+    command = [PYTHON, "-m", "macproject.server", "--host", "127.0.0.1", "--port", str(port)]
     if workers > 1:
-        command += ["--workers", str(workers)]
+        command = [
+            PYTHON, "-m", "uvicorn", "macproject.asgi:application", "--host", "127.0.0.1",
+            "--port", str(port), "--no-access-log", "--lifespan", "off", "--workers", str(workers),
+        ]  # fmt: skip
     if PROFILE_DIR is not None and profile:
         # Sampled for the server's whole life; --subprocesses follows the workers.
         # --gil keeps the threads that hold the GIL (where the CPU goes), and
@@ -424,6 +421,10 @@ def main() -> int:
         "sweep (1 to 32 clients, a session each, and the cores the server used); all but "
         "sweep by default",
     )
+    parser.add_argument(
+        "--server-cpu",
+        help="MAC_SERVER_CPU for the embedded server (default: its own default, auto)",
+    )
     args = parser.parse_args()
     cases = tuple(case.strip() for case in args.cases.split(","))
     if unknown := set(cases) - set(CASES):
@@ -459,6 +460,8 @@ def main() -> int:
         print(line("16 clients", ceilings["16"], None))
 
         embedded = {**base_env, "DATABASE_URL": f"sqlite:///{work / 'db.sqlite3'}"}
+        if args.server_cpu:
+            embedded["MAC_SERVER_CPU"] = args.server_cpu
         subprocess.run(
             [PYTHON, "manage.py", "migrate", "-v0"], cwd=PROJECT_DIR, env=embedded, check=True
         )
