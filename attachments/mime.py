@@ -124,7 +124,7 @@ class DetectionProcesses:
         self._idle.put((parent, process))
 
     def detect(self, head: bytes) -> str | None:
-        """libmagic's verdict on `head` from one of the processes, or None if none answered."""
+        """libmagic's verdict on `head` from one of the processes, or None if none gave one."""
         try:
             conn, process = self._idle.get(timeout=self.WAIT_SECONDS)
         except queue.Empty:
@@ -138,13 +138,17 @@ class DetectionProcesses:
             logger.warning("A MIME detection process failed; starting another", exc_info=True)
             self._retire(conn, process)
             if not self._closed:
-                self._start_one()
+                try:
+                    self._start_one()
+                except Exception:  # noqa: BLE001 (one fewer process; detection goes on)
+                    logger.exception("Could not start a MIME detection process")
             return None
         if self._closed:
             self._retire(conn, process)
         else:
             self._idle.put((conn, process))
-        return answer
+        # Empty: libmagic failed there, and the caller's thread says what it says.
+        return answer or None
 
     def _retire(self, conn: Connection, process: multiprocessing.process.BaseProcess) -> None:
         conn.close()
@@ -178,7 +182,11 @@ def _serve_detection(conn: Connection, cpus: frozenset[int] | None) -> None:
             head = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        conn.send_bytes(handle.from_buffer(head).encode())
+        try:
+            answer = handle.from_buffer(head).encode()
+        except Exception:  # noqa: BLE001 (an empty answer: the server detects it itself)
+            answer = b""
+        conn.send_bytes(answer)
 
 
 _processes: DetectionProcesses | None = None

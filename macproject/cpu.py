@@ -62,6 +62,8 @@ def pin_server(setting: str) -> int | None:
     a thread inherits the CPUs of the thread that starts it. The CPU, or
     None if nothing was pinned.
     """
+    if not hasattr(os, "sched_setaffinity"):
+        return None  # not Linux: nothing to pin with
     allowed = os.sched_getaffinity(0)
     cpu = server_cpu(setting, allowed)
     if cpu is None:
