@@ -2,21 +2,22 @@
 The server process's CPUs (MAC_SERVER_CPU).
 
 One Python process serving uploads is bound by its GIL: on two CPUs it did
-no more uploads per second than pinned to one (230/s either way, for 6 ms
-of CPU per upload unpinned against 4.4 ms pinned), since its threads handing
-the GIL to each other across CPUs cost as much as the C work running beside
-them gained. Pinned to one CPU, with MIME detection (libmagic, the largest
-part of a small upload's CPU) in processes on the other CPUs
-(`attachments.mime.DetectionProcesses`), it did 338-351/s
-(bench/upload_concurrency.py). A process pins its own threads, so this is
-for a server that is one process, as the embedded defaults are (their
-channel layer lives in the process): `auto` is the default there, `off`
-with Redis, where several worker processes would each need a CPU of their
-own (set MAC_SERVER_CPU per worker). The default server
-(`macproject.server`, which scripts/serve runs) pins itself; a server
-started otherwise (`uvicorn macproject.asgi:application`, Daphne) does
-not. Python nodes of workflows leave the server's CPU for every CPU
-(`workflows.node.use_every_cpu`).
+no more uploads per second than pinned to one (about 220/s either way, for
+6 ms of CPU per upload unpinned against 4.4 ms pinned), since its threads
+handing the GIL to each other across CPUs cost as much as the C work
+running beside them gained. Pinned to one CPU, with MIME detection
+(libmagic, the largest part of a small upload's CPU) in processes on the
+other CPUs (`attachments.mime.DetectionProcesses`), 16 clients into 16
+sessions went from 232-242/s to 325-369/s (bench/upload_concurrency.py).
+
+A process pins its own threads, so this is for a server that is one
+process, as on the embedded defaults (their channel layer lives in the
+process): `auto` is the default there, `off` with Redis, where several
+worker processes would each need a CPU of their own (set MAC_SERVER_CPU
+per worker). The default server (`macproject.server`, which scripts/serve
+runs) pins itself; a server started otherwise (`uvicorn
+macproject.asgi:application`, Daphne) does not. Python nodes of workflows
+leave the server's CPU for every CPU (`workflows.node.use_every_cpu`).
 """
 
 from __future__ import annotations
