@@ -14,6 +14,7 @@ import pytest
 
 from attachments import mime
 from attachments.mime import detect_mime, kind_for_mime
+from tests.processes import alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -196,17 +197,9 @@ class TestDetectionProcesses:
             server.kill()  # SIGKILL: no atexit, no cleanup
             server.wait(10)
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            while time.monotonic() < deadline and any(alive(pid) for pid in pids):
                 time.sleep(0.05)
-            assert not any(_alive(pid) for pid in pids)
+            assert not any(alive(pid) for pid in pids)
         finally:
             server.kill()
             server.wait()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

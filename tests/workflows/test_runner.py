@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from attachments.models import Attachment, Session
+from tests.processes import alive
 from workflows.models import WorkflowRun
 
 from .helpers import (
@@ -199,7 +200,7 @@ async def test_a_node_that_runs_too_long_is_killed_with_its_children(workflows_d
     assert [n["status"] for n in run["nodes"]] == ["failed", "skipped"]
     assert "Timed out after 3 s" in run["nodes"][0]["error"]
     assert "Timed out" in run["error"]
-    await until(lambda: not any(_alive(pid) for pid in _processes_with(marker)), timeout=10)
+    await until(lambda: not any(alive(pid) for pid in _processes_with(marker)), timeout=10)
 
 
 def _processes_with(marker: str) -> list[int]:
@@ -214,19 +215,6 @@ def _processes_with(marker: str) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers; it has stopped running all the same.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def test_cancel_kills_the_running_node(workflows_dir):
