@@ -186,8 +186,9 @@ def app_server(env: dict[str, str], workers: int, work: Path, profile: str = "")
     # One worker: the default server, as scripts/serve runs it (macproject.server:
     # connection limits, and MAC_SERVER_CPU's default). Several sharing one
     # socket: Uvicorn's own --workers.
-    command = [PYTHON, "-m", "macproject.server", "--host", "127.0.0.1", "--port", str(port)]
-    if workers > 1:
+    if workers == 1:
+        command = [PYTHON, "-m", "macproject.server", "--host", "127.0.0.1", "--port", str(port)]
+    else:
         command = [
             PYTHON, "-m", "uvicorn", "macproject.asgi:application", "--host", "127.0.0.1",
             "--port", str(port), "--no-access-log", "--lifespan", "off", "--workers", str(workers),
@@ -301,7 +302,7 @@ def line(label: str, figures: dict[str, float], ceiling: dict[str, float] | None
     )
 
 
-# The cases `--cases` can pick, in the order they run (all but "sweep" by default).
+# The cases `--cases` can pick; all but "sweep" run by default.
 CASES = ("1", "16x1", "16x16", "size", "sweep")
 DEFAULT_CASES = CASES[:-1]
 # Clients, each into a session of its own, for the sweep.
@@ -332,7 +333,7 @@ def run_config(
                 figures = drive(port, new_sessions(port, sessions), 16, n(1000))
                 print(line(label, figures, ceilings["16"]))
         if "sweep" in cases:
-            sweep(port, scale, ceilings)
+            sweep(port, scale)
         if "size" not in cases:
             return
         small = new_sessions(port, 1)
@@ -348,7 +349,7 @@ def run_config(
         print(f"  cost ratio {files} : 100 files (p50)          {ratio:.2f}  (target <= 1.25)")
 
 
-def sweep(port: int, scale: float, ceilings: dict) -> None:
+def sweep(port: int, scale: float) -> None:
     """
     N clients, each into a session of its own, for N in SWEEP: where the
     throughput stops growing with the clients, and the server's CPU per
