@@ -1,13 +1,12 @@
 """
 The default server with MAC_SERVER_CPU=auto: its threads on one CPU, MIME
-detection in processes on the others, uploads detected as before, and a
-python node of a workflow free to use every CPU.
+detection in processes on the others, uploads detected as before. (That a
+python node it starts uses every CPU: tests/workflows/test_node.py.)
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import httpx
 import pytest
@@ -60,7 +59,7 @@ def detection_processes_of(pid: int) -> list[int]:
     return spawned
 
 
-def test_threads_on_one_cpu_and_detection_on_the_others(server, tmp_path: Path):
+def test_threads_on_one_cpu_and_detection_on_the_others(server):
     allowed = os.sched_getaffinity(0)
     with server(DEFAULT_SERVER, MAC_SERVER_CPU="auto") as running:
         created = httpx.post(f"{running.url}/api/sessions").json()
